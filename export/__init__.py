@@ -1,0 +1,1 @@
+"""reftok_deploy.export"""

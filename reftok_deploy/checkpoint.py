@@ -1,0 +1,153 @@
+"""Checkpoints: a folder with ``model.safetensors`` (weights) and ``config.json``.
+
+config.json holds ``{"format": "reftok-checkpoint", "model": RefTokConfig,
+"weights_sha256": ..., "training": {...}, "metrics": {...}}``. Loading checks
+every field, the weights' hash, names, shapes, dtypes and finiteness, and turns
+any problem into a one-line :class:`ReftokError`. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from reftok_deploy.errors import ReftokError
+from reftok_deploy.model import MODEL_VERSION, RefTok, RefTokConfig
+
+FORMAT = "reftok-checkpoint"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors ``save_file`` through a temp file + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: RefTok, folder: str | Path, training: dict[str, Any] | None = None,
+                    metrics: dict[str, Any] | None = None) -> Path:
+    """Write weights then config (config last, so a folder with a config is complete)."""
+    folder = Path(folder)
+    weights = folder / WEIGHTS
+    atomic_save_tensors(model.state_dict(), weights)
+    config = {
+        "format": FORMAT,
+        "model": model.cfg.to_dict(),
+        "weights_sha256": sha256_file(weights),
+        "training": training or {},
+        "metrics": metrics or {},
+    }
+    atomic_write_bytes(folder / CONFIG, (json.dumps(config, indent=2) + "\n").encode())
+    return folder
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """Parse and validate ``config.json`` of a checkpoint folder."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ReftokError(f"checkpoint not found: {folder}")
+    if not folder.is_dir():
+        raise ReftokError(f"checkpoint must be a folder holding {WEIGHTS} and {CONFIG}: {folder}")
+    path = folder / CONFIG
+    if not path.is_file():
+        raise ReftokError(f"checkpoint {folder} has no {CONFIG}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ReftokError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes: not a checkpoint config")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReftokError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ReftokError(f"{path} is not a RefTok checkpoint config (format != {FORMAT!r})")
+    model = config.get("model")
+    if not isinstance(model, dict):
+        raise ReftokError(f"{path} has no 'model' section")
+    version = model.get("model_version")
+    if version != MODEL_VERSION:
+        raise ReftokError(f"{folder} is model version {version!r}; this reftok-deploy reads version {MODEL_VERSION}")
+    return config
+
+
+def config_from_checkpoint(config: dict[str, Any], where: str | Path) -> RefTokConfig:
+    try:
+        return RefTokConfig.from_dict(config["model"])
+    except (TypeError, ValueError) as exc:
+        raise ReftokError(f"{where}: invalid model config: {exc}") from None
+
+
+def load_checkpoint(folder: str | Path, map_location: str = "cpu") -> tuple[RefTok, dict[str, Any]]:
+    """Load and validate a checkpoint folder -> (model in eval mode, parsed config.json)."""
+    folder = Path(folder)
+    config = read_config(folder)
+    cfg = config_from_checkpoint(config, folder)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise ReftokError(f"checkpoint {folder} has no {WEIGHTS}")
+    expected = config.get("weights_sha256")
+    if expected is not None and sha256_file(weights) != expected:
+        raise ReftokError(f"{weights} does not match the sha256 in {CONFIG}: corrupt or replaced weights")
+    try:
+        state = load_file(str(weights), device=map_location)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ReftokError(f"cannot read {weights}: {exc}") from None
+    model = RefTok(cfg)
+    wanted = model.state_dict()
+    missing, unexpected = set(wanted) - set(state), set(state) - set(wanted)
+    if missing or unexpected:
+        raise ReftokError(f"{weights} does not fit its config: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    for name, tensor in state.items():
+        if tensor.shape != wanted[name].shape or tensor.dtype != wanted[name].dtype:
+            raise ReftokError(f"{weights}: tensor {name} is {tuple(tensor.shape)} {tensor.dtype}, "
+                              f"expected {tuple(wanted[name].shape)} {wanted[name].dtype}")
+        if not torch.isfinite(tensor).all():
+            raise ReftokError(f"{weights}: tensor {name} holds NaN or Inf")
+    model.load_state_dict(state)
+    return model.eval(), config
+
+
+SHIPPED = Path(__file__).resolve().parent / "weights"
+
+
+def default_checkpoint(twin: bool = False) -> Path:
+    """Folder of the checkpoint shipped inside the package (RefTok, or its twin)."""
+    return SHIPPED / ("twin" if twin else "reftok")

@@ -1,0 +1,77 @@
+"""Finite scalar quantisation (FSQ) with int32 token ids.
+
+A latent vector of ``len(levels)`` channels is bounded with tanh, rounded to an
+integer grid per channel and packed into one id in ``[0, prod(levels))``.
+Packing and unpacking use float32 arithmetic (exact for ids below 2**24) so the
+exported graph keeps index arithmetic in FP32, which TensorRT and ONNX Runtime
+both execute identically; only the graph's inputs/outputs are int32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class FSQ(nn.Module):
+    """Quantise ``[N, D, h, w]`` latents (D = len(levels)) to int32 ids ``[N, h, w]``."""
+
+    def __init__(self, levels: Sequence[int]) -> None:
+        super().__init__()
+        levels = [int(v) for v in levels]
+        if not levels or any(v < 2 for v in levels):
+            raise ValueError(f"FSQ levels must be integers >= 2, got {levels}")
+        if math.prod(levels) >= 2**24:
+            raise ValueError("FSQ codebook must stay below 2**24 entries (exact in float32)")
+        self.levels = tuple(levels)
+        self.codebook_size = math.prod(levels)
+        basis = [math.prod(levels[:i]) for i in range(len(levels))]
+        shape = (1, len(levels), 1, 1)
+        # Derived constants: non-persistent so checkpoints hold weights only.
+        self.register_buffer("_levels", torch.tensor(levels, dtype=torch.float32).view(shape), persistent=False)
+        self.register_buffer("_basis", torch.tensor(basis, dtype=torch.float32).view(shape), persistent=False)
+        half_width = torch.tensor([v // 2 for v in levels], dtype=torch.float32).view(shape)
+        self.register_buffer("_half_width", half_width, persistent=False)
+        eps = 1e-3
+        half_l = (torch.tensor(levels, dtype=torch.float32) - 1) * (1 + eps) / 2
+        offset = torch.tensor([0.5 if v % 2 == 0 else 0.0 for v in levels])
+        self.register_buffer("_half_l", half_l.view(shape), persistent=False)
+        self.register_buffer("_offset", offset.view(shape), persistent=False)
+        self.register_buffer("_shift", torch.atanh(offset / half_l).view(shape), persistent=False)
+
+    @property
+    def dim(self) -> int:
+        return len(self.levels)
+
+    @property
+    def bits_per_token(self) -> float:
+        return math.log2(self.codebook_size)
+
+    def bound(self, z: torch.Tensor) -> torch.Tensor:
+        """Squash latents so rounding lands on ``levels`` integer values per channel."""
+        return torch.tanh(z + self._shift) * self._half_l - self._offset
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent ``[N,D,h,w]`` -> normalised codes in ``[-1,1]`` with a straight-through gradient."""
+        bounded = self.bound(z)
+        rounded = bounded + (torch.round(bounded) - bounded).detach()
+        return rounded / self._half_width
+
+    def codes_to_ids(self, codes: torch.Tensor) -> torch.Tensor:
+        """Normalised codes ``[N,D,h,w]`` -> int32 ids ``[N,h,w]``."""
+        digits = torch.round(codes * self._half_width) + self._half_width
+        return (digits * self._basis).sum(dim=1).to(torch.int32)
+
+    def ids_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
+        """int32 ids ``[N,h,w]`` in ``[0, codebook_size)`` -> normalised codes ``[N,D,h,w]``."""
+        flat = ids.to(torch.float32).unsqueeze(1)
+        digits = torch.floor(flat / self._basis) - self._levels * torch.floor(flat / (self._basis * self._levels))
+        return (digits - self._half_width) / self._half_width
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (codes ``[N,D,h,w]`` float32 in [-1,1], ids ``[N,h,w]`` int32)."""
+        codes = self.quantize(z)
+        return codes, self.codes_to_ids(codes)

@@ -1,0 +1,47 @@
+"""Image-quality and rate metrics on uint8 RGB frames ``[H,W,3]`` / clips ``[N,H,W,3]``."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+PSNR_CAP_DB = 100.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB between two uint8 arrays of one shape (capped at 100 dB for identical inputs)."""
+    if np.array_equal(a, b):
+        return PSNR_CAP_DB
+    return float(peak_signal_noise_ratio(a, b, data_range=255))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two uint8 ``[H,W,3]`` frames (scikit-image, Gaussian window as in Wang et al.)."""
+    return float(structural_similarity(a, b, channel_axis=2, data_range=255, gaussian_weights=True,
+                                       sigma=1.5, use_sample_covariance=False))
+
+
+def clip_quality(original: np.ndarray, recon: np.ndarray) -> dict[str, float]:
+    """Mean per-frame PSNR and SSIM of two ``[N,H,W,3]`` uint8 clips."""
+    if original.shape != recon.shape:
+        raise ValueError(f"shape mismatch {original.shape} vs {recon.shape}")
+    return {
+        "psnr": float(np.mean([psnr(o, r) for o, r in zip(original, recon)])),
+        "ssim": float(np.mean([ssim(o, r) for o, r in zip(original, recon)])),
+    }
+
+
+def png_bits(frame: np.ndarray) -> int:
+    """Size in bits of ``[H,W,3]`` uint8 RGB stored losslessly as PNG (compression level 9)."""
+    ok, buf = cv2.imencode(".png", frame[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return 8 * len(buf)
+
+
+def token_bits(num_tokens: int, codebook_size: int) -> float:
+    """Bits of ``num_tokens`` ids from a codebook, at the fixed-length cost log2(codebook)."""
+    return num_tokens * math.log2(codebook_size)
