@@ -63,6 +63,8 @@ class TrainingSampler:
         self.block_frames = block_frames
         self.crop = crop
         self.rng = np.random.default_rng(seed)
+        if not videos and not images and not use_builtin_stills:
+            raise ReftokError("no training data: give video or image files/folders")
         self.clips = []
         for path in tqdm(videos, desc="loading videos", unit="video", leave=False):
             clip = read_video(path, short_side=WORKING_SHORT_SIDE)
@@ -72,8 +74,6 @@ class TrainingSampler:
         self.stills = [read_image(p) for p in images]
         if use_builtin_stills:
             self.stills += builtin_stills()
-        if not self.clips and not self.stills:
-            raise ReftokError("no training data: give video or image files/folders")
         self.still_fraction = still_fraction if self.clips and self.stills else (1.0 if self.stills else 0.0)
 
     def _video_sample(self) -> np.ndarray:
@@ -104,3 +104,19 @@ class TrainingSampler:
         clips = torch.from_numpy(np.ascontiguousarray(clips))
         return clips[:, 0], clips[:, 1:].permute(0, 2, 1, 3, 4).contiguous()
 
+
+
+DEMO_STILLS = ("astronaut", "coffee", "text")
+
+
+def demo_clips(size: int = 256, gops: int = 2, block_frames: int = 8, seed: int = 1) -> dict[str, np.ndarray]:
+    """Built-in evaluation clips, no download: scikit-image photographs (a face, objects, text) under
+    camera motion, each ``[gops*(T+1),size,size,3]`` uint8 RGB."""
+    import skimage.data
+
+    from reftok_deploy.video import to_rgb
+
+    rng = np.random.default_rng(seed)
+    return {f"demo:{name}": camera_motion_clip(to_rgb(getattr(skimage.data, name)(), "RGB"),
+                                              gops * (block_frames + 1), size, rng)
+            for name in DEMO_STILLS}

@@ -50,10 +50,15 @@ def batched(items: list, size: int) -> Iterator[list]:
 def evaluate_clip(path: str | Path, reftok: RefTok, twin: RefTok | None, size: int = 256,
                   batch: int = 4, max_gops: int | None = None) -> dict[str, Any]:
     """Per-clip PSNR/SSIM of RefTok (and the twin) plus bits per pixel; frames centre-cropped to size x size."""
+    return evaluate_frames(str(path), read_video(path, size=size), reftok, twin, batch, max_gops)
+
+
+def evaluate_frames(name: str, frames: np.ndarray, reftok: RefTok, twin: RefTok | None, batch: int = 4,
+                    max_gops: int | None = None) -> dict[str, Any]:
+    """Score a clip ``[N,S,S,3]`` uint8 RGB (see :func:`evaluate_clip`)."""
     if twin is not None and (twin.cfg.block_frames, twin.cfg.fsq_levels, twin.cfg.temporal_factor) != (
             reftok.cfg.block_frames, reftok.cfg.fsq_levels, reftok.cfg.temporal_factor):
         raise ReftokError("RefTok and twin checkpoints differ in block length or token budget")
-    frames = read_video(path, size=size)
     gops = split_gops(frames, reftok.cfg.block_frames)[:max_gops]
     originals, recon_ref, recon_twin, n_tokens = [], [], [], 0
     for chunk in batched(gops, batch):
@@ -65,18 +70,18 @@ def evaluate_clip(path: str | Path, reftok: RefTok, twin: RefTok | None, size: i
         n_tokens += tokens.size
         if twin is not None:
             recon_twin.append(reconstruct(twin, refs, blocks)[0])
-    original = np.concatenate(originals).reshape(-1, size, size, 3)
-    block_pixels = original.shape[0] * size * size
+    original = np.concatenate(originals).reshape(-1, *frames.shape[1:])
+    block_pixels = original.shape[0] * frames.shape[1] * frames.shape[2]
     bits_tokens = token_bits(n_tokens, reftok.fsq.codebook_size)
     bits_refs = sum(png_bits(r) for r, _ in gops)
     result: dict[str, Any] = {
-        "clip": str(path),
+        "clip": name,
         "gops": len(gops),
         "frames_scored": int(original.shape[0]),
-        "size": [size, size],
+        "size": list(frames.shape[1:3]),
         "tokens": n_tokens,
         "bpp_tokens": bits_tokens / block_pixels,
-        "bpp_with_reference_png": (bits_tokens + bits_refs) / (block_pixels + len(gops) * size * size),
+        "bpp_with_reference_png": (bits_tokens + bits_refs) / (block_pixels + len(gops) * frames.shape[1] * frames.shape[2]),
         "reftok": clip_quality(original, np.concatenate(recon_ref).reshape(original.shape)),
     }
     if twin is not None:

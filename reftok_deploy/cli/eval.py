@@ -11,7 +11,8 @@ from reftok_deploy.cli import user_errors
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("videos", nargs=-1, required=True, type=click.Path())
+@click.argument("videos", nargs=-1, type=click.Path())
+@click.option("--demo", is_flag=True, help="Also score built-in clips (scikit-image photographs under camera motion).")
 @click.option("--checkpoint", type=click.Path(), default=None, help="RefTok checkpoint folder [default: shipped].")
 @click.option("--twin", "twin_path", type=click.Path(), default=None, help="Twin checkpoint folder [default: shipped].")
 @click.option("--no-twin", is_flag=True, help="Evaluate RefTok alone.")
@@ -20,19 +21,26 @@ from reftok_deploy.cli import user_errors
 @click.option("--batch", default=4, show_default=True, type=click.IntRange(1), help="GOPs per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 @user_errors
-def main(videos, checkpoint, twin_path, no_twin, size, max_gops, batch, as_json) -> None:
-    """Score VIDEO files: GOP = 1 unquantised reference (stored as PNG) + 1 block of tokens.
+def main(videos, demo, checkpoint, twin_path, no_twin, size, max_gops, batch, as_json) -> None:
+    """Score VIDEO files (and/or --demo clips): GOP = 1 unquantised reference (stored as PNG) + 1 block of tokens.
 
     PSNR/SSIM are averaged over the block frames (uint8, RGB); bpp counts the
     tokens alone and the tokens plus the PNG reference over all frames.
     """
     from reftok_deploy.checkpoint import default_checkpoint, load_checkpoint
-    from reftok_deploy.evaluate import evaluate_clip, summarize
+    from reftok_deploy.data import demo_clips
+    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.evaluate import evaluate_clip, evaluate_frames, summarize
 
+    if not videos and not demo:
+        raise ReftokError("give at least one VIDEO, or --demo for the built-in clips")
     reftok, _ = load_checkpoint(checkpoint or default_checkpoint())
     twin = None if no_twin else load_checkpoint(twin_path or default_checkpoint(twin=True))[0]
     clips = [evaluate_clip(v, reftok, twin, size=size, batch=batch, max_gops=max_gops)
              for v in tqdm(videos, desc="evaluating", unit="clip", disable=as_json or len(videos) < 2)]
+    if demo:
+        clips += [evaluate_frames(name, frames, reftok, twin, batch=batch, max_gops=max_gops)
+                  for name, frames in demo_clips(size, block_frames=reftok.cfg.block_frames).items()]
     summary = summarize(clips)
     if as_json:
         click.echo(json.dumps({"clips": clips, "mean": summary}, indent=2))

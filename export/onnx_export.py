@@ -1,0 +1,77 @@
+"""Trace one export seam (encoder or decoder) to an ONNX file, written atomically.
+
+Both exporters are supported: ``dynamo=True`` (torch.export, the default in
+current PyTorch) and ``dynamo=False`` (TorchScript tracing). Batch, height and
+width are dynamic; the block length is fixed by the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from reftok_deploy.export.graphs import GRAPHS
+from reftok_deploy.export.specs import INPUTS, OUTPUTS, TensorSpec, fixed_dims
+from reftok_deploy.model import RefTok
+
+OPSET = 18  # the dynamo exporter's floor; parsed by TensorRT 8.6+ and every current onnxruntime
+
+
+def example_inputs(model: RefTok, graph: str, batch: int = 1, height: int = 64, width: int = 64,
+                   seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Tracing inputs of the right dtypes and shapes (values only steer tracing, never the graph)."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = []
+    for spec in INPUTS[graph]:
+        shape = spec.shape(batch, height, width, model.cfg)
+        if spec.dtype == np.int32:
+            tensors.append(torch.randint(0, model.fsq.codebook_size, shape, generator=gen, dtype=torch.int32))
+        else:
+            tensors.append(torch.rand(shape, generator=gen) * 2 - 1)
+    return tuple(tensors)
+
+
+def _dynamic_axes(specs: tuple[TensorSpec, ...], model: RefTok) -> dict[str, dict[int, str]]:
+    return {s.name: {i: d for i, d in enumerate(fixed_dims(s, model.cfg)) if isinstance(d, str)} for s in specs}
+
+
+def export_graph(model: RefTok, graph: str, path: str | Path, dynamo: bool = True, opset: int = OPSET) -> Path:
+    """Export ``graph`` ('encoder' or 'decoder') of ``model`` to ``path``; returns the path.
+
+    The file appears only when complete (temp file + rename).
+    """
+    if graph not in GRAPHS:
+        raise ValueError(f"unknown graph {graph!r}; expected one of {sorted(GRAPHS)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = GRAPHS[graph](model.eval())
+    inputs = example_inputs(model, graph)
+    in_specs, out_specs = INPUTS[graph], OUTPUTS[graph]
+    names = dict(input_names=[s.name for s in in_specs], output_names=[s.name for s in out_specs])
+    if dynamo:
+        axes = _dynamic_axes(in_specs, model)
+        dynamic = dict(dynamic_shapes={name: axes[name] for name in names["input_names"]})
+    else:
+        dynamic = dict(dynamic_axes=_dynamic_axes(in_specs + out_specs, model))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            warnings.simplefilter("ignore")
+            extra = {"external_data": False} if dynamo else {}
+            torch.onnx.export(module, inputs, tmp, dynamo=dynamo, opset_version=opset, **names, **dynamic, **extra)
+        proto = onnx.load(tmp)
+        onnx.checker.check_model(proto, full_check=True)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path

@@ -1,0 +1,55 @@
+"""Shared fixtures: real stills from scikit-image under synthetic camera motion, written as video files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from reftok_deploy.data import camera_motion_clip
+from reftok_deploy.model import PRESETS, RefTok
+
+
+def moving_still(name: str, frames: int, size: int, seed: int = 0) -> np.ndarray:
+    """``[frames,size,size,3]`` uint8 RGB: a scikit-image photograph under pan/zoom/rotation."""
+    import skimage.data
+
+    from reftok_deploy.video import to_rgb
+
+    image = to_rgb(getattr(skimage.data, name)(), "RGB")
+    return camera_motion_clip(image, frames, size, np.random.default_rng(seed))
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float = 10.0) -> Path:
+    """Write ``[N,H,W,3]`` uint8 RGB as an MJPG .avi."""
+    h, w = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_clip() -> np.ndarray:
+    """19 frames (two GOPs + 1) of the astronaut photograph under camera motion, 64x64."""
+    return moving_still("astronaut", 19, 64)
+
+
+@pytest.fixture(scope="session")
+def video_file(tmp_path_factory, real_clip) -> Path:
+    return write_video(tmp_path_factory.mktemp("video") / "astronaut.avi", real_clip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> RefTok:
+    """A randomly initialised RefTok whose output head is not zero (so decodes depend on everything)."""
+    torch.manual_seed(0)
+    model = RefTok(PRESETS["tiny"])
+    for p in model.decoder.to_pixels.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return model.eval()

@@ -1,0 +1,116 @@
+"""Smoke runs of the console scripts on generated data, and their answers to bad input."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from reftok_deploy.cli.eval import main as eval_main
+from reftok_deploy.cli.train import main as train_main
+from tests.conftest import moving_still, write_video
+
+FAST = ["--steps", "2", "--batch", "2", "--crop", "32", "--checkpoint-every", "1", "--threads", "1",
+        "--no-builtin-stills"]
+
+
+def invoke(command, args):
+    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A RefTok and a twin trained for two steps on a generated video plus gray and RGBA stills."""
+    root = tmp_path_factory.mktemp("train")
+    data = root / "data"
+    data.mkdir()
+    write_video(data / "clip.avi", moving_still("coffee", 12, 48))
+    gray = moving_still("camera", 1, 64)[0, :, :, 0]
+    cv2.imwrite(str(data / "gray.png"), gray)
+    rgba = np.dstack([moving_still("chelsea", 1, 64)[0], np.full((64, 64), 200, np.uint8)])
+    cv2.imwrite(str(data / "rgba.png"), rgba)
+    runs = {}
+    for name, extra in (("reftok", []), ("twin", ["--no-reference"])):
+        result = invoke(train_main, [data, "--out", root / name, *FAST, *extra])
+        assert result.exit_code == 0, result.output
+        runs[name] = root / name
+    return runs
+
+
+def test_train_writes_checkpoint_and_resumes(trained):
+    config = json.loads((trained["reftok"] / "checkpoint" / "config.json").read_text())
+    assert config["training"]["step"] == 2
+    assert set(config["training"]["data"]) >= {"clip.avi", "gray.png", "rgba.png"}
+    result = invoke(train_main, [trained["reftok"].parent / "data", "--out", trained["reftok"], "--resume",
+                                 *[a if a != "2" else "3" for a in FAST]])
+    assert result.exit_code == 0, result.output
+    config = json.loads((trained["reftok"] / "checkpoint" / "config.json").read_text())
+    assert config["training"]["step"] == 3
+
+
+def test_eval_json_reports_both_models(trained, video_file):
+    result = invoke(eval_main, [video_file, "--checkpoint", trained["reftok"] / "checkpoint",
+                                "--twin", trained["twin"] / "checkpoint", "--size", "64", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    clip = report["clips"][0]
+    assert clip["gops"] == 2 and clip["frames_scored"] == 16
+    assert 0 < clip["reftok"]["psnr"] < 100 and 0 < clip["twin"]["ssim"] <= 1
+    assert clip["bpp_tokens"] == pytest.approx(2 * 8 * 8 * np.log2(1000) / (8 * 64 * 64))
+    assert clip["bpp_with_reference_png"] > clip["bpp_tokens"]
+    assert "psnr_gain_db" in report["mean"]
+
+
+def test_eval_table(trained, video_file):
+    result = invoke(eval_main, [video_file, "--checkpoint", trained["reftok"] / "checkpoint", "--no-twin",
+                                "--size", "64"])
+    assert result.exit_code == 0
+    assert "astronaut.avi" in result.stdout and "mean" in result.stdout
+
+
+def one_line_error(result, fragment):
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert len(errors) == 1 and errors[0].startswith("error:") and fragment in errors[0], result.stderr
+
+
+def test_eval_bad_inputs(tmp_path, trained, video_file):
+    ck = ["--checkpoint", trained["reftok"] / "checkpoint", "--no-twin", "--size", "64"]
+    one_line_error(invoke(eval_main, [video_file, "--checkpoint", tmp_path / "missing"]), "checkpoint not found")
+    one_line_error(invoke(eval_main, [tmp_path / "none.avi", *ck]), "video not found")
+    corrupt = tmp_path / "corrupt.avi"
+    corrupt.write_bytes(b"RIFF" + bytes(range(256)) * 20)
+    one_line_error(invoke(eval_main, [corrupt, *ck]), "corrupt.avi")
+    short = write_video(tmp_path / "short.avi", moving_still("astronaut", 5, 64))
+    one_line_error(invoke(eval_main, [short, *ck]), "shorter than one reference + block")
+    other_version = tmp_path / "v99"
+    other_version.mkdir()
+    config = json.loads((trained["reftok"] / "checkpoint" / "config.json").read_text())
+    config["model"]["model_version"] = 99
+    (other_version / "config.json").write_text(json.dumps(config))
+    one_line_error(invoke(eval_main, [video_file, "--checkpoint", other_version]), "model version 99")
+
+
+def test_train_bad_inputs(tmp_path):
+    one_line_error(invoke(train_main, [tmp_path / "nothing", "--out", tmp_path / "run", *FAST]), "not found")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(invoke(train_main, [empty, "--out", tmp_path / "run", *FAST]), "no training data")
+    short = tmp_path / "short"
+    short.mkdir()
+    write_video(short / "s.avi", moving_still("astronaut", 4, 64))
+    one_line_error(invoke(train_main, [short, "--out", tmp_path / "run", *FAST]), "shorter than one reference")
+    one_line_error(invoke(train_main, [short, "--out", tmp_path / "run", "--crop", "36"]), "multiple of 8")
+
+
+def test_eval_demo_needs_no_files(trained):
+    result = invoke(eval_main, ["--demo", "--size", "32", "--checkpoint", trained["reftok"] / "checkpoint",
+                                "--twin", trained["twin"] / "checkpoint", "--json", "--max-gops", "1"])
+    assert result.exit_code == 0, result.output
+    names = [c["clip"] for c in json.loads(result.stdout)["clips"]]
+    assert names == ["demo:astronaut", "demo:coffee", "demo:text"]
+
+
+def test_eval_without_input_is_refused():
+    one_line_error(invoke(eval_main, []), "--demo")
