@@ -40,3 +40,26 @@ def fixed_dims(spec: TensorSpec, cfg: RefTokConfig) -> tuple[int | str, ...]:
     groups = cfg.block_frames // cfg.temporal_factor
     return tuple({"frames": cfg.block_frames, "groups": groups}.get(d, d) if isinstance(d, str) else d
                  for d in spec.dims)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Parity thresholds of one precision against PyTorch FP32 (frames in [-1,1], PSNR in dB)."""
+
+    min_token_agreement: float
+    max_abs_frames: float
+    max_psnr_delta_db: float
+
+
+TOLERANCES = {
+    "fp32": Tolerance(min_token_agreement=0.999, max_abs_frames=1e-3, max_psnr_delta_db=0.05),
+    "fp16": Tolerance(min_token_agreement=0.98, max_abs_frames=5e-2, max_psnr_delta_db=0.2),
+    "int8": Tolerance(min_token_agreement=0.0, max_abs_frames=float("inf"), max_psnr_delta_db=0.5),
+}
+PRECISIONS = tuple(TOLERANCES)
+GRAPH_NAMES = ("encoder", "decoder")
+
+
+def artifact_name(graph: str, precision: str) -> str:
+    """File name of one exported graph, e.g. ``encoder.fp16.onnx``."""
+    return f"{graph}.{precision}.onnx"

@@ -57,8 +57,11 @@ class FSQ(nn.Module):
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """Latent ``[N,D,h,w]`` -> normalised codes in ``[-1,1]`` with a straight-through gradient."""
         bounded = self.bound(z)
-        rounded = bounded + (torch.round(bounded) - bounded).detach()
-        return rounded / self._half_width
+        if self.training:
+            bounded = bounded + (torch.round(bounded) - bounded).detach()
+        else:  # inference graphs (and exports) hold a plain Round
+            bounded = torch.round(bounded)
+        return bounded / self._half_width
 
     def codes_to_ids(self, codes: torch.Tensor) -> torch.Tensor:
         """Normalised codes ``[N,D,h,w]`` -> int32 ids ``[N,h,w]``."""

@@ -6,8 +6,10 @@ Layout conventions (every public method states its own):
 - tokens:    ``[B,T/ft,H/fs,W/fs]`` int32 ids in ``[0, prod(fsq_levels))``.
 
 Time is folded into channels (ft frames stacked -> one latent frame) and every
-op is a Conv2d, ReLU, pixel (un)shuffle or elementwise op, which TensorRT and
-ONNX Runtime quantise and fuse well. The reference enters the encoder and the
+op is a Conv2d, ReLU6, pixel (un)shuffle or elementwise op, which TensorRT and
+ONNX Runtime quantise and fuse well. ReLU6 bounds every activation to [0, 6]:
+without normalisation layers an unbounded ReLU net trained here grew activations
+past 1e6, which overflows FP16 and wrecks INT8 ranges. The reference enters the encoder and the
 decoder at 1/2, 1/4 and 1/8 resolution by concatenation (residual blocks sit
 at 1/4 and 1/8, where they are cheap); the decoder predicts a
 residual over the reference. ``reference=False`` gives the twin with every
@@ -95,11 +97,11 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.relu(self.conv1(x)))
+        return F.relu6(x + self.conv2(F.relu6(self.conv1(x))))
 
 
 def stage(cin: int, cout: int, blocks: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(conv3(cin, cout, stride), nn.ReLU(), *[ResBlock(cout) for _ in range(blocks)])
+    return nn.Sequential(conv3(cin, cout, stride), nn.ReLU6(), *[ResBlock(cout) for _ in range(blocks)])
 
 
 class ReferenceEncoder(nn.Module):
@@ -129,9 +131,9 @@ class BlockEncoder(nn.Module):
         r = cfg.channels if cfg.reference else (0, 0, 0)
         self.unshuffle = nn.PixelUnshuffle(2)
         self.s1 = stage(12 * cfg.temporal_factor + r[0], c1, 0)
-        self.down2 = nn.Sequential(conv3(c1, c2, stride=2), nn.ReLU())
+        self.down2 = nn.Sequential(conv3(c1, c2, stride=2), nn.ReLU6())
         self.s2 = stage(c2 + r[1], c2, cfg.res_blocks)
-        self.down3 = nn.Sequential(conv3(c2, c3, stride=2), nn.ReLU())
+        self.down3 = nn.Sequential(conv3(c2, c3, stride=2), nn.ReLU6())
         self.s3 = stage(c3 + r[2], c3, cfg.res_blocks)
         self.to_latent = conv3(c3, latent_dim)
 
@@ -153,9 +155,9 @@ class BlockDecoder(nn.Module):
         c1, c2, c3 = cfg.channels
         r = cfg.channels if cfg.reference else (0, 0, 0)
         self.s3 = stage(latent_dim + r[2], c3, cfg.res_blocks + 1)
-        self.up2 = nn.Sequential(conv3(c3, c2 * 4), nn.PixelShuffle(2), nn.ReLU())
+        self.up2 = nn.Sequential(conv3(c3, c2 * 4), nn.PixelShuffle(2), nn.ReLU6())
         self.s2 = stage(c2 + r[1], c2, cfg.res_blocks)
-        self.up1 = nn.Sequential(conv3(c2, c1 * 4), nn.PixelShuffle(2), nn.ReLU())
+        self.up1 = nn.Sequential(conv3(c2, c1 * 4), nn.PixelShuffle(2), nn.ReLU6())
         self.s1 = stage(c1 + r[0], c1, 1)
         self.to_pixels = nn.Sequential(conv3(c1, 12 * cfg.temporal_factor), nn.PixelShuffle(2))
         # Start RefTok as "copy the reference" and the twin as mid-grey.

@@ -32,7 +32,7 @@ class Recipe:
     steps: int = 3600
     batch: int = 8
     crop: int = 96
-    lr: float = 2e-3
+    lr: float = 1.5e-3
     warmup: int = 200
     seed: int = 0
     checkpoint_every: int = 200

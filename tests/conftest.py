@@ -53,3 +53,27 @@ def tiny_model() -> RefTok:
     for p in model.decoder.to_pixels.parameters():
         torch.nn.init.normal_(p, std=0.05)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_model) -> Path:
+    from reftok_deploy.checkpoint import save_checkpoint
+
+    return save_checkpoint(tiny_model, tmp_path_factory.mktemp("ck") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, tiny_model):
+    """Encoder/decoder FP32 ONNX of the tiny model per exporter, exported once per session."""
+    from reftok_deploy.export.onnx_export import export_graph
+
+    cache: dict[str, dict[str, Path]] = {}
+
+    def get(exporter: str) -> dict[str, Path]:
+        if exporter not in cache:
+            folder = tmp_path_factory.mktemp(exporter)
+            cache[exporter] = {g: export_graph(tiny_model, g, folder / f"{g}.onnx", dynamo=exporter == "dynamo")
+                               for g in ("encoder", "decoder")}
+        return cache[exporter]
+
+    return get

@@ -16,7 +16,7 @@ from reftok_deploy.model import PRESETS
 @click.option("--steps", default=3600, show_default=True, type=click.IntRange(1))
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--crop", default=96, show_default=True, type=click.IntRange(32), help="Square crop size (multiple of 8).")
-@click.option("--lr", default=2e-3, show_default=True, type=float)
+@click.option("--lr", default=1.5e-3, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--no-builtin-stills", is_flag=True, help="Do not add scikit-image's bundled photographs.")

@@ -1,0 +1,87 @@
+"""manifest.json of an export folder: what was written, from what, with which tools, and how it validated.
+
+Reading a manifest checks its format, the model version, and every artefact's sha256,
+so a runtime never runs a file it did not expect.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from reftok_deploy.checkpoint import atomic_write_bytes, sha256_file
+from reftok_deploy.errors import ReftokError
+from reftok_deploy.model import MODEL_VERSION
+
+FORMAT = "reftok-export"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 4 << 20
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions of the tools that shape an artefact (None where not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("reftok-deploy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "polygraphy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
+    path = folder / MANIFEST
+    atomic_write_bytes(path, (json.dumps(manifest, indent=2, default=float) + "\n").encode())
+    return path
+
+
+def read_manifest(folder: str | Path, verify_files: bool = True) -> dict[str, Any]:
+    """Parse and check an export folder's manifest -> dict; every problem is one ReftokError line."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise ReftokError(f"export folder not found: {folder}")
+    if not path.is_file():
+        raise ReftokError(f"{folder} has no {MANIFEST}: not a reftok-export folder (run reftok-export first)")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ReftokError(f"{path} is too large to be a manifest")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReftokError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ReftokError(f"{path} is not a reftok-export manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ReftokError(f"{path} has manifest format {manifest.get('format_version')!r}; expected {FORMAT_VERSION}")
+    version = manifest.get("model", {}).get("model_version") if isinstance(manifest.get("model"), dict) else None
+    if version != MODEL_VERSION:
+        raise ReftokError(f"{folder} was exported from model version {version!r}; this reftok-deploy runs version {MODEL_VERSION}")
+    artifacts = manifest.get("artifacts")
+    if not isinstance(artifacts, dict):
+        raise ReftokError(f"{path} lists no artifacts")
+    if verify_files:
+        for key, entry in artifacts.items():
+            file = folder / str(entry.get("file", ""))
+            if not file.is_file() or file.parent.resolve() != folder.resolve():
+                raise ReftokError(f"{folder}: artifact {key} ({entry.get('file')}) is missing")
+            if sha256_file(file) != entry.get("sha256"):
+                raise ReftokError(f"{file} does not match its sha256 in {MANIFEST}: modified or corrupt")
+    return manifest
+
+
+def onnx_model_version(path: str | Path) -> int | None:
+    """The model version recorded in an ONNX file's metadata_props (None if absent)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ReftokError(f"cannot parse ONNX {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    value = props.get("reftok.model_version")
+    return int(value) if value is not None and value.isdigit() else None

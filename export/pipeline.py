@@ -1,0 +1,205 @@
+"""reftok-export's work: ONNX graphs, mixed precision, checks, validation, engines and the manifest.
+
+Everything is written into a staging folder inside the output folder and moved into
+place only when complete, the manifest last: an interrupted export leaves the output
+folder as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from reftok_deploy.checkpoint import load_checkpoint, sha256_file
+from reftok_deploy.errors import ReftokError
+from reftok_deploy.export.manifest import tool_versions, write_manifest
+from reftok_deploy.export.onnx_export import OPSET, export_graph
+from reftok_deploy.export.precision import to_mixed_fp16, token_arithmetic_nodes
+from reftok_deploy.export.preflight import preflight
+from reftok_deploy.export.specs import (GRAPH_NAMES, INPUTS, OUTPUTS, TOLERANCES, artifact_name, fixed_dims)
+from reftok_deploy.export.tensorrt_build import ShapeProfile, gpu_name, tensorrt_version
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ExportOptions:
+    precisions: tuple[str, ...] = ("fp32",)
+    dynamo: bool = True
+    opset: int = OPSET
+    validate: bool = True
+    validation_clips: dict[str, np.ndarray] | None = None  # uint8 [N,S,S,3]; default: demo clips
+    max_gops: int = 2
+    tensorrt: str = "auto"  # auto | skip | require
+    profile: ShapeProfile = field(default_factory=ShapeProfile)
+    int8_models: dict[str, onnx.ModelProto] | None = None  # Q/DQ graphs from calibration
+
+
+def _annotate(proto: onnx.ModelProto, config: dict[str, Any], graph: str, precision: str, options: ExportOptions,
+              checkpoint_sha: str) -> onnx.ModelProto:
+    props = {
+        "reftok.model_version": str(config["model_version"]),
+        "reftok.model_config": json.dumps(config, sort_keys=True),
+        "reftok.export": json.dumps({"graph": graph, "precision": precision, "exporter": "dynamo" if options.dynamo
+                                     else "torchscript", "opset": options.opset, "checkpoint_sha256": checkpoint_sha},
+                                    sort_keys=True),
+    }
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "reftok-deploy"
+    del proto.graph.value_info[:]  # stale after precision rewrites; re-inferred below
+    proto = onnx.shape_inference.infer_shapes(proto, check_type=True)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _io(proto: onnx.ModelProto) -> dict[str, list[dict]]:
+    def describe(values):
+        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "dims": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+    return {"inputs": describe(proto.graph.input), "outputs": describe(proto.graph.output)}
+
+
+def _writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise ReftokError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
+
+
+def run_export(checkpoint: str | Path, out: str | Path, options: ExportOptions, progress: Progress = lambda _: None
+               ) -> dict[str, Any]:
+    """Export, check and validate; returns the manifest (also written to ``out/manifest.json``)."""
+    started = time.perf_counter()
+    out = Path(out)
+    checkpoint = Path(checkpoint)
+    model, ck_config = load_checkpoint(checkpoint)
+    _writable(out)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
+    try:
+        manifest = _export_into(staging, out, model, ck_config, checkpoint, options, progress)
+        for file in sorted(staging.iterdir()):
+            file.replace(out / file.name)
+        manifest["wall_seconds"] = round(time.perf_counter() - started, 1)
+        write_manifest(out, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _export_into(folder: Path, final: Path, model, ck_config: dict, checkpoint: Path, options: ExportOptions,
+                 progress: Progress) -> dict[str, Any]:
+    cfg = model.cfg
+    config = cfg.to_dict()
+    artifacts: dict[str, dict] = {}
+    checks: dict[str, dict] = {}
+    ck_sha = ck_config.get("weights_sha256") or sha256_file(checkpoint / "model.safetensors")
+    protos: dict[str, onnx.ModelProto] = {}
+    for graph in GRAPH_NAMES:
+        progress(f"exporting {graph} ({'dynamo' if options.dynamo else 'torchscript'}, opset {options.opset})")
+        raw = export_graph(model, graph, folder / f".raw-{graph}.onnx", dynamo=options.dynamo, opset=options.opset)
+        fp32 = onnx.load(str(raw))
+        raw.unlink()
+        for i, node in enumerate(fp32.graph.node):
+            node.name = node.name or f"{node.op_type}_{i}"
+        protos[f"{graph}.fp32"] = fp32
+        if "fp16" in options.precisions:
+            progress(f"mixed-precision FP16 {graph} (token arithmetic kept in FP32)")
+            protos[f"{graph}.fp16"] = to_mixed_fp16(onnx.load_from_string(fp32.SerializeToString()))
+        if "int8" in options.precisions:
+            if not options.int8_models or graph not in options.int8_models:
+                raise ReftokError("INT8 export needs calibrated Q/DQ graphs (see --calib-data)")
+            protos[f"{graph}.int8"] = options.int8_models[graph]
+    for key, proto in protos.items():
+        graph, precision = key.split(".")
+        proto = _annotate(proto, config, graph, precision, options, ck_sha)
+        file = folder / artifact_name(graph, precision)
+        onnx.save(proto, str(file))
+        report = preflight(proto)
+        report.path = file.name
+        checks[key] = report.to_dict()
+        artifacts[key] = {"file": file.name, "graph": graph, "precision": precision, "format": "onnx",
+                          "sha256": sha256_file(file), "bytes": file.stat().st_size, **_io(proto)}
+    fp32_nodes = {g: token_arithmetic_nodes(protos[f"{g}.fp32"]) for g in GRAPH_NAMES}
+    manifest: dict[str, Any] = {
+        "model": config,
+        "checkpoint": {"path": str(checkpoint.resolve()), "weights_sha256": ck_sha,
+                       "metrics": ck_config.get("metrics", {})},
+        "exporter": "dynamo" if options.dynamo else "torchscript",
+        "opset": options.opset,
+        "precisions": list(options.precisions),
+        "io": {g: {"inputs": [{"name": s.name, "dtype": np.dtype(s.dtype).name, "dims": list(fixed_dims(s, cfg))}
+                              for s in INPUTS[g]],
+                   "outputs": [{"name": s.name, "dtype": np.dtype(s.dtype).name, "dims": list(fixed_dims(s, cfg))}
+                               for s in OUTPUTS[g]]} for g in GRAPH_NAMES},
+        "artifacts": artifacts,
+        "preflight": checks,
+        "versions": tool_versions(),
+    }
+    if options.validate:
+        manifest["validation"] = validate_folder(folder, artifacts, checkpoint, options, progress)
+    manifest["tensorrt"] = _tensorrt_step(folder, final, artifacts, cfg, options, fp32_nodes, progress)
+    return manifest
+
+
+def validate_folder(folder: Path, artifacts: dict[str, dict], checkpoint: Path, options: ExportOptions,
+                    progress: Progress) -> dict[str, Any]:
+    """Compare every ONNX precision with PyTorch on real frames; every failure is collected."""
+    from reftok_deploy.data import demo_clips
+    from reftok_deploy.parity import compare, gop_feeds
+    from reftok_deploy.runtimes.onnxruntime_runner import OnnxRuntimeRunner
+    from reftok_deploy.runtimes.torch_runner import TorchRunner
+
+    reports = {}
+    with TorchRunner(checkpoint) as torch_runner:
+        clips = options.validation_clips or demo_clips(256, block_frames=torch_runner.block_frames)
+        for precision in options.precisions:
+            progress(f"validating onnxruntime {precision} against PyTorch on {len(clips)} real clip(s)")
+            files = {g: folder / artifacts[f"{g}.{precision}"]["file"] for g in GRAPH_NAMES}
+            with OnnxRuntimeRunner(files, name=f"onnxruntime-{precision}") as ort_runner:
+                report = compare(torch_runner, ort_runner, gop_feeds(clips, torch_runner.block_frames, options.max_gops),
+                                 TOLERANCES[precision])
+            reports[precision] = report.to_dict()
+    failures = [f"{p}: {f}" for p, r in reports.items() for f in r["failures"]]
+    return {"ok": not failures, "clips": sorted(clips), "failures": failures, "reports": reports}
+
+
+def _tensorrt_step(folder: Path, final: Path, artifacts: dict[str, dict], cfg, options: ExportOptions, fp32_nodes: dict,
+                   progress: Progress) -> dict[str, Any]:
+    engine_precisions = [p for p in options.precisions if p != "fp32"] or ["fp32"]
+    version, gpu = tensorrt_version(), gpu_name()
+    finish = f"reftok-export {' '.join('--' + p for p in engine_precisions if p != 'fp32')} on the target (TensorRT + GPU)"
+    if options.tensorrt == "skip":
+        return {"status": "skipped", "reason": "--no-tensorrt", "finish_command": finish.strip()}
+    if version is None or gpu is None:
+        missing = "TensorRT" if version is None else "a CUDA GPU"
+        if options.tensorrt == "require":
+            raise ReftokError(f"--tensorrt require: {missing} not found on this machine")
+        return {"status": "not built", "reason": f"{missing} not found", "finish_command": finish.strip()}
+    from reftok_deploy.export.tensorrt_build import build_engine, check_engine, engine_key
+
+    engines = {}
+    groups = cfg.block_frames // cfg.temporal_factor
+    for precision in engine_precisions:
+        for graph in GRAPH_NAMES:
+            # TensorRT >= 11 takes precision from the graph; <= 10 uses the FP32 graph plus a builder flag.
+            source_precision = precision if int(version.split(".")[0]) >= 11 or precision == "int8" else "fp32"
+            onnx_file = folder / artifacts[f"{graph}.{source_precision}"]["file"]
+            progress(f"building TensorRT {precision} engine for the {graph} (TensorRT {version}, {gpu})")
+            path = build_engine(onnx_file, graph, precision, folder, options.profile, cfg.block_frames, groups,
+                                fp32_nodes=fp32_nodes[graph], previous=final, say=progress)
+            key = engine_key(sha256_file(onnx_file), precision, options.profile, version, gpu)
+            assert check_engine(path, key) is None
+            engines[f"{graph}.{precision}"] = {"file": path.name, "key": key, "sha256": sha256_file(path)}
+    return {"status": "built", "engines": engines}

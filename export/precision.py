@@ -1,0 +1,108 @@
+"""Mixed-precision ONNX for TensorRT 11's strongly typed builds (and ONNX Runtime).
+
+FP16 everywhere except the token arithmetic: in the encoder every node after
+the last Conv (FSQ bound, Round, id packing) and in the decoder every node
+before the first Conv (id unpacking) stays FP32, so token ids are identical in
+meaning to the FP32 graph. Graph I/O keeps its FP32/int32 types.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
+
+
+def token_arithmetic_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that must stay FP32: downstream of the last compute op, or upstream of the first.
+
+    Found by graph reachability rather than by names, so it holds for both exporters.
+    """
+    graph = model.graph
+    nodes = list(graph.node)
+    compute = [i for i, n in enumerate(nodes) if n.op_type in COMPUTE_OPS]
+    if not compute:
+        return [n.name for n in nodes]
+    consumers = _consumers(graph)
+    keep: set[int] = set()
+    ids = {id(n): i for i, n in enumerate(nodes)}
+
+    # Downstream of every compute op that feeds no other compute op (the encoder head).
+    def reaches_compute(start: onnx.NodeProto) -> bool:
+        stack, seen = [start], set()
+        while stack:
+            node = stack.pop()
+            for out in node.output:
+                for nxt in consumers.get(out, []):
+                    if id(nxt) in seen:
+                        continue
+                    if nxt.op_type in COMPUTE_OPS:
+                        return True
+                    seen.add(id(nxt))
+                    stack.append(nxt)
+        return False
+
+    for i in compute:
+        if not reaches_compute(nodes[i]):
+            stack = [nodes[i]]
+            while stack:
+                node = stack.pop()
+                for out in node.output:
+                    for nxt in consumers.get(out, []):
+                        j = ids[id(nxt)]
+                        if j not in keep and nxt.op_type not in COMPUTE_OPS:
+                            keep.add(j)
+                            stack.append(nxt)
+    # Upstream of compute ops, from integer graph inputs (the decoder's token unpacking).
+    int_inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type in (onnx.TensorProto.INT32,
+                                                                                   onnx.TensorProto.INT64)}
+    stack = [n for name in int_inputs for n in consumers.get(name, [])]
+    while stack:
+        node = stack.pop()
+        j = ids[id(node)]
+        if j in keep or node.op_type in COMPUTE_OPS:
+            continue
+        keep.add(j)
+        for out in node.output:
+            stack.extend(consumers.get(out, []))
+    return [nodes[j].name for j in sorted(keep)]
+
+
+def to_mixed_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """FP16 copy of an FP32 graph with the token arithmetic kept in FP32 and FP32/int32 I/O."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    keep = token_arithmetic_nodes(model)
+    converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep, op_block_list=[])
+    topological_sort(converted.graph)
+    return converted
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` in place so every node follows its producers (the converter appends casts)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            raise ValueError("graph has a cycle or a dangling input")
+        for node in ready:
+            available.update(node.output)
+        ordered.extend(ready)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(copies)

@@ -1,0 +1,67 @@
+"""reftok-parity: compare two backends (PyTorch, onnxruntime FP32/FP16/INT8, TensorRT) on real frames."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from reftok_deploy.cli import user_errors
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("export_folder", type=click.Path())
+@click.option("--a", "baseline", default="torch", show_default=True, help="Baseline backend.")
+@click.option("--b", "candidate", default="onnxruntime:fp32", show_default=True,
+              help="Candidate: torch | onnxruntime:fp32|fp16|int8 | tensorrt:fp32|fp16|int8.")
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="Checkpoint for the torch backend [default: the one recorded in the manifest].")
+@click.option("--video", "videos", multiple=True, type=click.Path(), help="Real videos [default: built-in clips].")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(8), help="Centre crop (multiple of 8).")
+@click.option("--max-gops", default=4, show_default=True, type=click.IntRange(1), help="GOPs per clip.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (torch and onnxruntime backends).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@user_errors
+def main(export_folder, baseline, candidate, checkpoint, videos, size, max_gops, device, as_json) -> None:
+    """Compare backend --b against --a on EXPORT_FOLDER: token agreement, decoder error
+    (both decoders on --a's tokens) and end-to-end PSNR against the source frames,
+    with the tolerances of --b's precision. Exit 1 when a tolerance is exceeded."""
+    from reftok_deploy.checkpoint import sha256_file
+    from reftok_deploy.data import demo_clips
+    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.export.manifest import read_manifest
+    from reftok_deploy.export.specs import TOLERANCES
+    from reftok_deploy.parity import compare, gop_feeds
+    from reftok_deploy.runtimes.factory import make_runner, parse_spec
+    from reftok_deploy.video import read_video
+
+    if size % 8:
+        raise ReftokError(f"--size must be a multiple of 8, got {size}")
+    manifest = read_manifest(export_folder)
+    if checkpoint is None:
+        checkpoint = manifest["checkpoint"]["path"]
+        weights = f"{checkpoint}/model.safetensors"
+        try:
+            matches = sha256_file(weights) == manifest["checkpoint"]["weights_sha256"]
+        except OSError:
+            raise ReftokError(f"the checkpoint recorded in the manifest is gone ({checkpoint}): pass --checkpoint") from None
+        if not matches:
+            raise ReftokError(f"{checkpoint} changed since the export: pass --checkpoint or re-export")
+    runners = [make_runner(spec, export_folder, checkpoint, device=device) for spec in (baseline, candidate)]
+    block = manifest["model"]["block_frames"]
+    clips = {str(v): read_video(v, size=size) for v in videos} or demo_clips(size, block_frames=block)
+    with runners[0] as a, runners[1] as b:
+        report = compare(a, b, gop_feeds(clips, block, max_gops), TOLERANCES[parse_spec(candidate)[1]])
+    result = report.to_dict()
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"{b.name} vs {a.name} on {result['feeds']} GOPs of {len(clips)} clip(s):")
+        click.echo(f"  tokens equal        {100 * result['token_agreement']:.3f} %")
+        click.echo(f"  decoder max abs     {result['decoder_max_abs']:.3e} (mean {result['decoder_mean_abs']:.3e})")
+        click.echo(f"  PSNR vs source      {result['psnr_baseline_db']:.3f} dB -> {result['psnr_candidate_db']:.3f} dB "
+                   f"({result['psnr_delta_db']:+.3f} dB)")
+        click.echo("  " + ("ok" if report.ok else "FAILED: " + "; ".join(report.failures)))
+    if not report.ok:
+        sys.exit(1)

@@ -1,0 +1,61 @@
+"""Backend specs ('torch', 'onnxruntime:fp32', 'tensorrt:fp16', ...) -> Runner instances."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reftok_deploy.errors import ReftokError
+from reftok_deploy.runtimes.base import Runner
+
+ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """'onnxruntime:fp16' -> ('onnxruntime', 'fp16'); 'torch' -> ('torch', 'fp32')."""
+    backend, _, precision = spec.partition(":")
+    backend = ALIASES.get(backend, backend)
+    precision = precision or ("fp32" if backend != "tensorrt" else "fp16")
+    if backend not in BACKENDS or precision not in ("fp32", "fp16", "int8") or (backend == "torch" and precision != "fp32"):
+        raise ReftokError(f"unknown backend {spec!r}: use torch, onnxruntime:fp32|fp16|int8 or tensorrt:fp32|fp16|int8")
+    return backend, precision
+
+
+def make_runner(spec: str, export_folder: str | Path | None, checkpoint: str | Path | None,
+                device: str = "cpu", threads: int | None = None) -> Runner:
+    """Build (not load) the runner for ``spec``; ONNX artefacts are checked against their manifest."""
+    backend, precision = parse_spec(spec)
+    if backend == "torch":
+        from reftok_deploy.runtimes.torch_runner import TorchRunner
+
+        if checkpoint is None:
+            raise ReftokError("the torch backend needs a checkpoint")
+        return TorchRunner(checkpoint, device=device)
+    if export_folder is None:
+        raise ReftokError(f"backend {spec} needs an export folder (run reftok-export first)")
+    folder = Path(export_folder)
+    if backend == "tensorrt":
+        from reftok_deploy.runtimes.tensorrt_runner import TensorRTRunner
+
+        return TensorRTRunner(folder, precision)
+    from reftok_deploy.export.manifest import onnx_model_version, read_manifest
+    from reftok_deploy.model import MODEL_VERSION
+    from reftok_deploy.runtimes.onnxruntime_runner import OnnxRuntimeRunner
+
+    manifest = read_manifest(folder)
+    files = {}
+    for graph in ("encoder", "decoder"):
+        entry = manifest["artifacts"].get(f"{graph}.{precision}")
+        if entry is None:
+            flag = {"fp16": "--fp16", "int8": "--int8 --calib-data ..."}.get(precision, "")
+            raise ReftokError(f"{folder} has no {precision} {graph}: re-run reftok-export {flag}".rstrip())
+        files[graph] = folder / entry["file"]
+        version = onnx_model_version(files[graph])
+        if version != MODEL_VERSION:
+            raise ReftokError(f"{files[graph]} is an ONNX of model version {version}; this reftok-deploy runs "
+                              f"version {MODEL_VERSION}: re-export it")
+    provider = "cuda" if device.startswith("cuda") else "cpu"
+    runner = OnnxRuntimeRunner(files, provider=provider, threads=threads, name=f"onnxruntime-{precision}")
+    cfg = manifest["model"]
+    runner.block_frames, runner.temporal_factor = cfg["block_frames"], cfg["temporal_factor"]
+    return runner

@@ -1,0 +1,54 @@
+"""ONNX Runtime backend over an export folder (manifest.json + encoder/decoder ONNX files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from reftok_deploy.runtimes.base import Runner
+
+PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                    "tensorrt": "TensorrtExecutionProvider"}
+
+
+class OnnxRuntimeRunner(Runner):
+    """Runs ``{graph}.{precision}.onnx`` files; ``provider`` is 'cpu', 'cuda' or 'tensorrt'."""
+
+    def __init__(self, files: dict[str, str | Path], provider: str = "cpu", threads: int | None = None,
+                 name: str | None = None) -> None:
+        self.files = {g: Path(p) for g, p in files.items()}
+        self.provider = provider
+        self.threads = threads
+        self.sessions: dict = {}
+        self.name = name or f"onnxruntime-{provider}"
+
+    def load(self) -> None:
+        if self.sessions:
+            return
+        import onnxruntime as ort
+
+        from reftok_deploy.errors import ReftokError
+
+        wanted = PROVIDER_ALIASES[self.provider]
+        if wanted not in ort.get_available_providers():
+            raise ReftokError(f"onnxruntime has no {wanted} here (available: {ort.get_available_providers()})")
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        for graph, path in self.files.items():
+            try:
+                self.sessions[graph] = ort.InferenceSession(str(path), options, providers=[wanted])
+            except Exception as exc:
+                raise ReftokError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
+
+    def run(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.load()
+        session = self.sessions[graph]
+        names = [o.name for o in session.get_outputs()]
+        inputs = {i.name: np.ascontiguousarray(feed[i.name]) for i in session.get_inputs()}
+        return dict(zip(names, session.run(names, inputs)))
+
+    def close(self) -> None:
+        self.sessions = {}

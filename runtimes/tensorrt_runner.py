@@ -1,0 +1,59 @@
+"""Native TensorRT backend: engines listed in an export manifest, run with Polygraphy's TrtRunner.
+
+Imported lazily; an engine whose cache key (ONNX hash, TensorRT version, GPU, precision,
+profile) no longer matches is refused with the command that rebuilds it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from reftok_deploy.errors import ReftokError
+from reftok_deploy.runtimes.base import Runner
+
+
+class TensorRTRunner(Runner):
+    def __init__(self, export_folder: str | Path, precision: str = "fp16") -> None:
+        self.folder = Path(export_folder)
+        self.precision = precision
+        self.name = f"tensorrt-{precision}"
+        self.runners: dict = {}
+
+    def load(self) -> None:
+        if self.runners:
+            return
+        from reftok_deploy.export.manifest import read_manifest
+        from reftok_deploy.export.tensorrt_build import check_engine, gpu_name, tensorrt_version
+
+        if tensorrt_version() is None:
+            raise ReftokError("TensorRT is not installed here: pip install 'reftok-deploy[tensorrt]' on the target")
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+        manifest = read_manifest(self.folder)
+        engines = manifest.get("tensorrt", {}).get("engines", {})
+        for graph in ("encoder", "decoder"):
+            entry = engines.get(f"{graph}.{self.precision}")
+            if entry is None:
+                raise ReftokError(f"{self.folder} has no {self.precision} TensorRT engine for the {graph}: "
+                                  f"run reftok-export --{self.precision} on this machine")
+            path = self.folder / entry["file"]
+            # The key of this machine: an engine from another GPU or TensorRT is foreign.
+            stale = check_engine(path, dict(entry["key"], tensorrt=tensorrt_version(), gpu=gpu_name()))
+            if stale:
+                raise ReftokError(f"refusing {path}: {stale}; rebuild with reftok-export --{self.precision}")
+            runner = TrtRunner(EngineFromBytes(BytesFromPath(str(path))))
+            runner.activate()
+            self.runners[graph] = runner
+
+    def run(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.load()
+        outputs = self.runners[graph].infer({k: np.ascontiguousarray(v) for k, v in feed.items()})
+        return {k: np.asarray(v) for k, v in outputs.items()}
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.deactivate()
+        self.runners = {}

@@ -1,0 +1,214 @@
+"""reftok-export and reftok-parity end to end on a tiny checkpoint, their checks and their bad-input answers."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from reftok_deploy.cli.export import main as export_main
+from reftok_deploy.cli.parity import main as parity_main
+from reftok_deploy.export.preflight import preflight
+from tests.conftest import moving_still, write_video
+
+FAST = ["--exporter", "torchscript", "--validate-size", "64", "--max-gops", "1"]
+
+
+def invoke(command, args):
+    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result, fragment, code=2):
+    assert result.exit_code == code, (result.exit_code, result.output)
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert len(errors) == 1 and errors[0].startswith("error:") and fragment in errors[0], result.stderr
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory, tiny_checkpoint):
+    out = tmp_path_factory.mktemp("export") / "out"
+    result = invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--fp16", *FAST])
+    assert result.exit_code in (0, 1), result.output  # FP16 of a random net may miss its tolerance
+    return out
+
+
+def test_export_writes_graphs_manifest_and_metadata(export_dir, tiny_checkpoint):
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    assert set(manifest["artifacts"]) == {"encoder.fp32", "decoder.fp32", "encoder.fp16", "decoder.fp16"}
+    assert manifest["versions"]["torch"] and manifest["versions"]["onnxruntime"] and "tensorrt" in manifest["versions"]
+    assert manifest["tensorrt"]["status"] in ("not built", "built")
+    encoder = onnx.load(str(export_dir / "encoder.fp32.onnx"))
+    props = {p.key: p.value for p in encoder.metadata_props}
+    assert props["reftok.model_version"] == "1"
+    assert json.loads(props["reftok.model_config"])["fsq_levels"] == [8, 5, 5, 5]
+    assert json.loads(props["reftok.export"])["precision"] == "fp32"
+    assert manifest["io"]["encoder"]["outputs"] == [
+        {"name": "tokens", "dtype": "int32", "dims": ["batch", 2, "token_height", "token_width"]}]
+    for graph in ("encoder", "decoder"):
+        for precision in ("fp32", "fp16"):
+            io = manifest["artifacts"][f"{graph}.{precision}"]
+            dtypes = {t["name"]: t["dtype"] for t in io["inputs"] + io["outputs"]}
+            assert dtypes == ({"reference": "float32", "frames": "float32", "tokens": "int32"} if graph == "encoder"
+                              else {"reference": "float32", "tokens": "int32", "reconstruction": "float32"})
+    fp32 = manifest["validation"]["reports"]["fp32"]
+    assert fp32["ok"] and fp32["token_agreement"] >= 0.999 and fp32["decoder_max_abs"] <= 1e-3
+    assert all(r["ok"] for r in manifest["preflight"].values())
+    assert not list(export_dir.glob(".staging-*")) and not list(export_dir.glob("*.tmp"))
+
+
+def test_fp16_graph_keeps_token_arithmetic_in_fp32(export_dir):
+    model = onnx.load(str(export_dir / "encoder.fp16.onnx"))
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    conv_weights = [n.input[1] for n in model.graph.node if n.op_type == "Conv"]
+    assert conv_weights and all(types.get(w) == TensorProto.FLOAT16 for w in conv_weights if w in types)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    elem = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    rounds = [n for n in model.graph.node if n.op_type == "Round"]
+    assert rounds and all(elem[n.output[0]] == TensorProto.FLOAT for n in rounds)
+
+
+def test_parity_cli_torch_vs_onnxruntime(export_dir):
+    result = invoke(parity_main, [export_dir, "--size", "64", "--max-gops", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] and report["token_agreement"] >= 0.999 and report["feeds"] == 3
+
+
+def test_parity_cli_on_a_video(export_dir, tmp_path):
+    video = write_video(tmp_path / "v.avi", moving_still("chelsea", 10, 64))
+    result = invoke(parity_main, [export_dir, "--b", "ort:fp32", "--video", video, "--size", "64"])
+    assert result.exit_code == 0, result.output
+    assert "tokens equal" in result.stdout and "ok" in result.stdout
+
+
+def test_preflight_passes_exported_graphs_and_fails_planted_patterns(export_dir, tmp_path):
+    model = onnx.load(str(export_dir / "decoder.fp32.onnx"))
+    assert preflight(model).ok
+    planted = onnx.load(str(export_dir / "decoder.fp32.onnx"))
+    out = planted.graph.output[0].name
+    planted.graph.node.append(helper.make_node("NonZero", [out], ["nz"], name="planted_nonzero"))
+    planted.graph.output.append(helper.make_tensor_value_info("nz", TensorProto.INT64, None))
+    report = preflight(planted)
+    assert not report.ok
+    assert any("NonZero" in e for e in report.errors) and any("int64" in e for e in report.errors)
+
+
+def test_missing_and_corrupt_checkpoint(tmp_path, tiny_checkpoint):
+    one_line_error(invoke(export_main, ["--checkpoint", tmp_path / "nope", "-o", tmp_path / "o"]), "checkpoint not found")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
+    one_line_error(invoke(export_main, ["--checkpoint", corrupt, "-o", tmp_path / "o"]), "sha256")
+
+
+def test_output_folder_not_writable(tmp_path, tiny_checkpoint):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    one_line_error(invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", blocker / "out", *FAST]), "not writable")
+
+
+def test_interrupted_export_leaves_nothing(tmp_path, tiny_checkpoint, monkeypatch):
+    import reftok_deploy.export.pipeline as pipeline
+
+    real = pipeline.export_graph
+    calls = []
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "export_graph", interrupt_second)
+    out = tmp_path / "out"
+    result = invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, *FAST])
+    assert result.exit_code == 130
+    assert list(out.iterdir()) == []
+
+
+def test_parity_refuses_other_model_version_and_modified_files(export_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(export_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["model"]["model_version"] = 0
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    one_line_error(invoke(parity_main, [copy, "--size", "64"]), "model version 0")
+
+    # An ONNX from another model version whose manifest entry was updated to match it.
+    from reftok_deploy.checkpoint import sha256_file
+
+    shutil.rmtree(copy)
+    shutil.copytree(export_dir, copy)
+    model = onnx.load(str(copy / "encoder.fp32.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "reftok.model_version":
+            prop.value = "7"
+    onnx.save(model, str(copy / "encoder.fp32.onnx"))
+    one_line_error(invoke(parity_main, [copy, "--size", "64"]), "does not match its sha256")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["artifacts"]["encoder.fp32"]["sha256"] = sha256_file(copy / "encoder.fp32.onnx")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    one_line_error(invoke(parity_main, [copy, "--size", "64"]), "model version 7")
+
+
+def test_parity_bad_backend_and_missing_precision(export_dir, tmp_path):
+    one_line_error(invoke(parity_main, [export_dir, "--b", "onnxruntime:fp8"]), "unknown backend")
+    one_line_error(invoke(parity_main, [export_dir, "--b", "onnxruntime:int8"]), "no int8")
+    one_line_error(invoke(parity_main, [tmp_path]), "no manifest.json")
+
+
+def test_no_tensorrt_here_is_one_line_with_the_finish_command(export_dir):
+    from reftok_deploy.export.tensorrt_build import gpu_name, tensorrt_version
+
+    if tensorrt_version() and gpu_name():
+        pytest.skip("TensorRT and a GPU are present")
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    assert manifest["tensorrt"]["status"] == "not built"
+    assert "reftok-export --fp16" in manifest["tensorrt"]["finish_command"]
+
+
+def test_profile_parsing():
+    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.export.tensorrt_build import ShapeProfile
+
+    assert ShapeProfile.parse("1x64x64:2x256x256:4x512x512").max == (4, 512, 512)
+    for bad in ("1x64x64", "1x64x63:1x64x64:1x64x64", "2x64x64:1x64x64:4x64x64", "axbxc:1:2"):
+        with pytest.raises(ReftokError):
+            ShapeProfile.parse(bad)
+
+
+def test_engine_cache_key_detects_stale_engines(tmp_path):
+    from reftok_deploy.export.tensorrt_build import ShapeProfile, check_engine, engine_key, engine_path
+
+    key = engine_key("abc", "fp16", ShapeProfile(), "10.9.0", "H100 sm90")
+    path = engine_path(tmp_path, "encoder", key)
+    assert check_engine(path, key) == "no engine built yet"
+    path.write_bytes(b"engine")
+    path.with_suffix(".json").write_text(json.dumps(key))
+    assert check_engine(path, key) is None
+    assert "gpu" in check_engine(path, dict(key, gpu="Orin sm87"))
+    assert "onnx_sha256" in check_engine(path, dict(key, onnx_sha256="def"))
+    assert engine_path(tmp_path, "encoder", dict(key, tensorrt="11.0")) != path
+
+
+@pytest.mark.gpu
+def test_tensorrt_fp16_parity_on_target(tmp_path, tiny_checkpoint):
+    from reftok_deploy.export.tensorrt_build import gpu_name, tensorrt_version
+
+    if not (tensorrt_version() and gpu_name()):
+        pytest.skip("needs TensorRT and a CUDA GPU")
+    out = tmp_path / "trt"
+    result = invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--fp16", "--tensorrt", "require",
+                                  "--profile", "1x64x64:1x64x64:2x128x128", *FAST])
+    assert result.exit_code in (0, 1), result.output
+    parity = invoke(parity_main, [out, "--b", "tensorrt:fp16", "--size", "64", "--json"])
+    report = json.loads(parity.stdout)
+    assert report["token_agreement"] >= 0.98, report
+    again = invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--fp16", "--tensorrt", "require",
+                                 "--profile", "1x64x64:1x64x64:2x128x128", *FAST])
+    assert "reusing cached engine" in again.stderr
