@@ -40,7 +40,8 @@ class ExportOptions:
     max_gops: int = 2
     tensorrt: str = "auto"  # auto | skip | require
     profile: ShapeProfile = field(default_factory=ShapeProfile)
-    int8_models: dict[str, onnx.ModelProto] | None = None  # Q/DQ graphs from calibration
+    calib_feeds: list[dict[str, np.ndarray]] | None = None  # encoder feeds of real frames (INT8 only)
+    calib_method: str = "percentile"
 
 
 def _annotate(proto: onnx.ModelProto, config: dict[str, Any], graph: str, precision: str, options: ExportOptions,
@@ -117,10 +118,9 @@ def _export_into(folder: Path, final: Path, model, ck_config: dict, checkpoint: 
         if "fp16" in options.precisions:
             progress(f"mixed-precision FP16 {graph} (token arithmetic kept in FP32)")
             protos[f"{graph}.fp16"] = to_mixed_fp16(onnx.load_from_string(fp32.SerializeToString()))
-        if "int8" in options.precisions:
-            if not options.int8_models or graph not in options.int8_models:
-                raise ReftokError("INT8 export needs calibrated Q/DQ graphs (see --calib-data)")
-            protos[f"{graph}.int8"] = options.int8_models[graph]
+    calibration = None
+    if "int8" in options.precisions:
+        calibration = _calibrate(folder, final, model, protos, options, progress)
     for key, proto in protos.items():
         graph, precision = key.split(".")
         proto = _annotate(proto, config, graph, precision, options, ck_sha)
@@ -144,6 +144,7 @@ def _export_into(folder: Path, final: Path, model, ck_config: dict, checkpoint: 
                    "outputs": [{"name": s.name, "dtype": np.dtype(s.dtype).name, "dims": list(fixed_dims(s, cfg))}
                                for s in OUTPUTS[g]]} for g in GRAPH_NAMES},
         "artifacts": artifacts,
+        "calibration": calibration,
         "preflight": checks,
         "versions": tool_versions(),
     }
@@ -151,6 +152,37 @@ def _export_into(folder: Path, final: Path, model, ck_config: dict, checkpoint: 
         manifest["validation"] = validate_folder(folder, artifacts, checkpoint, options, progress)
     manifest["tensorrt"] = _tensorrt_step(folder, final, artifacts, cfg, options, fp32_nodes, progress)
     return manifest
+
+
+def _calibrate(folder: Path, final: Path, model, protos: dict[str, onnx.ModelProto], options: ExportOptions,
+               progress: Progress) -> dict[str, Any]:
+    """Add ``{graph}.int8`` Q/DQ protos calibrated on real frames; returns the manifest's calibration entry."""
+    import torch
+
+    from reftok_deploy.calibration.feeds import decoder_feeds
+    from reftok_deploy.calibration.qdq import cache_digest, quantize_qdq
+
+    if not options.calib_feeds:
+        raise ReftokError("INT8 export needs calibration frames (--calib-data)")
+
+    @torch.inference_mode()
+    def encode(reference: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        return model.encode(torch.from_numpy(reference), torch.from_numpy(frames)).numpy()
+
+    feeds = {"encoder": options.calib_feeds, "decoder": decoder_feeds(options.calib_feeds, encode)}
+    caches = {}
+    for graph in GRAPH_NAMES:
+        fp32 = protos[f"{graph}.fp32"]
+        name = f"{graph}.int8.{options.calib_method}.{cache_digest(fp32, options.calib_method, feeds[graph])[:12]}.calib.json"
+        if (final / name).is_file():
+            shutil.copy2(final / name, folder / name)
+            progress(f"INT8 {graph}: reusing calibration cache {name}")
+        else:
+            progress(f"INT8 {graph}: calibrating ({options.calib_method}) on {len(feeds[graph])} GOPs of real frames")
+        protos[f"{graph}.int8"] = quantize_qdq(fp32, feeds[graph], options.calib_method, folder / name)
+        caches[graph] = {"file": name, "sha256": sha256_file(folder / name)}
+    return {"method": options.calib_method, "feeds": len(options.calib_feeds), "caches": caches,
+            "scheme": "QDQ, symmetric per-channel QInt8 weights, symmetric QInt8 activations; token arithmetic FP32"}
 
 
 def validate_folder(folder: Path, artifacts: dict[str, dict], checkpoint: Path, options: ExportOptions,

@@ -37,6 +37,7 @@ class OnnxRuntimeRunner(Runner):
         if self.threads:
             options.intra_op_num_threads = self.threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # unused-initializer notices from Q/DQ graphs are noise
         for graph, path in self.files.items():
             try:
                 self.sessions[graph] = ort.InferenceSession(str(path), options, providers=[wanted])

@@ -17,7 +17,7 @@ from reftok_deploy.cli import user_errors
 @click.option("--fp16", is_flag=True, help="Also write the mixed-precision FP16 ONNX (and FP16 engines).")
 @click.option("--int8", is_flag=True, help="Also write the INT8 Q/DQ ONNX calibrated on --calib-data.")
 @click.option("--calib-data", multiple=True, type=click.Path(), help="Videos/stills/folders for INT8 calibration.")
-@click.option("--calib-size", default=64, show_default=True, type=click.IntRange(1), help="Calibration GOPs.")
+@click.option("--calib-size", default=32, show_default=True, type=click.IntRange(1), help="Calibration GOPs.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="percentile",
               show_default=True)
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
@@ -58,10 +58,12 @@ def main(checkpoint, out, fp16, int8, calib_data, calib_size, calib_method, expo
                             validation_clips=clips, max_gops=max_gops, tensorrt=tensorrt,
                             profile=ShapeProfile.parse(profile))
     if int8:
-        from reftok_deploy.calibration.qdq import calibrate_int8
+        from reftok_deploy.calibration.feeds import calibration_feeds
+        from reftok_deploy.checkpoint import read_config
 
-        options.int8_models = calibrate_int8(checkpoint, list(calib_data), calib_size, calib_method, out,
-                                             dynamo=options.dynamo, opset=opset)
+        block = read_config(checkpoint)["model"]["block_frames"]
+        options.calib_feeds = calibration_feeds(list(calib_data), calib_size, size=validate_size, block_frames=block)
+        options.calib_method = calib_method
     say = (lambda msg: click.echo(msg, err=True))
     manifest = run_export(checkpoint, out, options, progress=say)
     if as_json:

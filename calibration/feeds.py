@@ -1,0 +1,67 @@
+"""Calibration feeds: GOPs of real frames drawn from videos and stills, seeded, shared by every calibrator.
+
+A feed is ``{"reference": [1,3,S,S], "frames": [1,3,T,S,S]}`` float32 in [-1,1] (the
+encoder's inputs); decoder feeds add the FP32 model's tokens (see :func:`decoder_feeds`).
+Videos give one GOP per window of T+1 frames (scenes and motion as filmed), stills give
+GOPs under synthetic pan/zoom/rotation. Draws are spread evenly over the sources.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from reftok_deploy.data import camera_motion_clip
+from reftok_deploy.errors import ReftokError
+from reftok_deploy.evaluate import split_gops
+from reftok_deploy.video import frames_to_tensor_range, list_media, read_image, read_video
+
+Feed = dict[str, np.ndarray]
+STILL_GOPS = 4  # distinct camera paths drawn per still
+
+
+def _to_feed(ref: np.ndarray, block: np.ndarray) -> Feed:
+    return {"reference": frames_to_tensor_range(ref)[None],
+            "frames": np.ascontiguousarray(np.moveaxis(frames_to_tensor_range(block), 0, 1)[None])}
+
+
+def calibration_feeds(paths: list[str | Path], count: int, size: int = 256, block_frames: int = 8,
+                      seed: int = 0, progress: bool = True) -> list[Feed]:
+    """Draw ``count`` encoder feeds from the videos/stills under ``paths`` (files or folders)."""
+    if size % 8:
+        raise ReftokError(f"calibration size must be a multiple of 8, got {size}")
+    videos, images = list_media(paths)
+    if not videos and not images:
+        raise ReftokError(f"no readable video or image in {', '.join(map(str, paths))}")
+    rng = np.random.default_rng(seed)
+    pool: list[tuple[str, object]] = []
+    for path in tqdm(videos, desc="reading calibration videos", unit="video", disable=not progress, leave=False):
+        try:
+            frames = read_video(path, size=size)
+            pool += [("video", gop) for gop in split_gops(frames, block_frames)]
+        except ReftokError as exc:
+            raise ReftokError(f"calibration data: {exc}") from None
+    for path in images:
+        still = read_image(path)
+        pool += [("still", (still, int(rng.integers(1 << 31)))) for _ in range(STILL_GOPS)]
+    if count > len(pool):
+        raise ReftokError(f"--calib-size {count} is larger than the {len(pool)} GOPs the calibration data holds")
+    chosen = sorted(rng.choice(len(pool), size=count, replace=False).tolist())
+    feeds = []
+    for index in tqdm(chosen, desc="calibration feeds", unit="GOP", disable=not progress, leave=False):
+        kind, item = pool[index]
+        if kind == "video":
+            ref, block = item
+        else:
+            still, still_seed = item
+            clip = camera_motion_clip(still, block_frames + 1, size, np.random.default_rng(still_seed))
+            ref, block = clip[0], clip[1:]
+        feeds.append(_to_feed(ref, block))
+    return feeds
+
+
+def decoder_feeds(encoder_feeds: list[Feed], encode) -> list[Feed]:
+    """Decoder feeds: each GOP's reference with the tokens ``encode(reference, frames)`` gives."""
+    return [{"reference": f["reference"], "tokens": encode(f["reference"], f["frames"])} for f in encoder_feeds]

@@ -1,0 +1,93 @@
+"""INT8 Q/DQ graphs for TensorRT's rules, calibrated with ONNX Runtime's quantisation tools.
+
+Symmetric per-channel QInt8 weights, symmetric QInt8 activations (zero point 0), QDQ
+format; the token arithmetic (FSQ bound/round/packing in the encoder, id unpacking in
+the decoder) is excluded and stays FP32. Tensor ranges are cached as JSON beside the
+export, named by a digest of the FP32 graph, the method and the calibration frames, so
+a re-export with the same inputs skips calibration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from reftok_deploy.errors import ReftokError
+from reftok_deploy.export.precision import token_arithmetic_nodes
+
+METHODS = ("minmax", "entropy", "percentile")
+
+
+class FeedReader:
+    """ONNX Runtime CalibrationDataReader over a list of feeds (``dict[str, np.ndarray]``)."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = feeds
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
+
+
+def cache_digest(fp32: onnx.ModelProto, method: str, feeds: list[dict[str, np.ndarray]]) -> str:
+    digest = hashlib.sha256(fp32.SerializeToString())
+    digest.update(method.encode())
+    for feed in feeds:
+        for name in sorted(feed):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(feed[name]).tobytes())
+    return digest.hexdigest()
+
+
+def check_cache(path: Path) -> None:
+    """Refuse a calibration cache that is not a JSON object of tensor ranges."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReftokError(f"calibration cache {path} is corrupt ({exc}): delete it to recalibrate") from None
+    if not isinstance(data, dict) or not data:
+        raise ReftokError(f"calibration cache {path} holds no tensor ranges: delete it to recalibrate")
+
+
+def quantize_qdq(fp32: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], method: str, cache: Path) -> onnx.ModelProto:
+    """Q/DQ INT8 copy of ``fp32`` calibrated on ``feeds`` (or on ranges from an existing ``cache``)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in METHODS:
+        raise ReftokError(f"unknown calibration method {method!r}; choose one of {METHODS}")
+    if cache.exists():
+        check_cache(cache)
+    calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                        "percentile": CalibrationMethod.Percentile}[method]
+    with tempfile.TemporaryDirectory(prefix="reftok-qdq-") as tmp:
+        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(fp32, str(source))
+        # ONNX Runtime prints calibration progress on stdout and advice through logging; keep stdout for results.
+        root = logging.getLogger()
+        level = root.level
+        try:
+            root.setLevel(logging.ERROR)
+            with contextlib.redirect_stdout(sys.stderr):
+                quantize_static(
+                    str(source), str(target), FeedReader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
+                    nodes_to_exclude=token_arithmetic_nodes(fp32), calibration_cache_path=str(cache),
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                   "CalibPercentile": 99.99, "CalibMovingAverage": False})
+        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+            raise ReftokError(f"INT8 quantisation failed ({type(exc).__name__}: {exc}); "
+                              f"if {cache.name} is from elsewhere, delete it") from None
+        finally:
+            root.setLevel(level)
+        return onnx.load(str(target))
