@@ -68,10 +68,34 @@ def export_graph(model: RefTok, graph: str, path: str | Path, dynamo: bool = Tru
             warnings.simplefilter("ignore")
             extra = {"external_data": False} if dynamo else {}
             torch.onnx.export(module, inputs, tmp, dynamo=dynamo, opset_version=opset, **names, **dynamic, **extra)
-        proto = onnx.load(tmp)
+        proto = inline_identity_initializers(onnx.load(tmp))
         onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def inline_identity_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace ``Identity(initializer)`` with a copy of the initializer.
+
+    The TorchScript exporter shares equal weights through Identity nodes; quantisers then
+    see a computed tensor instead of a weight, and TensorRT wants Conv weights constant.
+    """
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            graph.initializer.append(copy)
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    return proto

@@ -97,13 +97,13 @@ def preflight(model: onnx.ModelProto | str | Path) -> PreflightReport:
 def _constants(graph: onnx.GraphProto) -> tuple[set[str], dict[str, np.ndarray]]:
     values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     names = set(values)
-    for node in graph.node:  # topological order: constants propagate through Identity and DQ(weights)
+    for node in graph.node:  # topological order: constants propagate through Identity and Q/DQ of weights
         if node.op_type == "Constant":
             names.update(node.output)
             for attr in node.attribute:
                 if attr.name == "value":
                     values[node.output[0]] = numpy_helper.to_array(attr.t)
-        elif node.op_type in ("Identity", "DequantizeLinear") and node.input and node.input[0] in names:
+        elif node.op_type in ("Identity", "QuantizeLinear", "DequantizeLinear") and node.input and node.input[0] in names:
             names.update(node.output)
             if node.op_type == "Identity" and node.input[0] in values:
                 values[node.output[0]] = values[node.input[0]]

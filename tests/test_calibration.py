@@ -1,0 +1,133 @@
+"""INT8: calibration feeds, Q/DQ structure for TensorRT, INT8 parity, and bad calibration input."""
+
+import json
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from reftok_deploy.calibration.feeds import calibration_feeds
+from reftok_deploy.cli.export import main as export_main
+from reftok_deploy.cli.parity import main as parity_main
+from reftok_deploy.errors import ReftokError
+from tests.conftest import moving_still, write_video
+
+FAST = ["--exporter", "torchscript", "--validate-size", "64", "--max-gops", "1", "--calib-size", "4"]
+
+
+def invoke(command, args):
+    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("calib")
+    write_video(folder / "a.avi", moving_still("coffee", 19, 64))
+    cv2.imwrite(str(folder / "still.png"), moving_still("text", 1, 96)[0][:, :, ::-1])
+    return folder
+
+
+def test_feeds_are_seeded_real_gops(calib_dir):
+    feeds = calibration_feeds([calib_dir], 5, size=64, progress=False)
+    again = calibration_feeds([calib_dir], 5, size=64, progress=False)
+    assert len(feeds) == 5
+    for a, b in zip(feeds, again):
+        assert a["reference"].shape == (1, 3, 64, 64) and a["frames"].shape == (1, 3, 8, 64, 64)
+        assert np.array_equal(a["frames"], b["frames"])
+        assert -1 <= a["frames"].min() and a["frames"].max() <= 1 and a["frames"].std() > 0.05
+    other = calibration_feeds([calib_dir], 5, size=64, seed=1, progress=False)
+    assert any(not np.array_equal(a["frames"], b["frames"]) for a, b in zip(feeds, other))
+
+
+def test_feed_errors(tmp_path, calib_dir):
+    with pytest.raises(ReftokError, match="no readable video or image"):
+        calibration_feeds([tmp_path], 1, size=64)
+    with pytest.raises(ReftokError, match="not found"):
+        calibration_feeds([tmp_path / "missing"], 1, size=64)
+    (tmp_path / "bad.avi").write_bytes(b"not a video at all" * 10)
+    with pytest.raises(ReftokError, match="cannot open video|cannot decode"):
+        calibration_feeds([tmp_path / "bad.avi"], 1, size=64)
+    # 2 GOPs in the video + 4 camera paths over the still.
+    with pytest.raises(ReftokError, match="larger than the 6 GOPs"):
+        calibration_feeds([calib_dir], 7, size=64, progress=False)
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory, tiny_checkpoint, calib_dir):
+    out = tmp_path_factory.mktemp("int8") / "out"
+    result = invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--int8", "--calib-data", calib_dir, *FAST])
+    assert result.exit_code in (0, 1), result.output
+    return out
+
+
+def test_qdq_graph_follows_tensorrt_rules(int8_export):
+    manifest = json.loads((int8_export / "manifest.json").read_text())
+    assert manifest["preflight"]["encoder.int8"]["ok"] and manifest["preflight"]["decoder.int8"]["ok"]
+    cal = manifest["calibration"]
+    assert cal["method"] == "percentile" and cal["feeds"] == 4
+    for graph in ("encoder", "decoder"):
+        assert (int8_export / cal["caches"][graph]["file"]).is_file()
+        model = onnx.load(str(int8_export / f"{graph}.int8.onnx"))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        producer = {o: n for n in model.graph.node for o in n.output}
+        convs = [n for n in model.graph.node if n.op_type == "Conv"]
+        assert convs
+        for conv in convs:
+            act, weight = producer[conv.input[0]], producer[conv.input[1]]
+            assert act.op_type == "DequantizeLinear" and weight.op_type == "DequantizeLinear"
+            scale, zero = inits[weight.input[1]], inits[weight.input[2]]
+            assert scale.size == inits[weight.input[0]].shape[0]  # per output channel
+            assert zero.dtype == np.int8 and not zero.any()  # symmetric int8
+            assert inits[act.input[2]].dtype == np.int8 and not inits[act.input[2]].any()
+        for node in model.graph.node:
+            if node.op_type in ("Tanh", "Round", "ReduceSum", "Floor"):
+                assert all(producer[i].op_type != "DequantizeLinear" for i in node.input if i in producer), node.name
+
+
+def test_int8_validation_and_parity_report_token_agreement(int8_export):
+    manifest = json.loads((int8_export / "manifest.json").read_text())
+    report = manifest["validation"]["reports"]["int8"]
+    assert 0 <= report["token_agreement"] <= 1 and report["feeds"] == 3
+    result = invoke(parity_main, [int8_export, "--a", "onnxruntime:fp32", "--b", "onnxruntime:int8", "--size", "64",
+                                  "--max-gops", "1", "--json"])
+    assert result.exit_code in (0, 1), result.output
+    parity = json.loads(result.stdout)
+    assert parity["baseline"] == "onnxruntime-fp32" and parity["candidate"] == "onnxruntime-int8"
+    assert parity["tolerance"]["max_psnr_delta_db"] == 0.5
+
+
+def one_line_error(result, fragment):
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert len(errors) == 1 and errors[0].startswith("error:") and fragment in errors[0], result.stderr
+
+
+def test_bad_calibration_input_leaves_no_files(tmp_path, tiny_checkpoint, calib_dir):
+    out = tmp_path / "out"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--int8", *FAST]), "--calib-data")
+    one_line_error(invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--int8", "--calib-data", empty,
+                                        *FAST]), "no readable video or image")
+    one_line_error(invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--int8", "--calib-data",
+                                        tmp_path / "nope", *FAST]), "not found")
+    one_line_error(invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--int8", "--calib-data", calib_dir,
+                                        *FAST[:-1], "100"]), "larger than")
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_corrupt_cache_is_refused_cleanly(tmp_path, int8_export, tiny_checkpoint, calib_dir):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(int8_export, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    cache = out / manifest["calibration"]["caches"]["encoder"]["file"]
+    cache.write_text("{ truncated")
+    before = sorted(p.name for p in out.iterdir())
+    one_line_error(invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--int8", "--calib-data", calib_dir,
+                                        *FAST]), "is corrupt")
+    assert sorted(p.name for p in out.iterdir()) == before
