@@ -42,9 +42,10 @@ def camera_motion_clip(image: np.ndarray, n: int, size: int, rng: np.random.Gene
     image = resize_short_side(image, int(rng.integers(size + 32, max(size + 33, 2 * size))))
     h, w = image.shape[:2]
     cx, cy = rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2)
-    vx, vy = rng.normal(0, 3.0, size=2)
-    zoom_rate = rng.normal(0, 0.015)
-    spin = rng.normal(0, 0.8)
+    # Per-frame motion of a hand-held or panning camera at this scale (a few px/frame).
+    vx, vy = rng.normal(0, 1.5, size=2)
+    zoom_rate = rng.normal(0, 0.006)
+    spin = rng.normal(0, 0.3)
     frames = []
     for k in range(n):
         scale = math.exp(zoom_rate * k)

@@ -130,7 +130,9 @@ class BlockEncoder(nn.Module):
         c1, c2, c3 = cfg.channels
         r = cfg.channels if cfg.reference else (0, 0, 0)
         self.unshuffle = nn.PixelUnshuffle(2)
-        self.s1 = stage(12 * cfg.temporal_factor + r[0], c1, 0)
+        # RefTok's encoder also sees frames - reference, so its tokens start from what the reference lacks.
+        pixels = 12 * cfg.temporal_factor * (2 if cfg.reference else 1)
+        self.s1 = stage(pixels + r[0], c1, 0)
         self.down2 = nn.Sequential(conv3(c1, c2, stride=2), nn.ReLU6())
         self.s2 = stage(c2 + r[1], c2, cfg.res_blocks)
         self.down3 = nn.Sequential(conv3(c2, c3, stride=2), nn.ReLU6())
@@ -160,8 +162,8 @@ class BlockDecoder(nn.Module):
         self.up1 = nn.Sequential(conv3(c2, c1 * 4), nn.PixelShuffle(2), nn.ReLU6())
         self.s1 = stage(c1 + r[0], c1, 1)
         self.to_pixels = nn.Sequential(conv3(c1, 12 * cfg.temporal_factor), nn.PixelShuffle(2))
-        # Start RefTok as "copy the reference" and the twin as mid-grey.
-        nn.init.zeros_(self.to_pixels[0].weight)
+        # Start RefTok near "copy the reference" and the twin near mid-grey, with gradients flowing upstream.
+        self.to_pixels[0].weight.data.mul_(0.1)
         nn.init.zeros_(self.to_pixels[0].bias)
 
     def forward(self, codes: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
@@ -218,8 +220,16 @@ class RefTok(nn.Module):
         """Unquantised latents ``[B*G,D,H/8,W/8]`` for frames ``[B,3,T,H,W]`` in [-1,1]."""
         groups = frames.shape[2] // self.cfg.temporal_factor
         feats = self.reference_features(reference)
-        feats = None if feats is None else self._per_group(feats, groups)
-        return self.encoder(self._fold(frames), feats)
+        folded = self._fold(frames)
+        if feats is not None:
+            feats = self._per_group(feats, groups)
+            folded = torch.cat([folded, folded - self._reference_pixels(reference, groups)], 1)
+        return self.encoder(folded, feats)
+
+    def _reference_pixels(self, reference: torch.Tensor, groups: int) -> torch.Tensor:
+        """Reference ``[B,3,H,W]`` laid out like folded frames: ``[B*G,ft*3,H,W]``."""
+        (pixels,) = self._per_group((reference.repeat(1, self.cfg.temporal_factor, 1, 1),), groups)
+        return pixels
 
     def encode(self, reference: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """(reference ``[B,3,H,W]``, frames ``[B,3,T,H,W]``, both in [-1,1]) -> int32 ``[B,T/ft,H/8,W/8]``."""
@@ -236,8 +246,7 @@ class RefTok(nn.Module):
         x = self.decoder(codes, feats)
         if self.cfg.reference:
             # Residual over the reference: static content costs no tokens.
-            (ref_pixels,) = self._per_group((reference.repeat(1, self.cfg.temporal_factor, 1, 1),), groups)
-            x = x + ref_pixels
+            x = x + self._reference_pixels(reference, groups)
         return self._unfold(x, batch)
 
     def decode(self, reference: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -59,3 +59,56 @@ def make_runner(spec: str, export_folder: str | Path | None, checkpoint: str | P
     cfg = manifest["model"]
     runner.block_frames, runner.temporal_factor = cfg["block_frames"], cfg["temporal_factor"]
     return runner
+
+
+def cached_export(checkpoint: str | Path, say=lambda _: None) -> Path:
+    """An FP32 ONNX export of ``checkpoint`` in the user cache, made once (TorchScript exporter, seconds)."""
+    import os
+
+    from reftok_deploy.checkpoint import read_config, sha256_file
+    from reftok_deploy.export.manifest import read_manifest
+
+    config = read_config(checkpoint)
+    sha = config.get("weights_sha256") or sha256_file(Path(checkpoint) / "model.safetensors")
+    root = Path(os.environ.get("REFTOK_CACHE", Path.home() / ".cache" / "reftok-deploy"))
+    folder = root / "exports" / sha[:16]
+    try:
+        read_manifest(folder)
+        return folder
+    except ReftokError:
+        pass
+    from reftok_deploy.export.pipeline import ExportOptions, run_export
+
+    say(f"exporting ONNX for onnxruntime into {folder} (once per checkpoint)")
+    run_export(checkpoint, folder, ExportOptions(dynamo=False, validate=False, tensorrt="skip"))
+    return folder
+
+
+def auto_backend(export_folder: str | Path | None, checkpoint: str | Path, device: str, say=lambda _: None) -> tuple[str, Path | None, str]:
+    """Pick the fastest backend available here -> (spec, export folder, reason).
+
+    Order: TensorRT engines > onnxruntime CUDA > onnxruntime CPU > PyTorch eager (measured on
+    the 2-core CPU: onnxruntime FP32 beats PyTorch eager, see reftok-bench in README).
+    """
+    import onnxruntime as ort
+
+    from reftok_deploy.export.manifest import read_manifest
+    from reftok_deploy.export.tensorrt_build import gpu_name, tensorrt_version
+
+    if export_folder is not None:
+        manifest = read_manifest(export_folder)
+        engines = manifest.get("tensorrt", {}).get("engines", {})
+        if tensorrt_version() and gpu_name():
+            for precision in ("int8", "fp16", "fp32"):
+                if f"encoder.{precision}" in engines and f"decoder.{precision}" in engines:
+                    return f"tensorrt:{precision}", Path(export_folder), f"TensorRT {precision} engines on {gpu_name()}"
+    providers = ort.get_available_providers()
+    folder = Path(export_folder) if export_folder is not None else None
+    if device.startswith("cuda") and "CUDAExecutionProvider" in providers:
+        folder = folder or cached_export(checkpoint, say)
+        return "onnxruntime:fp32", folder, "onnxruntime CUDA execution provider"
+    try:
+        folder = folder or cached_export(checkpoint, say)
+    except (ReftokError, OSError) as exc:
+        return "torch", None, f"PyTorch eager (no ONNX export available: {exc})"
+    return "onnxruntime:fp32", folder, "onnxruntime CPU (faster than PyTorch eager here)"

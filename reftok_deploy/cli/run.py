@@ -1,0 +1,139 @@
+"""reftok-run: live RefTok on a camera, file or stream: original | reconstruction, bitrate and speed."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from reftok_deploy.cli import user_errors
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--camera", type=click.IntRange(0), default=None, help="Camera index (e.g. 0).")
+@click.option("--video", type=click.Path(), default=None, help="Video file.")
+@click.option("--source", default=None, help="URI: rtsp://..., file://..., csi://N, v4l2:///dev/videoN, or a GStreamer pipeline.")
+@click.option("--demo", is_flag=True, help="Built-in clips (scikit-image photographs under camera motion).")
+@click.option("--checkpoint", type=click.Path(), default=None, help="Checkpoint folder [default: shipped RefTok].")
+@click.option("--export", "export_folder", type=click.Path(), default=None, help="reftok-export folder (ONNX/engines).")
+@click.option("--backend", default="auto", show_default=True,
+              help="auto | torch | onnxruntime[:fp32|fp16|int8] | tensorrt[:fp16|int8|fp32].")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (torch / onnxruntime).")
+@click.option("--size", type=click.IntRange(8), default=None, help="Centre-crop frames to SIZE x SIZE first.")
+@click.option("--refresh-blocks", default=1, show_default=True, type=click.IntRange(1),
+              help="New reference after this many blocks.")
+@click.option("--scene-change-psnr", default=22.0, show_default=True, type=float,
+              help="New reference when a block reconstructs below this PSNR (dB); 0 disables.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Side-by-side video (.mp4/.avi).")
+@click.option("--tokens", "tokens_path", type=click.Path(dir_okay=False), default=None, help="Token stream (.rtok).")
+@click.option("--display/--no-display", default=None, help="Show a window [default: when a display exists].")
+@click.option("--max-frames", type=click.IntRange(1), default=None, help="Stop after this many frames.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@user_errors
+def main(camera, video, source, demo, checkpoint, export_folder, backend, device, size, refresh_blocks, scene_change_psnr,
+         output, tokens_path, display, max_frames, as_json) -> None:
+    """Encode frames into tokens against unquantised references and decode them back, live.
+
+    Shows (or writes with --output) original | reconstruction with fps, block latency,
+    token bit rate and PSNR; --tokens saves a .rtok stream that reftok-decode replays.
+    """
+    import itertools
+    import math
+    from pathlib import Path
+
+    import cv2
+
+    from reftok_deploy.checkpoint import default_checkpoint, sha256_file
+    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.runtimes.capture import ArraySource, FrameSource, parse_source
+    from reftok_deploy.runtimes.codec import FrameCodec
+    from reftok_deploy.runtimes.factory import auto_backend, make_runner
+    from reftok_deploy.runtimes.gop import GopEncoder
+    from reftok_deploy.runtimes.output import VideoFile, display_available, side_by_side
+    from reftok_deploy.runtimes.stream import StreamStats, encode_stream
+    from reftok_deploy.tokenstream import TokenStreamWriter
+
+    chosen = [s for s in (camera, video, source) if s is not None] + (["demo"] if demo else [])
+    if len(chosen) != 1:
+        raise ReftokError("give exactly one of --camera N, --video PATH, --source URI or --demo")
+    if video is not None and not Path(video).is_file():
+        raise ReftokError(f"video not found: {video}")
+    checkpoint = checkpoint or default_checkpoint()
+    say = (lambda msg: click.echo(msg, err=True))
+    # Open the source first: a missing camera fails in a second, before any model work.
+    if demo:
+        from reftok_deploy.data import demo_clips
+
+        frames_source = ArraySource("built-in demo clips", [f for clip in demo_clips(256).values() for f in clip])
+    else:
+        frames_source = FrameSource(parse_source(str(camera) if camera is not None else (video or source)))
+    spec = frames_source.spec
+    try:
+        if backend == "auto":
+            backend, export_folder, why = auto_backend(export_folder, checkpoint, device, say)
+            say(f"backend: {backend} ({why})")
+        runner = make_runner(backend, export_folder, checkpoint, device=device)
+    except BaseException:
+        frames_source.close()
+        raise
+    with frames_source as frames, runner:
+        show = display_available() if display is None else display
+        codec = FrameCodec(runner)
+        from reftok_deploy.checkpoint import read_config
+
+        config = read_config(checkpoint)
+        cfg = config["model"]
+        gop = GopEncoder(codec, cfg["block_frames"], refresh_blocks, scene_change_psnr or None)
+        stats = StreamStats(fps_source=frames.fps, codebook_size=math.prod(cfg["fsq_levels"]))
+        stream = itertools.islice(iter(frames), max_frames)
+        first = next(stream, None)
+        if first is None:
+            raise ReftokError(f"{spec.label} delivered no frame")
+        if size is not None:
+            from reftok_deploy.video import center_square
+
+            height, width = center_square(first, size).shape[:2]
+        else:
+            height, width = first.shape[:2]
+        writer = VideoFile(output, frames.fps, (2 * width, height)) if output else None
+        tokens = None
+        if tokens_path:
+            header = {"width": width, "height": height, "fps": frames.fps, "block_frames": cfg["block_frames"],
+                      "temporal_factor": cfg["temporal_factor"], "spatial_factor": 8, "fsq_levels": cfg["fsq_levels"],
+                      "codebook_size": stats.codebook_size, "model_version": cfg["model_version"],
+                      "checkpoint_sha256": config.get("weights_sha256") or sha256_file(f"{checkpoint}/model.safetensors"),
+                      "reference_codec": "png"}
+            tokens = TokenStreamWriter(tokens_path, header)
+
+        def sink(original, recon, lines):
+            canvas = side_by_side(original, recon, lines)
+            if writer:
+                writer.write(canvas)
+            if show:
+                cv2.imshow("reftok-run: original | reconstruction", canvas[:, :, ::-1])
+                if cv2.waitKey(1) & 0xFF == ord("q"):
+                    raise KeyboardInterrupt
+
+        try:
+            encode_stream(itertools.chain([first], stream), gop, stats, size=size, tokens=tokens, sink=sink,
+                          label=runner.name)
+        except KeyboardInterrupt:
+            say("stopped; keeping what was written")
+        except BaseException:
+            for handle in (writer, tokens):
+                if handle:
+                    handle.abort()
+            raise
+        for handle in (writer, tokens):
+            if handle:
+                handle.close()
+        summary = dict(stats.summary(), backend=runner.name, source=spec.label, size=[height, width],
+                       scene_changes=gop.scene_changes, dropped=frames.dropped, reconnects=frames.reconnects,
+                       output=output, tokens=tokens_path)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"{summary['frames']} frames ({summary['references']} references, {summary['blocks']} blocks) "
+                   f"from {spec.label} on {runner.name}: PSNR {summary['psnr_db']:.2f} dB, tokens "
+                   f"{summary['token_kbps']:.1f} kbit/s, {summary['fps']:.1f} fps"
+                   + (f"; wrote {output}" if output else "") + (f", {tokens_path}" if tokens_path else ""))

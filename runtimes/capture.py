@@ -1,0 +1,207 @@
+"""OpenCV capture: camera index, file, RTSP, GStreamer / Jetson CSI, read on a thread into a bounded queue.
+
+Source strings:
+- ``0``, ``1``...              camera index (V4L2 / the platform default)
+- ``path/to/file.mp4`` or ``file:///abs/path.mp4``
+- ``rtsp://host/stream``       (FFmpeg, or GStreamer where OpenCV has it)
+- ``csi://N``                  Jetson CSI camera N via nvarguscamerasrc (needs GStreamer)
+- ``v4l2:///dev/videoN``       V4L2 device (GStreamer pipeline where available, else CAP_V4L2)
+- anything containing ``!``    a raw GStreamer pipeline ending in appsink
+Frames come out as ``[H,W,3]`` uint8 RGB. Live sources that drop are reopened with
+exponential back-off; files end at their last frame.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from reftok_deploy.errors import ReftokError
+from reftok_deploy.video import to_rgb
+
+_END = object()
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What to open and how: ``target`` for cv2.VideoCapture, ``api`` its backend, ``live`` if it can drop."""
+
+    label: str
+    target: int | str
+    api: int = cv2.CAP_ANY
+    live: bool = False
+
+
+def has_gstreamer() -> bool:
+    info = cv2.getBuildInformation()
+    return bool(re.search(r"GStreamer:\s+YES", info))
+
+
+def _needs_gstreamer(label: str) -> None:
+    if not has_gstreamer():
+        raise ReftokError(f"{label} needs OpenCV built with GStreamer, and this OpenCV has none "
+                          "(PyPI wheels lack it; use the system OpenCV on Jetson)")
+
+
+def csi_pipeline(sensor: int, width: int = 1280, height: int = 720, fps: int = 30) -> str:
+    return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={width},height={height},"
+            f"framerate={fps}/1 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
+            "appsink drop=1 max-buffers=2")
+
+
+def parse_source(text: str) -> SourceSpec:
+    """Turn a user's source string into a :class:`SourceSpec` (see module docstring)."""
+    text = text.strip()
+    if re.fullmatch(r"\d+", text):
+        return SourceSpec(f"camera {text}", int(text), live=True)
+    if "!" in text:
+        _needs_gstreamer("a GStreamer pipeline")
+        return SourceSpec("GStreamer pipeline", text, cv2.CAP_GSTREAMER, live=True)
+    if text.startswith("csi://"):
+        sensor = text[len("csi://"):]
+        if not sensor.isdigit():
+            raise ReftokError(f"bad CSI source {text!r}: expected csi://N")
+        _needs_gstreamer(text)
+        return SourceSpec(f"CSI camera {sensor}", csi_pipeline(int(sensor)), cv2.CAP_GSTREAMER, live=True)
+    if text.startswith("v4l2://"):
+        device = text[len("v4l2://"):]
+        match = re.fullmatch(r"/dev/video(\d+)", device)
+        if not match:
+            raise ReftokError(f"bad V4L2 source {text!r}: expected v4l2:///dev/videoN")
+        if has_gstreamer():
+            pipeline = f"v4l2src device={device} ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1 max-buffers=2"
+            return SourceSpec(f"V4L2 {device}", pipeline, cv2.CAP_GSTREAMER, live=True)
+        return SourceSpec(f"V4L2 {device}", int(match.group(1)), cv2.CAP_V4L2, live=True)
+    if text.startswith(("rtsp://", "rtsps://", "http://", "https://")):
+        return SourceSpec(text, text, cv2.CAP_FFMPEG, live=True)
+    path = text[len("file://"):] if text.startswith("file://") else text
+    return SourceSpec(path, path)
+
+
+def open_capture(spec: SourceSpec) -> cv2.VideoCapture:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our one-line errors say it better
+    cap = cv2.VideoCapture(spec.target, spec.api)
+    if not cap.isOpened():
+        cap.release()
+        raise ReftokError(f"cannot open {spec.label}" + (": no such camera or it is busy" if "camera" in spec.label
+                                                        else ""))
+    return cap
+
+
+class FrameSource:
+    """Iterate RGB frames of a source; a reader thread fills a bounded queue.
+
+    Files block the reader when the queue is full (no frame lost); live sources drop the
+    oldest frame instead (latency stays low). A live source that stops delivering is
+    reopened up to ``retries`` times with back-off; after that the stream ends cleanly.
+    """
+
+    def __init__(self, spec: SourceSpec, queue_size: int = 16, retries: int = 5, backoff: float = 0.5,
+                 opener: Callable[[SourceSpec], cv2.VideoCapture] = open_capture) -> None:
+        self.spec = spec
+        self.retries = retries
+        self.backoff = backoff
+        self.opener = opener
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.reconnects = 0
+        self.dropped = 0
+        self._stop = threading.Event()
+        self._cap = opener(spec)  # fail fast, in the caller's thread, with one clear line
+        self.fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0) or 30.0
+        self._thread = threading.Thread(target=self._read, name="reftok-capture", daemon=True)
+        self.error: Exception | None = None
+
+    def __enter__(self) -> "FrameSource":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _put(self, item) -> None:
+        if not self.spec.live or item is _END:
+            while not self._stop.is_set():
+                try:
+                    self.queue.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+            return
+        try:
+            self.queue.put_nowait(item)
+        except queue.Full:
+            try:
+                self.queue.get_nowait()
+                self.dropped += 1
+            except queue.Empty:
+                pass
+            self.queue.put_nowait(item)
+
+    def _reopen(self) -> bool:
+        self._cap.release()
+        for attempt in range(self.retries):
+            if self._stop.wait(self.backoff * 2**attempt):
+                return False
+            try:
+                self._cap = self.opener(self.spec)
+                self.reconnects += 1
+                return True
+            except ReftokError:
+                continue
+        return False
+
+    def _read(self) -> None:
+        try:
+            while not self._stop.is_set():
+                ok, frame = self._cap.read()
+                if ok:
+                    self._put(to_rgb(frame, "BGR"))
+                elif not (self.spec.live and self._reopen()):
+                    break
+        except Exception as exc:  # surfaced to the consumer, never lost in the thread
+            self.error = exc
+        finally:
+            self._cap.release()
+            self._put(_END)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            item = self.queue.get()
+            if item is _END:
+                if self.error is not None:
+                    raise ReftokError(f"reading {self.spec.label} failed: {self.error}")
+                return
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.ident is None:  # never started: release what __init__ opened
+            self._cap.release()
+        elif self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
+class ArraySource:
+    """In-memory frames ``[H,W,3]`` uint8 RGB with the FrameSource interface (demo clips, tests)."""
+
+    def __init__(self, label: str, frames: list[np.ndarray], fps: float = 10.0) -> None:
+        self.spec = SourceSpec(label, label)
+        self.frames = frames
+        self.fps = fps
+        self.dropped = self.reconnects = 0
+
+    def __enter__(self) -> "ArraySource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.frames)

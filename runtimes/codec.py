@@ -1,0 +1,38 @@
+"""Pre/post-processing done once for every backend: RGB uint8 frames <-> padded model-range tensors.
+
+Frames are ``[H,W,3]`` uint8 RGB of any size; they are edge-padded to the model's
+spatial multiple for the graphs and cropped back after decoding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reftok_deploy.runtimes.base import Runner
+from reftok_deploy.video import frames_to_tensor_range, tensor_range_to_frames
+
+
+class FrameCodec:
+    """Encode/decode one block against a reference, on any runner."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def _pad(self, frames: np.ndarray) -> np.ndarray:
+        h, w = frames.shape[-3:-1]
+        m = self.runner.spatial_factor
+        pad = [(0, 0)] * (frames.ndim - 3) + [(0, (-h) % m), (0, (-w) % m), (0, 0)]
+        return np.pad(frames, pad, mode="edge") if pad[-3][1] or pad[-2][1] else frames
+
+    def encode(self, reference: np.ndarray, block: np.ndarray) -> np.ndarray:
+        """(reference ``[H,W,3]``, block ``[T,H,W,3]``) uint8 RGB -> tokens ``[G,h,w]`` int32."""
+        ref = frames_to_tensor_range(self._pad(reference))[None]
+        frames = np.ascontiguousarray(np.moveaxis(frames_to_tensor_range(self._pad(block)), 0, 1)[None])
+        return self.runner.encode(ref, frames)[0]
+
+    def decode(self, reference: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """(reference ``[H,W,3]`` uint8 RGB, tokens ``[G,h,w]``) -> block ``[T,H,W,3]`` uint8 RGB."""
+        h, w = reference.shape[:2]
+        ref = frames_to_tensor_range(self._pad(reference))[None]
+        out = self.runner.decode(ref, np.ascontiguousarray(tokens[None], dtype=np.int32))[0]  # [3,T,H',W']
+        return tensor_range_to_frames(np.moveaxis(out, 1, 0))[:, :h, :w]

@@ -1,0 +1,64 @@
+"""Where frames go: an MP4 written atomically, an optional window, and the overlay drawn on both."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from reftok_deploy.errors import ReftokError
+
+
+class VideoFile:
+    """cv2.VideoWriter into a temp file in the target folder, renamed on close (never a half-written file)."""
+
+    def __init__(self, path: str | Path, fps: float, size: tuple[int, int]) -> None:
+        self.path = Path(path)
+        if self.path.suffix.lower() not in (".mp4", ".avi", ".mkv", ".mov"):
+            raise ReftokError(f"{self.path}: output video must end in .mp4, .avi, .mkv or .mov")
+        if not self.path.parent.is_dir():
+            raise ReftokError(f"output folder {self.path.parent} does not exist")
+        self._tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
+        self._writer = cv2.VideoWriter(str(self._tmp), fourcc, fps, size)
+        if not self._writer.isOpened():
+            raise ReftokError(f"cannot write video {self.path} (codec or permissions)")
+        self.frames = 0
+
+    def write(self, frame_rgb: np.ndarray) -> None:
+        self._writer.write(np.ascontiguousarray(frame_rgb[:, :, ::-1]))
+        self.frames += 1
+
+    def close(self) -> Path:
+        self._writer.release()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._writer.release()
+        self._tmp.unlink(missing_ok=True)
+
+
+def display_available() -> bool:
+    """True where a window can be shown (a display and an OpenCV with HighGUI)."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        cv2.namedWindow("reftok-probe", cv2.WINDOW_NORMAL)
+        cv2.destroyWindow("reftok-probe")
+        return True
+    except cv2.error:
+        return False
+
+
+def side_by_side(original: np.ndarray, recon: np.ndarray, lines: list[str]) -> np.ndarray:
+    """``[H,2W,3]`` uint8 RGB: original | reconstruction with text lines drawn at the top left."""
+    canvas = np.concatenate([original, recon], axis=1)
+    scale = max(0.35, canvas.shape[0] / 720)
+    for i, line in enumerate(lines):
+        y = int((18 + 20 * i) * scale * 1.4)
+        for color, thickness in (((0, 0, 0), 3), ((255, 255, 0), 1)):
+            cv2.putText(canvas, line, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
+    return canvas

@@ -1,0 +1,209 @@
+"""Runtimes: capture sources, reconnects, GOP logic, CPU backends, reftok-run / reftok-decode / reftok-bench."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from reftok_deploy.cli.bench import main as bench_main
+from reftok_deploy.cli.decode import main as decode_main
+from reftok_deploy.cli.eval import main as eval_main
+from reftok_deploy.cli.run import main as run_main
+from reftok_deploy.errors import ReftokError
+from reftok_deploy.runtimes.capture import FrameSource, SourceSpec, has_gstreamer, parse_source
+from reftok_deploy.runtimes.codec import FrameCodec
+from reftok_deploy.runtimes.gop import BlockEvent, GopEncoder, ReferenceEvent
+from reftok_deploy.runtimes.onnxruntime_runner import OnnxRuntimeRunner
+from reftok_deploy.runtimes.torch_runner import TorchRunner
+from tests.conftest import moving_still, write_video
+
+
+def invoke(command, args):
+    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory, tiny_checkpoint):
+    from reftok_deploy.export.pipeline import ExportOptions, run_export
+
+    out = tmp_path_factory.mktemp("rt") / "export"
+    run_export(tiny_checkpoint, out, ExportOptions(dynamo=False, validate=False, tensorrt="skip"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory):
+    """18 frames (2 GOPs) of a real photograph under camera motion, 64x64."""
+    return write_video(tmp_path_factory.mktemp("clip") / "clip.avi", moving_still("chelsea", 18, 64, seed=3))
+
+
+def test_parse_source_forms():
+    assert parse_source("0") == SourceSpec("camera 0", 0, live=True)
+    assert parse_source("file:///data/a.mp4").target == "/data/a.mp4" and not parse_source("a.mp4").live
+    rtsp = parse_source("rtsp://cam.local/stream")
+    assert rtsp.live and rtsp.api == cv2.CAP_FFMPEG
+    if has_gstreamer():
+        assert "nvarguscamerasrc sensor-id=1" in parse_source("csi://1").target
+    else:
+        with pytest.raises(ReftokError, match="GStreamer"):
+            parse_source("csi://0")
+        v4l2 = parse_source("v4l2:///dev/video2")
+        assert v4l2.target == 2 and v4l2.api == cv2.CAP_V4L2
+    for bad in ("csi://front", "v4l2://video0"):
+        with pytest.raises(ReftokError):
+            parse_source(bad)
+
+
+class FakeCapture:
+    """A cv2.VideoCapture stand-in that delivers ``n`` frames and then fails, as a dropped stream does."""
+
+    def __init__(self, frames):
+        self.frames = list(frames)
+
+    def read(self):
+        return (True, self.frames.pop(0)[:, :, ::-1]) if self.frames else (False, None)
+
+    def get(self, prop):
+        return 10.0
+
+    def release(self):
+        pass
+
+
+def test_live_source_that_drops_is_reopened_then_ends_cleanly():
+    clip = moving_still("astronaut", 12, 32)
+    sessions = [FakeCapture(clip[:5]), FakeCapture(clip[5:12])]
+
+    def opener(spec):
+        if not sessions:
+            raise ReftokError("cannot open rtsp://x")
+        return sessions.pop(0)
+
+    spec = SourceSpec("rtsp://x", "rtsp://x", live=True)
+    with FrameSource(spec, queue_size=32, retries=3, backoff=0.001, opener=opener) as source:
+        frames = list(source)
+    assert len(frames) == 12 and np.array_equal(frames[7], clip[7])
+    assert source.reconnects == 1
+
+
+def test_missing_camera_is_one_line_and_exit_2():
+    result = invoke(run_main, ["--camera", "7", "--backend", "torch"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: cannot open camera 7: no such camera or it is busy"
+
+
+class CountingCodec:
+    """Codec stand-in whose reconstruction quality is chosen by the test."""
+
+    def __init__(self, noise):
+        self.noise = noise
+
+    def encode(self, reference, block):
+        return np.zeros((2, 1, 1), np.int32)
+
+    def decode(self, reference, tokens):
+        return np.clip(np.repeat(reference[None], 8, 0).astype(int) + self.noise, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("refresh,threshold,noise,references", [(1, None, 0, 3), (2, None, 0, 2), (4, 30.0, 60, 3)])
+def test_gop_reference_refresh(refresh, threshold, noise, references):
+    gop = GopEncoder(CountingCodec(noise), 8, refresh_blocks=refresh, scene_change_psnr=threshold)
+    frames = moving_still("coffee", 1 + 8 + 1 + 8 + 1 + 5, 16)
+    events = [e for f in frames for e in gop.push(f)] + list(gop.flush())
+    assert sum(isinstance(e, ReferenceEvent) for e in events) == gop.references
+    assert sum(len(e.recon) for e in events if isinstance(e, BlockEvent)) + gop.references == len(frames)
+    assert gop.references == references
+    assert gop.scene_changes == (3 if threshold else 0)
+
+
+def test_cpu_backends_agree_through_the_codec(tiny_checkpoint, export_dir):
+    clip = moving_still("astronaut", 9, 50)[:, :36]
+    files = {g: export_dir / f"{g}.fp32.onnx" for g in ("encoder", "decoder")}
+    with TorchRunner(tiny_checkpoint) as torch_runner, OnnxRuntimeRunner(files) as ort_runner:
+        a, b = FrameCodec(torch_runner), FrameCodec(ort_runner)
+        tokens = a.encode(clip[0], clip[1:])
+        assert tokens.shape == (2, 5, 7) and (tokens == b.encode(clip[0], clip[1:])).mean() >= 0.999
+        frames = a.decode(clip[0], tokens)
+        assert frames.shape == (8, 36, 50, 3) and frames.dtype == np.uint8
+        assert np.abs(frames.astype(int) - b.decode(clip[0], tokens)).max() <= 1
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_run_writes_every_frame_and_decode_replays_bit_exactly(tmp_path, tiny_checkpoint, export_dir, clip_file, backend):
+    out, rtok = tmp_path / "side.avi", tmp_path / "t.rtok"
+    common = ["--checkpoint", tiny_checkpoint, "--backend", backend, "--export", export_dir]
+    result = invoke(run_main, ["--video", clip_file, "--output", out, "--tokens", rtok, "--json", *common])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["frames"] == 18 and summary["references"] == 2 and summary["blocks"] == 2
+    cap = cv2.VideoCapture(str(out))
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    ok, frame = cap.read()
+    assert count == 18 and ok and frame.shape == (64, 128, 3)
+    replay = invoke(decode_main, [rtok, "-o", tmp_path / "replay.avi", "--json", *common])
+    assert replay.exit_code == 0, replay.output
+    assert json.loads(replay.stdout)["reconstruction_sha256"] == summary["reconstruction_sha256"]
+    assert json.loads(replay.stdout)["frames"] == 18
+    evaluation = invoke(eval_main, [clip_file, "--checkpoint", tiny_checkpoint, "--no-twin", "--size", "64", "--json"])
+    assert abs(json.loads(evaluation.stdout)["mean"]["reftok"]["psnr"] - summary["psnr_db"]) <= 0.1
+
+
+def test_run_on_a_tail_and_with_a_centre_crop(tmp_path, tiny_checkpoint, export_dir):
+    video = write_video(tmp_path / "odd.avi", moving_still("text", 13, 72)[:, :, :60])
+    result = invoke(run_main, ["--video", video, "--size", "48", "--json", "--checkpoint", tiny_checkpoint,
+                               "--backend", "torch"])
+    summary = json.loads(result.stdout)
+    assert summary["frames"] == 13 and summary["size"] == [48, 48] and summary["blocks"] == 2
+
+
+def test_decode_refuses_damaged_stream_and_other_checkpoint(tmp_path, tiny_checkpoint, clip_file):
+    rtok = tmp_path / "t.rtok"
+    invoke(run_main, ["--video", clip_file, "--tokens", rtok, "--checkpoint", tiny_checkpoint, "--backend", "torch"])
+    data = rtok.read_bytes()
+    (tmp_path / "cut.rtok").write_bytes(data[: len(data) // 2])
+    result = invoke(decode_main, [tmp_path / "cut.rtok", "--checkpoint", tiny_checkpoint, "--backend", "torch"])
+    assert result.exit_code == 2 and "truncated" in result.stderr
+    other = tmp_path / "other"
+    import shutil
+
+    shutil.copytree(tiny_checkpoint, other)
+    config = json.loads((other / "config.json").read_text())
+    config["weights_sha256"] = "0" * 64
+    (other / "config.json").write_text(json.dumps(config))
+    result = invoke(decode_main, [rtok, "--checkpoint", other, "--backend", "torch"])
+    assert result.exit_code == 2
+
+
+def test_dropped_live_source_keeps_the_output_playable(tmp_path, tiny_checkpoint):
+    from reftok_deploy.runtimes.output import VideoFile, side_by_side
+    from reftok_deploy.runtimes.stream import StreamStats, encode_stream
+
+    clip = moving_still("astronaut", 14, 32)
+    sessions = [FakeCapture(clip)]
+
+    def opener(spec):
+        if sessions:
+            return sessions.pop(0)
+        raise ReftokError("gone")
+
+    out = tmp_path / "live.avi"
+    with TorchRunner(tiny_checkpoint) as runner, FrameSource(SourceSpec("rtsp://x", "x", live=True), queue_size=64,
+                                                              retries=2, backoff=0.001, opener=opener) as source:
+        writer = VideoFile(out, 10.0, (64, 32))
+        stats = encode_stream(source, GopEncoder(FrameCodec(runner), 8), StreamStats(10.0, 1000),
+                              sink=lambda o, r, lines: writer.write(side_by_side(o, r, lines)))
+        writer.close()
+    cap = cv2.VideoCapture(str(out))
+    assert stats.frames == 14 and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 14
+
+
+def test_bench_prints_ratios_side_by_side(export_dir, tiny_checkpoint):
+    result = invoke(bench_main, [export_dir, "--checkpoint", tiny_checkpoint, "--size", "64", "--gops", "1",
+                                 "--repeats", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    rows = report["backends"]
+    assert set(rows) == {"torch-cpu", "onnxruntime-fp32"} and rows["torch-cpu"]["speedup_total"] == 1.0
+    assert rows["onnxruntime-fp32"]["encode_ms"] > 0 and rows["onnxruntime-fp32"]["psnr_db"] > 0
