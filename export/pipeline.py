@@ -40,8 +40,10 @@ class ExportOptions:
     max_gops: int = 2
     tensorrt: str = "auto"  # auto | skip | require
     profile: ShapeProfile = field(default_factory=ShapeProfile)
+    graph_feeds: dict[str, list] = field(default_factory=dict)  # filled by calibration
     calib_feeds: list[dict[str, np.ndarray]] | None = None  # encoder feeds of real frames (INT8 only)
     calib_method: str = "percentile"
+    trt_implicit_int8: bool = False  # TensorRT <= 10 only: FP32 graph + IInt8 calibrator instead of Q/DQ
 
 
 def _annotate(proto: onnx.ModelProto, config: dict[str, Any], graph: str, precision: str, options: ExportOptions,
@@ -170,6 +172,7 @@ def _calibrate(folder: Path, final: Path, model, protos: dict[str, onnx.ModelPro
         return model.encode(torch.from_numpy(reference), torch.from_numpy(frames)).numpy()
 
     feeds = {"encoder": options.calib_feeds, "decoder": decoder_feeds(options.calib_feeds, encode)}
+    options.graph_feeds = feeds  # the TensorRT <= 10 calibrator reads the same frames
     caches = {}
     for graph in GRAPH_NAMES:
         fp32 = protos[f"{graph}.fp32"]
@@ -213,7 +216,7 @@ def _tensorrt_step(folder: Path, final: Path, artifacts: dict[str, dict], cfg, o
     version, gpu = tensorrt_version(), gpu_name()
     finish = f"reftok-export {' '.join('--' + p for p in engine_precisions if p != 'fp32')} on the target (TensorRT + GPU)"
     if options.tensorrt == "skip":
-        return {"status": "skipped", "reason": "--no-tensorrt", "finish_command": finish.strip()}
+        return {"status": "skipped", "reason": "--tensorrt skip", "finish_command": finish.strip()}
     if version is None or gpu is None:
         missing = "TensorRT" if version is None else "a CUDA GPU"
         if options.tensorrt == "require":
@@ -225,12 +228,19 @@ def _tensorrt_step(folder: Path, final: Path, artifacts: dict[str, dict], cfg, o
     groups = cfg.block_frames // cfg.temporal_factor
     for precision in engine_precisions:
         for graph in GRAPH_NAMES:
-            # TensorRT >= 11 takes precision from the graph; <= 10 uses the FP32 graph plus a builder flag.
-            source_precision = precision if int(version.split(".")[0]) >= 11 or precision == "int8" else "fp32"
+            # TensorRT >= 11 takes precision from the graph; <= 10 uses the FP32 graph plus a builder flag
+            # (and, with --trt-implicit-int8, a legacy calibrator on the same frames).
+            major = int(version.split(".")[0])
+            calibrator = None
+            if precision == "int8" and options.trt_implicit_int8:
+                from reftok_deploy.calibration.legacy_trt import legacy_calibrator
+
+                calibrator = legacy_calibrator(options.graph_feeds[graph], folder / f"{graph}.trt-int8.cache")
+            source_precision = precision if (major >= 11 or precision == "int8") and calibrator is None else "fp32"
             onnx_file = folder / artifacts[f"{graph}.{source_precision}"]["file"]
             progress(f"building TensorRT {precision} engine for the {graph} (TensorRT {version}, {gpu})")
             path = build_engine(onnx_file, graph, precision, folder, options.profile, cfg.block_frames, groups,
-                                fp32_nodes=fp32_nodes[graph], previous=final, say=progress)
+                                fp32_nodes=fp32_nodes[graph], previous=final, say=progress, calibrator=calibrator)
             key = engine_key(sha256_file(onnx_file), precision, options.profile, version, gpu)
             assert check_engine(path, key) is None
             engines[f"{graph}.{precision}"] = {"file": path.name, "key": key, "sha256": sha256_file(path)}

@@ -113,7 +113,7 @@ def _profiles(graph: str, profile: ShapeProfile, block_frames: int, groups: int)
 
 def build_engine(onnx_path: Path, graph: str, precision: str, out_folder: Path, profile: ShapeProfile,
                  block_frames: int, groups: int, fp32_nodes: list[str] | None = None,
-                 previous: Path | None = None, say=print) -> Path:
+                 previous: Path | None = None, say=print, calibrator=None) -> Path:
     """Build the engine of one ONNX graph into ``out_folder``, or reuse a matching one from ``previous``.
 
     Engines in ``previous`` for the same graph and precision whose key differs are reported as
@@ -145,11 +145,14 @@ def build_engine(onnx_path: Path, graph: str, precision: str, out_folder: Path, 
             say(f"refusing stale engine {other.name} (built for another {', '.join(diffs)}); rebuilding")
         if (previous / "timing.cache").is_file() and not (out_folder / "timing.cache").exists():
             shutil.copy2(previous / "timing.cache", out_folder / "timing.cache")
-    strongly_typed = int(version.split(".")[0]) >= 11 or precision == "int8"
+    # Q/DQ graphs and TensorRT 11 are strongly typed; a legacy calibrator means implicit INT8 (TRT <= 10).
+    strongly_typed = calibrator is None and (int(version.split(".")[0]) >= 11 or precision == "int8")
     network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=strongly_typed)
     config_args: dict = {"profiles": _profiles(graph, profile, block_frames, groups)}
-    if not strongly_typed and precision == "fp16":
+    if not strongly_typed and precision in ("fp16", "int8"):
         config_args.update(fp16=True, precision_constraints="obey")
+        if precision == "int8":
+            config_args.update(int8=True, calibrator=calibrator)
         if fp32_nodes:
             network = SetLayerPrecisions(network, {name: trt.float32 for name in fp32_nodes})
     cache = out_folder / "timing.cache"

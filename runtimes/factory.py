@@ -54,7 +54,8 @@ def make_runner(spec: str, export_folder: str | Path | None, checkpoint: str | P
         if version != MODEL_VERSION:
             raise ReftokError(f"{files[graph]} is an ONNX of model version {version}; this reftok-deploy runs "
                               f"version {MODEL_VERSION}: re-export it")
-    provider = "cuda" if device.startswith("cuda") else "cpu"
+    # --device cuda / tensorrt select onnxruntime's CUDA or TensorRT execution provider.
+    provider = {"cuda": "cuda", "tensorrt": "tensorrt"}.get(device.split(":")[0], "cpu")
     runner = OnnxRuntimeRunner(files, provider=provider, threads=threads, name=f"onnxruntime-{precision}")
     cfg = manifest["model"]
     runner.block_frames, runner.temporal_factor = cfg["block_frames"], cfg["temporal_factor"]

@@ -20,6 +20,8 @@ from reftok_deploy.cli import user_errors
 @click.option("--calib-size", default=32, show_default=True, type=click.IntRange(1), help="Calibration GOPs.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="percentile",
               show_default=True)
+@click.option("--trt-implicit-int8", is_flag=True,
+              help="TensorRT <= 10: build INT8 engines from the FP32 graph with a legacy calibrator on the same frames.")
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
 @click.option("--opset", default=18, show_default=True, type=click.IntRange(18, 22))
 @click.option("--validate-data", multiple=True, type=click.Path(), help="Videos to validate on [default: built-in real stills under motion].")
@@ -32,7 +34,7 @@ from reftok_deploy.cli import user_errors
               help="TensorRT profile BxHxW min:opt:max.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @user_errors
-def main(checkpoint, out, fp16, int8, calib_data, calib_size, calib_method, exporter, opset, validate_data,
+def main(checkpoint, out, fp16, int8, calib_data, calib_size, calib_method, trt_implicit_int8, exporter, opset, validate_data,
          validate_size, max_gops, no_validate, tensorrt, profile, as_json) -> None:
     """Export the encoder (reference, frames) -> tokens and the decoder (reference, tokens) -> frames.
 
@@ -64,6 +66,7 @@ def main(checkpoint, out, fp16, int8, calib_data, calib_size, calib_method, expo
         block = read_config(checkpoint)["model"]["block_frames"]
         options.calib_feeds = calibration_feeds(list(calib_data), calib_size, size=validate_size, block_frames=block)
         options.calib_method = calib_method
+        options.trt_implicit_int8 = trt_implicit_int8
     say = (lambda msg: click.echo(msg, err=True))
     manifest = run_export(checkpoint, out, options, progress=say)
     if as_json:
