@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from reftok_deploy.checkpoint import atomic_write_bytes, sha256_file
+from reftok_deploy.files import atomic_write_bytes, read_json_object, sha256_file
 from reftok_deploy.errors import ReftokError
 from reftok_deploy.model import MODEL_VERSION
 
@@ -48,14 +48,7 @@ def read_manifest(folder: str | Path, verify_files: bool = True) -> dict[str, An
         raise ReftokError(f"export folder not found: {folder}")
     if not path.is_file():
         raise ReftokError(f"{folder} has no {MANIFEST}: not a reftok-export folder (run reftok-export first)")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise ReftokError(f"{path} is too large to be a manifest")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReftokError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ReftokError(f"{path} is not a reftok-export manifest")
+    manifest = read_json_object(path, MAX_MANIFEST_BYTES, FORMAT, "reftok-export manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ReftokError(f"{path} has manifest format {manifest.get('format_version')!r}; expected {FORMAT_VERSION}")
     version = manifest.get("model", {}).get("model_version") if isinstance(manifest.get("model"), dict) else None

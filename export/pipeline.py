@@ -18,7 +18,8 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from reftok_deploy.checkpoint import load_checkpoint, sha256_file
+from reftok_deploy.checkpoint import load_checkpoint
+from reftok_deploy.files import sha256_file
 from reftok_deploy.errors import ReftokError
 from reftok_deploy.export.manifest import tool_versions, write_manifest
 from reftok_deploy.export.onnx_export import OPSET, export_graph

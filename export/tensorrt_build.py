@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from reftok_deploy.checkpoint import atomic_write_bytes
+from reftok_deploy.files import atomic_write_bytes
 from reftok_deploy.errors import ReftokError
 
 
@@ -123,7 +123,7 @@ def build_engine(onnx_path: Path, graph: str, precision: str, out_folder: Path, 
     from polygraphy.backend.trt import (CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath,
                                         SetLayerPrecisions)
 
-    from reftok_deploy.checkpoint import sha256_file
+    from reftok_deploy.files import sha256_file
 
     version = str(trt.__version__)
     gpu = gpu_name() or "unknown-gpu"

@@ -8,7 +8,6 @@ any problem into a one-line :class:`ReftokError`. Nothing is unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -20,34 +19,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from reftok_deploy.errors import ReftokError
+from reftok_deploy.files import atomic_write_bytes, read_json_object, sha256_file
 from reftok_deploy.model import MODEL_VERSION, RefTok, RefTokConfig
 
 FORMAT = "reftok-checkpoint"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 MAX_CONFIG_BYTES = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -91,14 +69,7 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     path = folder / CONFIG
     if not path.is_file():
         raise ReftokError(f"checkpoint {folder} has no {CONFIG}")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ReftokError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes: not a checkpoint config")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReftokError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ReftokError(f"{path} is not a RefTok checkpoint config (format != {FORMAT!r})")
+    config = read_json_object(path, MAX_CONFIG_BYTES, FORMAT, "RefTok checkpoint config")
     model = config.get("model")
     if not isinstance(model, dict):
         raise ReftokError(f"{path} has no 'model' section")
@@ -151,3 +122,8 @@ SHIPPED = Path(__file__).resolve().parent / "weights"
 def default_checkpoint(twin: bool = False) -> Path:
     """Folder of the checkpoint shipped inside the package (RefTok, or its twin)."""
     return SHIPPED / ("twin" if twin else "reftok")
+
+
+def weights_sha256(folder: str | Path) -> str:
+    """sha256 of a checkpoint's weights (from config.json, else hashed): identifies the checkpoint everywhere."""
+    return read_config(folder).get("weights_sha256") or sha256_file(Path(folder) / WEIGHTS)

@@ -66,11 +66,10 @@ def cached_export(checkpoint: str | Path, say=lambda _: None) -> Path:
     """An FP32 ONNX export of ``checkpoint`` in the user cache, made once (TorchScript exporter, seconds)."""
     import os
 
-    from reftok_deploy.checkpoint import read_config, sha256_file
+    from reftok_deploy.checkpoint import weights_sha256
     from reftok_deploy.export.manifest import read_manifest
 
-    config = read_config(checkpoint)
-    sha = config.get("weights_sha256") or sha256_file(Path(checkpoint) / "model.safetensors")
+    sha = weights_sha256(checkpoint)
     root = Path(os.environ.get("REFTOK_CACHE", Path.home() / ".cache" / "reftok-deploy"))
     folder = root / "exports" / sha[:16]
     try:

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -140,7 +139,7 @@ def test_parity_refuses_other_model_version_and_modified_files(export_dir, tmp_p
     one_line_error(invoke(parity_main, [copy, "--size", "64"]), "model version 0")
 
     # An ONNX from another model version whose manifest entry was updated to match it.
-    from reftok_deploy.checkpoint import sha256_file
+    from reftok_deploy.files import sha256_file
 
     shutil.rmtree(copy)
     shutil.copytree(export_dir, copy)

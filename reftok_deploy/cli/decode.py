@@ -23,7 +23,7 @@ def main(stream, output, checkpoint, export_folder, backend, device, as_json) ->
 
     Prints reconstruction_sha256: equal to reftok-run's for the same backend when the
     replay is bit-exact."""
-    from reftok_deploy.checkpoint import default_checkpoint, read_config, sha256_file
+    from reftok_deploy.checkpoint import default_checkpoint, weights_sha256
     from reftok_deploy.errors import ReftokError
     from reftok_deploy.runtimes.codec import FrameCodec
     from reftok_deploy.runtimes.factory import auto_backend, make_runner
@@ -33,9 +33,7 @@ def main(stream, output, checkpoint, export_folder, backend, device, as_json) ->
 
     header, records = read_stream(stream)
     checkpoint = checkpoint or default_checkpoint()
-    config = read_config(checkpoint)
-    sha = config.get("weights_sha256") or sha256_file(f"{checkpoint}/model.safetensors")
-    if sha != header["checkpoint_sha256"]:
+    if weights_sha256(checkpoint) != header["checkpoint_sha256"]:
         raise ReftokError(f"{stream} was encoded with another checkpoint (weights {header['checkpoint_sha256'][:12]}...): "
                           "pass --checkpoint")
     say = (lambda msg: click.echo(msg, err=True))

@@ -27,7 +27,7 @@ def main(export_folder, baseline, candidate, checkpoint, videos, size, max_gops,
     """Compare backend --b against --a on EXPORT_FOLDER: token agreement, decoder error
     (both decoders on --a's tokens) and end-to-end PSNR against the source frames,
     with the tolerances of --b's precision. Exit 1 when a tolerance is exceeded."""
-    from reftok_deploy.checkpoint import sha256_file
+    from reftok_deploy.files import sha256_file
     from reftok_deploy.data import demo_clips
     from reftok_deploy.errors import ReftokError
     from reftok_deploy.export.manifest import read_manifest

@@ -43,7 +43,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
 
     import cv2
 
-    from reftok_deploy.checkpoint import default_checkpoint, sha256_file
+    from reftok_deploy.checkpoint import default_checkpoint, weights_sha256
     from reftok_deploy.errors import ReftokError
     from reftok_deploy.runtimes.capture import ArraySource, FrameSource, parse_source
     from reftok_deploy.runtimes.codec import FrameCodec
@@ -101,7 +101,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
             header = {"width": width, "height": height, "fps": frames.fps, "block_frames": cfg["block_frames"],
                       "temporal_factor": cfg["temporal_factor"], "spatial_factor": 8, "fsq_levels": cfg["fsq_levels"],
                       "codebook_size": stats.codebook_size, "model_version": cfg["model_version"],
-                      "checkpoint_sha256": config.get("weights_sha256") or sha256_file(f"{checkpoint}/model.safetensors"),
+                      "checkpoint_sha256": weights_sha256(checkpoint),
                       "reference_codec": "png"}
             tokens = TokenStreamWriter(tokens_path, header)
 
