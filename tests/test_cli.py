@@ -114,3 +114,18 @@ def test_eval_demo_needs_no_files(trained):
 
 def test_eval_without_input_is_refused():
     one_line_error(invoke(eval_main, []), "--demo")
+
+
+def test_training_is_reproducible_with_a_seed(tmp_path):
+    from safetensors.torch import load_file
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_video(data / "clip.avi", moving_still("rocket", 12, 48))
+    weights = []
+    for run in ("a", "b"):
+        result = invoke(train_main, [data, "--out", tmp_path / run, *FAST, "--seed", "5"])
+        assert result.exit_code == 0, result.output
+        weights.append(load_file(str(tmp_path / run / "checkpoint" / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all((weights[0][k] == weights[1][k]).all() for k in weights[0])
