@@ -54,11 +54,14 @@ def display_available() -> bool:
 
 
 def side_by_side(original: np.ndarray, recon: np.ndarray, lines: list[str]) -> np.ndarray:
-    """``[H,2W,3]`` uint8 RGB: original | reconstruction with text lines drawn at the top left."""
+    """``[H,2W,3]`` uint8 RGB: original | reconstruction, text lines on a dark band at the top left."""
     canvas = np.concatenate([original, recon], axis=1)
-    scale = max(0.35, canvas.shape[0] / 720)
+    scale = float(np.clip(canvas.shape[1] / 1280, 0.4, 1.0))
+    line_height = int(32 * scale) + 2
+    width = max(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for line in lines) + 10 if lines else 0
+    band = canvas[: line_height * len(lines) + 6, :width]
+    band[:] = (band * 0.35).astype(np.uint8)
     for i, line in enumerate(lines):
-        y = int((18 + 20 * i) * scale * 1.4)
-        for color, thickness in (((0, 0, 0), 3), ((255, 255, 0), 1)):
-            cv2.putText(canvas, line, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
+        cv2.putText(canvas, line, (5, line_height * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
     return canvas

@@ -48,8 +48,8 @@ class StreamStats:
     def overlay(self, label: str) -> list[str]:
         wall = max(time.perf_counter() - self.started, 1e-9)
         latency = 1000 * self.block_seconds[-1] if self.block_seconds else 0.0
-        return [f"{label}  {self.frames / wall:.1f} fps  block latency {latency:.0f} ms",
-                f"tokens {self.token_kbps():.1f} kbit/s  PSNR {self.psnr_mean:.2f} dB"]
+        return [f"{label} | {self.frames / wall:.1f} fps | {latency:.0f} ms/block",
+                f"tokens {self.token_kbps():.1f} kbit/s | PSNR {self.psnr_mean:.2f} dB"]
 
     def summary(self) -> dict:
         wall = time.perf_counter() - self.started
@@ -75,7 +75,7 @@ def encode_stream(frames: Iterable[np.ndarray], gop: GopEncoder, stats: StreamSt
             if tokens:
                 tokens.write_reference(event.frame)
             if sink:
-                sink(event.frame, event.frame, stats.overlay(label) + ["reference (unquantised)"])
+                sink(event.frame, event.frame, stats.overlay(label) + ["reference frame (sent unquantised)"])
             return
         assert isinstance(event, BlockEvent)
         stats.blocks += 1
