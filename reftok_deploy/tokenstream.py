@@ -45,6 +45,14 @@ HEADER_KEYS = {"width": int, "height": int, "fps": float, "block_frames": int, "
                "checkpoint_sha256": str, "reference_codec": str}
 
 
+def stream_header(cfg, width: int, height: int, fps: float, checkpoint_sha256: str) -> dict:
+    """Header of a stream of ``width`` x ``height`` frames tokenized by a model of config ``cfg`` (RefTokConfig)."""
+    return {"width": width, "height": height, "fps": float(fps), "block_frames": cfg.block_frames,
+            "temporal_factor": cfg.temporal_factor, "spatial_factor": cfg.spatial_factor,
+            "fsq_levels": list(cfg.fsq_levels), "codebook_size": int(np.prod(cfg.fsq_levels)),
+            "model_version": cfg.model_version, "checkpoint_sha256": checkpoint_sha256, "reference_codec": "png"}
+
+
 @dataclass
 class Block:
     """Tokens ``[G,h,w]`` int32 of one block, of which the first ``frames`` decoded frames are real."""

@@ -21,6 +21,17 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return backend, precision
 
 
+def _same_checkpoint(manifest: dict, folder: Path, checkpoint: str | Path | None) -> None:
+    """Refuse an export made from another checkpoint than the one the run is labelled with."""
+    if checkpoint is None:
+        return
+    from reftok_deploy.checkpoint import weights_sha256
+
+    if manifest["checkpoint"]["weights_sha256"] != weights_sha256(checkpoint):
+        raise ReftokError(f"{folder} was exported from another checkpoint than {checkpoint}: re-export, or pass "
+                          "the matching --checkpoint")
+
+
 def make_runner(spec: str, export_folder: str | Path | None, checkpoint: str | Path | None,
                 device: str = "cpu", threads: int | None = None) -> Runner:
     """Build (not load) the runner for ``spec``; ONNX artefacts are checked against their manifest."""
@@ -33,16 +44,18 @@ def make_runner(spec: str, export_folder: str | Path | None, checkpoint: str | P
         return TorchRunner(checkpoint, device=device)
     if export_folder is None:
         raise ReftokError(f"backend {spec} needs an export folder (run reftok-export first)")
+    from reftok_deploy.export.manifest import onnx_model_version, read_manifest
+    from reftok_deploy.model import MODEL_VERSION
+
     folder = Path(export_folder)
+    manifest = read_manifest(folder)
+    _same_checkpoint(manifest, folder, checkpoint)
     if backend == "tensorrt":
         from reftok_deploy.runtimes.tensorrt_runner import TensorRTRunner
 
         return TensorRTRunner(folder, precision)
-    from reftok_deploy.export.manifest import onnx_model_version, read_manifest
-    from reftok_deploy.model import MODEL_VERSION
     from reftok_deploy.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 
-    manifest = read_manifest(folder)
     files = {}
     for graph in ("encoder", "decoder"):
         entry = manifest["artifacts"].get(f"{graph}.{precision}")

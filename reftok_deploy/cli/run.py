@@ -43,7 +43,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
 
     import cv2
 
-    from reftok_deploy.checkpoint import default_checkpoint, weights_sha256
+    from reftok_deploy.checkpoint import config_from_checkpoint, default_checkpoint, read_config, weights_sha256
     from reftok_deploy.errors import ReftokError
     from reftok_deploy.runtimes.capture import ArraySource, FrameSource, parse_source
     from reftok_deploy.runtimes.codec import FrameCodec
@@ -51,7 +51,8 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
     from reftok_deploy.runtimes.gop import GopEncoder
     from reftok_deploy.runtimes.output import VideoFile, display_available, side_by_side
     from reftok_deploy.runtimes.stream import StreamStats, encode_stream
-    from reftok_deploy.tokenstream import TokenStreamWriter
+    from reftok_deploy.tokenstream import TokenStreamWriter, stream_header
+    from reftok_deploy.video import center_square
 
     chosen = [s for s in (camera, video, source) if s is not None] + (["demo"] if demo else [])
     if len(chosen) != 1:
@@ -78,32 +79,17 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
         raise
     with frames_source as frames, runner:
         show = display_available() if display is None else display
-        codec = FrameCodec(runner)
-        from reftok_deploy.checkpoint import read_config
-
-        config = read_config(checkpoint)
-        cfg = config["model"]
-        gop = GopEncoder(codec, cfg["block_frames"], refresh_blocks, scene_change_psnr or None)
-        stats = StreamStats(fps_source=frames.fps, codebook_size=math.prod(cfg["fsq_levels"]))
+        cfg = config_from_checkpoint(read_config(checkpoint), checkpoint)
+        gop = GopEncoder(FrameCodec(runner), cfg.block_frames, refresh_blocks, scene_change_psnr or None)
+        stats = StreamStats(fps_source=frames.fps, codebook_size=math.prod(cfg.fsq_levels))
         stream = itertools.islice(iter(frames), max_frames)
         first = next(stream, None)
         if first is None:
             raise ReftokError(f"{spec.label} delivered no frame")
-        if size is not None:
-            from reftok_deploy.video import center_square
-
-            height, width = center_square(first, size).shape[:2]
-        else:
-            height, width = first.shape[:2]
+        height, width = (center_square(first, size) if size is not None else first).shape[:2]
         writer = VideoFile(output, frames.fps, (2 * width, height)) if output else None
-        tokens = None
-        if tokens_path:
-            header = {"width": width, "height": height, "fps": frames.fps, "block_frames": cfg["block_frames"],
-                      "temporal_factor": cfg["temporal_factor"], "spatial_factor": 8, "fsq_levels": cfg["fsq_levels"],
-                      "codebook_size": stats.codebook_size, "model_version": cfg["model_version"],
-                      "checkpoint_sha256": weights_sha256(checkpoint),
-                      "reference_codec": "png"}
-            tokens = TokenStreamWriter(tokens_path, header)
+        header = stream_header(cfg, width, height, frames.fps, weights_sha256(checkpoint))
+        tokens = TokenStreamWriter(tokens_path, header) if tokens_path else None
 
         def sink(original, recon, lines):
             canvas = side_by_side(original, recon, lines)
