@@ -51,3 +51,10 @@ def test_installed_wheel_runs_every_console_script(wheel, tmp_path):
         located = subprocess.run([sys.executable, "-c", f"import {module}; print({module}.__file__)"], cwd=tmp_path,
                                  env=env, capture_output=True, text=True).stdout
         assert located.startswith(str(target)), located
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = 'bash tests/setup.sh && .venv/bin/python -m pytest -q -m "not slow and not gpu"'
+    assert command in readme and command in ci
