@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from reftok_deploy.checkpoint import load_checkpoint
+from reftok_deploy.checkpoint import load_checkpoint, weights_sha256
 from reftok_deploy.files import sha256_file
 from reftok_deploy.errors import ReftokError
 from reftok_deploy.export.manifest import tool_versions, write_manifest
@@ -108,7 +108,7 @@ def _export_into(folder: Path, final: Path, model, ck_config: dict, checkpoint: 
     config = cfg.to_dict()
     artifacts: dict[str, dict] = {}
     checks: dict[str, dict] = {}
-    ck_sha = ck_config.get("weights_sha256") or sha256_file(checkpoint / "model.safetensors")
+    ck_sha = weights_sha256(checkpoint)
     protos: dict[str, onnx.ModelProto] = {}
     for graph in GRAPH_NAMES:
         progress(f"exporting {graph} ({'dynamo' if options.dynamo else 'torchscript'}, opset {options.opset})")
