@@ -138,6 +138,9 @@ class BlockEncoder(nn.Module):
         self.down3 = nn.Sequential(conv3(c2, c3, stride=2), nn.ReLU6())
         self.s3 = stage(c3 + r[2], c3, cfg.res_blocks)
         self.to_latent = conv3(c3, latent_dim)
+        # Latents must start spread over several FSQ levels: at the default init they were ~0.03 +- 0.005,
+        # every position rounded to one code, and RefTok never learned to use its tokens.
+        self.to_latent.weight.data.mul_(10.0)
 
     def forward(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
         x = self.unshuffle(x)
@@ -255,12 +258,15 @@ class RefTok(nn.Module):
         codes = self.fsq.ids_to_codes(tokens.reshape(b * g, h, w))
         return self.decode_codes(reference, codes, b).clamp(-1.0, 1.0)
 
-    def forward(self, reference: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training pass: (reconstruction ``[B,3,T,H,W]`` unclamped, ids ``[B,G,h,w]`` int32)."""
+    def forward(self, reference: torch.Tensor, frames: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: (reconstruction ``[B,3,T,H,W]`` unclamped, ids ``[B,G,h,w]`` int32,
+        pre-quantisation latents ``[B*G,D,h,w]`` for the saturation penalty)."""
         b = frames.shape[0]
-        codes, ids = self.fsq(self.encode_latent(reference, frames))
+        latent = self.encode_latent(reference, frames)
+        codes, ids = self.fsq(latent)
         recon = self.decode_codes(reference, codes, b)
-        return recon, ids.reshape(b, -1, ids.shape[-2], ids.shape[-1])
+        return recon, ids.reshape(b, -1, ids.shape[-2], ids.shape[-1]), latent
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:

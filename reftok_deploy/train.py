@@ -28,7 +28,7 @@ STATE = "train_state.safetensors"
 
 @dataclass
 class Recipe:
-    steps: int = 3600
+    steps: int = 4000
     batch: int = 8
     crop: int = 96
     lr: float = 1.5e-3
@@ -36,6 +36,8 @@ class Recipe:
     seed: int = 0
     checkpoint_every: int = 200
     builtin_stills: bool = True
+    latent_penalty: float = 0.01
+    reference_dropout: float = 0.25
 
 
 def learning_rate(recipe: Recipe, step: int) -> float:
@@ -117,8 +119,16 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         reference, frames = sampler.batch(recipe.batch)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(recipe, step)
-        recon, _ = model(reference, frames)
-        loss = F.l1_loss(recon, frames)
+        if cfg.reference and recipe.reference_dropout > 0:
+            # Some samples get a blank reference, so the tokens alone must carry the block: without this
+            # the decoder settled on copying the reference and the encoder collapsed to one token.
+            keep = torch.rand(reference.shape[0]) >= recipe.reference_dropout
+            reference = reference * keep.view(-1, 1, 1, 1).to(reference.dtype)
+        recon, ids, latent = model(reference, frames)
+        # Keep latents out of tanh saturation: a saturated encoder emits one constant token and
+        # gets no gradient back (seen here: RefTok collapsed to a single id and copied the reference).
+        saturation = F.relu(latent.abs() - 2.0).pow(2).mean()
+        loss = F.l1_loss(recon, frames) + recipe.latent_penalty * saturation
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -129,10 +139,11 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         psnr = 10 * math.log10(4.0 / max(mse, 1e-10))
         running = psnr if running is None else 0.98 * running + 0.02 * psnr
         bar.update(1)
-        bar.set_postfix(l1=f"{loss.item():.4f}", psnr=f"{running:.2f}")
+        used = int(torch.unique(ids).numel())
+        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{running:.2f}", codes=used)
         if step % recipe.checkpoint_every == 0 or step == recipe.steps:
             training.update(step=step, wall_seconds=round(elapsed + time.perf_counter() - started, 1),
-                            train_psnr_running=round(running, 3))
+                            train_psnr_running=round(running, 3), codes_used_last_batch=used)
             save_checkpoint(model, run / "checkpoint", training=training)
             _save_state(run, step, optimizer, sampler)
     bar.close()

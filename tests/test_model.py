@@ -31,7 +31,8 @@ def test_forward_matches_encode_then_decode(tiny_model):
     ref = torch.rand(1, 3, 32, 32) * 2 - 1
     frames = torch.rand(1, 3, 8, 32, 32) * 2 - 1
     with torch.no_grad():
-        recon, ids = tiny_model(ref, frames)
+        recon, ids, latent = tiny_model(ref, frames)
+        assert latent.shape == (2, 4, 4, 4)
         tokens = tiny_model.encode(ref, frames)
         assert torch.equal(ids, tokens)
         assert torch.allclose(recon.clamp(-1, 1), tiny_model.decode(ref, tokens), atol=1e-5)

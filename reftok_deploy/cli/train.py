@@ -13,7 +13,7 @@ from reftok_deploy.model import PRESETS
 @click.option("--out", "run", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoint/ + resume state).")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True, help="Model size.")
 @click.option("--no-reference", is_flag=True, help="Train the reference-free twin (ablation baseline).")
-@click.option("--steps", default=3600, show_default=True, type=click.IntRange(1))
+@click.option("--steps", default=4000, show_default=True, type=click.IntRange(1))
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--crop", default=96, show_default=True, type=click.IntRange(32), help="Square crop size (multiple of 8).")
 @click.option("--lr", default=1.5e-3, show_default=True, type=float)
