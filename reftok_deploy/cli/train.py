@@ -18,12 +18,14 @@ from reftok_deploy.model import PRESETS
 @click.option("--crop", default=96, show_default=True, type=click.IntRange(32), help="Square crop size (multiple of 8).")
 @click.option("--lr", default=1.5e-3, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--reference-dropout", default=0.25, show_default=True, type=click.FloatRange(0, 1),
+              help="Fraction of RefTok samples trained with a blank reference (keeps tokens in use).")
 @click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--no-builtin-stills", is_flag=True, help="Do not add scikit-image's bundled photographs.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads.")
 @user_errors
-def main(data, run, preset, no_reference, steps, batch, crop, lr, seed, checkpoint_every, no_builtin_stills,
+def main(data, run, preset, no_reference, steps, batch, crop, lr, seed, reference_dropout, checkpoint_every, no_builtin_stills,
          resume, threads) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
     from reftok_deploy.errors import ReftokError
@@ -33,6 +35,7 @@ def main(data, run, preset, no_reference, steps, batch, crop, lr, seed, checkpoi
         raise ReftokError(f"--crop must be a multiple of 8, got {crop}")
     cfg = PRESETS[preset].twin() if no_reference else PRESETS[preset]
     recipe = Recipe(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
+                    reference_dropout=reference_dropout,
                     builtin_stills=not no_builtin_stills)
     folder = train(cfg, list(data), run, recipe, resume=resume, threads=threads)
     click.echo(f"checkpoint: {folder}")
