@@ -37,7 +37,10 @@ class OnnxRuntimeRunner(Runner):
         if self.threads:
             options.intra_op_num_threads = self.threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # unused-initializer notices from Q/DQ graphs are noise
+        options.log_severity_level = 3
+        # No busy-waiting between runs: spinning threads steal the cores that capture, PyTorch or
+        # a second session need (it made round-robin benchmarks read onnxruntime 1.6x too slow).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # unused-initializer notices from Q/DQ graphs are noise
         for graph, path in self.files.items():
             try:
                 self.sessions[graph] = ort.InferenceSession(str(path), options, providers=[wanted])

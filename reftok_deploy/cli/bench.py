@@ -25,6 +25,10 @@ from reftok_deploy.cli import user_errors
 def main(export_folder, backends, checkpoint, videos, size, gops, repeats, threads, device, as_json) -> None:
     """Time encode and decode of each backend on the same real GOPs in one run (round-robin,
     medians) and print ms per GOP, frames/s and speed-ups against the first backend."""
+    import os
+
+    # PyTorch's OpenMP threads otherwise spin after each call and slow the backend timed next.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from reftok_deploy.bench import bench
