@@ -1,9 +1,11 @@
 """Mixed-precision ONNX for TensorRT 11's strongly typed builds (and ONNX Runtime).
 
-FP16 everywhere except the token arithmetic: in the encoder every node after
-the last Conv (FSQ bound, Round, id packing) and in the decoder every node
-before the first Conv (id unpacking) stays FP32, so token ids are identical in
-meaning to the FP32 graph. Graph I/O keeps its FP32/int32 types.
+FP16 everywhere except the token arithmetic and the motion warp: in the encoder
+every node after the last Conv (FSQ bound, Round, id packing) and in the decoder
+every node before the first Conv (id unpacking) stays FP32, so token ids are
+identical in meaning to the FP32 graph; so does everything feeding a GridSample
+(the sampling grid: FP16 holds pixel positions of a 1080p frame only to ~0.5 px).
+Graph I/O keeps its FP32/int32 types.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import onnx
 
 COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+# Ops kept in FP32 together with all their non-compute ancestors.
+FP32_SAMPLING_OPS = {"GridSample"}
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -73,6 +77,20 @@ def token_arithmetic_nodes(model: onnx.ModelProto) -> list[str]:
         keep.add(j)
         for out in node.output:
             stack.extend(consumers.get(out, []))
+    # Sampling ops and their whole non-compute input chain (grid coordinates, Range, the reference expand).
+    producer = {out: j for j, n in enumerate(nodes) for out in n.output}
+    stack = [j for j, n in enumerate(nodes) if n.op_type in FP32_SAMPLING_OPS]
+    visited: set[int] = set()
+    while stack:
+        j = stack.pop()
+        if j in visited:
+            continue
+        visited.add(j)
+        keep.add(j)
+        for name in nodes[j].input:
+            k = producer.get(name)
+            if k is not None and nodes[k].op_type not in COMPUTE_OPS:
+                stack.append(k)
     return [nodes[j].name for j in sorted(keep)]
 
 

@@ -7,7 +7,8 @@ Checks (each failure is collected, none stops the others):
 - strict ONNX shape inference succeeds and every I/O has a known rank;
 - Conv/ConvTranspose weights are constants (initializer, Constant or DequantizeLinear of one);
 - QuantizeLinear/DequantizeLinear zero points are 0 (TensorRT INT8 is symmetric);
-- the opset lies in the range TensorRT parses.
+- the opset lies in the range TensorRT parses;
+- a floating-point Range has constant start/limit/delta (TensorRT parses no other).
 Warnings (reported, not failures): 3-D convolutions, slow on Jetson and without INT8 speed-up.
 """
 
@@ -25,7 +26,7 @@ TENSORRT_OPS = frozenset("""
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu Clip
 Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div Dropout
 Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool
-GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GroupNormalization GRU HardSigmoid HardSwish Identity If
+GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GridSample GroupNormalization GRU HardSigmoid HardSwish Identity If
 InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LRN LSTM
 LpNormalization LpPool MatMul Max MaxPool Mean Min Mod Mul Neg NonMaxSuppression Not Or Pad Pow PRelu
 QuantizeLinear RandomUniform RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp
@@ -91,7 +92,24 @@ def preflight(model: onnx.ModelProto | str | Path) -> PreflightReport:
         report.errors.append(f"shape inference failed: {str(exc).splitlines()[0]}")
     _check_constant_weights(graph, report)
     _check_symmetric_quantization(graph, report)
+    _check_float_ranges(model, report)
     return report
+
+
+def _check_float_ranges(model: onnx.ModelProto, report: PreflightReport) -> None:
+    constants, _ = _constants(model.graph)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # already reported by the strict pass
+        return
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.value_info, *inferred.input)}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+    for node in model.graph.node:
+        if node.op_type == "Range" and types.get(node.input[0]) in floats:
+            if not all(name in constants for name in node.input):
+                report.errors.append(f"node {node.name or '?'} (Range): floating-point Range with computed bounds; "
+                                     "TensorRT needs constant bounds (use an integer Range and Cast)")
 
 
 def _constants(graph: onnx.GraphProto) -> tuple[set[str], dict[str, np.ndarray]]:

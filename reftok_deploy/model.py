@@ -44,6 +44,7 @@ class RefTokConfig:
     temporal_factor: int = 4
     block_frames: int = 8
     reference: bool = True
+    motion_warp: bool = False
     model_version: int = MODEL_VERSION
     spatial_factor: int = field(default=8, init=False)
 
@@ -56,6 +57,8 @@ class RefTokConfig:
             raise ValueError("block_frames must be a positive multiple of temporal_factor")
         if self.res_blocks < 0:
             raise ValueError("res_blocks must be >= 0")
+        if self.motion_warp and not self.reference:
+            raise ValueError("motion_warp needs reference=True (it warps the reference frame)")
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -73,14 +76,14 @@ class RefTokConfig:
         return cls(**data)
 
     def twin(self) -> "RefTokConfig":
-        """The reference-free twin of this config."""
-        return dataclasses.replace(self, reference=False)
+        """The reference-free twin of this config (no reference, so nothing to warp)."""
+        return dataclasses.replace(self, reference=False, motion_warp=False)
 
 
 PRESETS: dict[str, RefTokConfig] = {
-    "tiny": RefTokConfig(channels=(32, 64, 96), res_blocks=1),
-    "small": RefTokConfig(channels=(48, 96, 160), res_blocks=2),
-    "base": RefTokConfig(channels=(64, 128, 256), res_blocks=3),
+    "tiny": RefTokConfig(channels=(32, 64, 96), res_blocks=1, motion_warp=True),
+    "small": RefTokConfig(channels=(48, 96, 160), res_blocks=2, motion_warp=True),
+    "base": RefTokConfig(channels=(64, 128, 256), res_blocks=3, motion_warp=True),
 }
 
 
@@ -153,7 +156,8 @@ class BlockEncoder(nn.Module):
 
 
 class BlockDecoder(nn.Module):
-    """Codes ``[N,D,H/8,W/8]`` (+ reference features) -> folded frames ``[N,3*ft,H,W]``."""
+    """Codes ``[N,D,H/8,W/8]`` (+ reference features) -> (folded frames ``[N,3*ft,H,W]``,
+    motion ``[N,2*ft,H/2,W/2]`` in full-resolution pixels (x, y per frame) or None without motion_warp)."""
 
     def __init__(self, cfg: RefTokConfig, latent_dim: int) -> None:
         super().__init__()
@@ -168,14 +172,22 @@ class BlockDecoder(nn.Module):
         # Start RefTok near "copy the reference" and the twin near mid-grey, with gradients flowing upstream.
         self.to_pixels[0].weight.data.mul_(0.1)
         nn.init.zeros_(self.to_pixels[0].bias)
+        self.to_motion = None
+        if cfg.motion_warp:
+            # Zero motion at init: training starts from "residual over the unwarped reference".
+            self.to_motion = conv3(c1, 2 * cfg.temporal_factor)
+            nn.init.zeros_(self.to_motion.weight)
+            nn.init.zeros_(self.to_motion.bias)
 
-    def forward(self, codes: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+    def forward(self, codes: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.s3(codes if ref_feats is None else torch.cat([codes, ref_feats[2]], 1))
         x = self.up2(x)
         x = self.s2(x if ref_feats is None else torch.cat([x, ref_feats[1]], 1))
         x = self.up1(x)
         x = self.s1(x if ref_feats is None else torch.cat([x, ref_feats[0]], 1))
-        return self.to_pixels(x)
+        motion = None if self.to_motion is None else self.to_motion(x)
+        return self.to_pixels(x), motion
 
 
 class RefTok(nn.Module):
@@ -246,10 +258,11 @@ class RefTok(nn.Module):
         groups = codes.shape[0] // batch
         feats = self.reference_features(reference)
         feats = None if feats is None else self._per_group(feats, groups)
-        x = self.decoder(codes, feats)
+        x, motion = self.decoder(codes, feats)
         if self.cfg.reference:
-            # Residual over the reference: static content costs no tokens.
-            x = x + self._reference_pixels(reference, groups)
+            # Residual over the (motion-compensated) reference: static or moved content costs few tokens.
+            base = self._reference_pixels(reference, groups) if motion is None else warp_reference(reference, motion)
+            x = x + base
         return self._unfold(x, batch)
 
     def decode(self, reference: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -267,6 +280,31 @@ class RefTok(nn.Module):
         codes, ids = self.fsq(latent)
         recon = self.decode_codes(reference, codes, b)
         return recon, ids.reshape(b, -1, ids.shape[-2], ids.shape[-1]), latent
+
+
+def warp_reference(reference: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+    """Backward-warp the reference once per frame.
+
+    reference ``[B,3,H,W]`` in [-1,1]; motion ``[B*G,2*ft,H/2,W/2]``, per frame the (x, y) offset in
+    full-resolution pixels at which each output pixel samples the reference.
+    Returns ``[B*G,3*ft,H,W]`` laid out like folded frames (frame-major, then RGB).
+    """
+    b, _, h, w = reference.shape
+    n, c, _, _ = motion.shape
+    ft = c // 2
+    motion = F.interpolate(motion, scale_factor=2.0, mode="bilinear", align_corners=False)
+    motion = motion.reshape(n * ft, 2, h, w)
+    # Pixel centres in grid_sample's normalised [-1,1] coordinates (align_corners=False).
+    # Integer ranges, cast after: TensorRT parses a float Range only when its bounds are constants.
+    xs = (torch.arange(w, device=motion.device).to(motion.dtype) + 0.5) * (2.0 / w) - 1.0
+    ys = (torch.arange(h, device=motion.device).to(motion.dtype) + 0.5) * (2.0 / h) - 1.0
+    gx = xs.view(1, 1, w) + motion[:, 0] * (2.0 / w)
+    gy = ys.view(1, h, 1) + motion[:, 1] * (2.0 / h)
+    grid = torch.stack([gx, gy], dim=-1)  # [N*ft,H,W,2]
+    per_frame = n * ft // b
+    ref = reference.unsqueeze(1).expand(b, per_frame, 3, h, w).reshape(n * ft, 3, h, w)
+    warped = F.grid_sample(ref, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return warped.reshape(n, ft * 3, h, w)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:

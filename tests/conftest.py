@@ -47,10 +47,13 @@ def video_file(tmp_path_factory, real_clip) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> RefTok:
-    """A randomly initialised RefTok whose output head is not zero (so decodes depend on everything)."""
+    """A randomly initialised RefTok whose output and motion heads are not zero (so decodes depend on
+    everything, the reference warp included)."""
     torch.manual_seed(0)
     model = RefTok(PRESETS["tiny"])
     for p in model.decoder.to_pixels.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    for p in model.decoder.to_motion.parameters():
         torch.nn.init.normal_(p, std=0.05)
     return model.eval()
 

@@ -92,6 +92,20 @@ def test_preflight_passes_exported_graphs_and_fails_planted_patterns(export_dir,
     report = preflight(planted)
     assert not report.ok
     assert any("NonZero" in e for e in report.errors) and any("int64" in e for e in report.errors)
+    # The decoder's motion warp builds its grid from integer Ranges; a float Range with computed bounds fails.
+    assert any(n.op_type == "GridSample" for n in model.graph.node)
+    float_range = onnx.load(str(export_dir / "decoder.fp32.onnx"))
+    shape_out = float_range.graph.output[0].name
+    float_range.graph.node.extend([
+        helper.make_node("Shape", [shape_out], ["planted_shape"], start=-1),
+        helper.make_node("Squeeze", ["planted_shape"], ["planted_w"]),
+        helper.make_node("Cast", ["planted_w"], ["planted_wf"], to=TensorProto.FLOAT),
+        helper.make_node("Constant", [], ["planted_zero"], value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.0])),
+        helper.make_node("Constant", [], ["planted_one"], value=helper.make_tensor("o", TensorProto.FLOAT, [], [1.0])),
+        helper.make_node("Range", ["planted_zero", "planted_wf", "planted_one"], ["planted_range"], name="planted_range"),
+    ])
+    float_range.graph.output.append(helper.make_tensor_value_info("planted_range", TensorProto.FLOAT, None))
+    assert any("planted_range" in e and "Range" in e for e in preflight(float_range).errors)
 
 
 def test_missing_and_corrupt_checkpoint(tmp_path, tiny_checkpoint):

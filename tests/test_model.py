@@ -1,10 +1,12 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from reftok_deploy.evaluate import reconstruct
 from tests.conftest import moving_still
-from reftok_deploy.model import PRESETS, RefTok, RefTokConfig, crop_to, pad_to_multiple
+from reftok_deploy.model import PRESETS, RefTok, RefTokConfig, crop_to, pad_to_multiple, warp_reference
 
 
 @pytest.mark.parametrize("height,width", [(64, 64), (37, 50), (8, 8), (71, 29)])
@@ -68,6 +70,38 @@ def test_config_round_trip_and_validation():
         RefTokConfig.from_dict({**cfg.to_dict(), "surprise": 1})
     with pytest.raises(ValueError):
         RefTokConfig(block_frames=6, temporal_factor=4)
+    with pytest.raises(ValueError):
+        RefTokConfig(reference=False, motion_warp=True)
+    # Checkpoints written before motion_warp existed load as the unwarped model.
+    old = {k: v for k, v in cfg.to_dict().items() if k != "motion_warp"}
+    assert RefTokConfig.from_dict(old).motion_warp is False
+    assert PRESETS["tiny"].twin().motion_warp is False
+
+
+def test_warp_reference_moves_pixels_by_the_motion():
+    torch.manual_seed(0)
+    reference = torch.rand(2, 3, 32, 48) * 2 - 1
+    ft = 4
+    still = warp_reference(reference, torch.zeros(2, 2 * ft, 16, 24))
+    assert torch.allclose(still, reference.repeat(1, ft, 1, 1), atol=1e-5)
+    motion = torch.zeros(2, 2 * ft, 16, 24)
+    motion[:, 2] = 3.0   # frame 1 samples 3 px to the right
+    motion[:, 5] = -2.0  # frame 2 samples 2 px up
+    moved = warp_reference(reference, motion)
+    assert torch.allclose(moved[:, 3:6, :, :-3], reference[:, :, :, 3:], atol=1e-5)
+    assert torch.allclose(moved[:, 6:9, 2:], reference[:, :, :-2], atol=1e-5)
+    assert torch.allclose(moved[:, 9:12], reference, atol=1e-5)
+
+
+def test_zero_motion_head_equals_the_unwarped_model():
+    torch.manual_seed(1)
+    warped = RefTok(PRESETS["tiny"]).eval()
+    plain = RefTok(dataclasses.replace(PRESETS["tiny"], motion_warp=False)).eval()
+    plain.load_state_dict({k: v for k, v in warped.state_dict().items() if "to_motion" not in k})
+    reference, frames = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 8, 32, 32) * 2 - 1
+    with torch.no_grad():
+        tokens = warped.encode(reference, frames)
+        assert torch.allclose(warped.decode(reference, tokens), plain.decode(reference, tokens), atol=1e-5)
 
 
 def test_pad_and_crop_are_inverse():
