@@ -2,7 +2,7 @@
 
 Symmetric per-channel QInt8 weights, symmetric QInt8 activations (zero point 0), QDQ
 format; the token arithmetic (FSQ bound/round/packing in the encoder, id unpacking in
-the decoder) is excluded and stays FP32. Tensor ranges are cached as JSON beside the
+the decoder) and the motion warp (its head conv, grid and GridSample) are excluded and stay FP32. Tensor ranges are cached as JSON beside the
 export, named by a digest of the FP32 graph, the method and the calibration frames, so
 a re-export with the same inputs skips calibration.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from reftok_deploy.errors import ReftokError
-from reftok_deploy.export.precision import token_arithmetic_nodes
+from reftok_deploy.export.precision import sampling_head_convs, token_arithmetic_nodes, topological_sort
 
 METHODS = ("minmax", "entropy", "percentile")
 # Q/DQ goes on these ops only. Leaving the ReLU6 Clips unquantised lets ONNX Runtime fuse
@@ -87,7 +87,7 @@ def quantize_qdq(fp32: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], meth
                 quantize_static(
                     str(source), str(target), FeedReader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
-                    nodes_to_exclude=token_arithmetic_nodes(fp32), op_types_to_quantize=QUANTIZED_OPS,
+                    nodes_to_exclude=token_arithmetic_nodes(fp32) + sampling_head_convs(fp32), op_types_to_quantize=QUANTIZED_OPS,
                     calibration_cache_path=str(cache),
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                    "CalibPercentile": 99.99, "CalibMovingAverage": False})
@@ -96,4 +96,40 @@ def quantize_qdq(fp32: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], meth
                               f"if {cache.name} is from elsewhere, delete it") from None
         finally:
             root.setLevel(level)
-        return onnx.load(str(target))
+        return separate_shared_activation_qdq(onnx.load(str(target)))
+
+
+def separate_shared_activation_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every consumer of a quantised activation its own QuantizeLinear -> DequantizeLinear pair.
+
+    ONNX Runtime turns DQ -> Conv -> Q into an int8 conv only when the activation's Q feeds a
+    single DQ for that conv. A tensor read twice (a residual block's input, reference features
+    reused per group) left 6 convs per graph in float, ~30 % of INT8 time. Same scales, so the
+    numbers do not change; runners must keep ONNX Runtime's common-subexpression elimination
+    from merging the copies back (see ``runtimes/onnxruntime_runner.py``). TensorRT is unaffected.
+    """
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    added: list[onnx.NodeProto] = []
+    for dq in list(graph.node):
+        readers = consumers.get(dq.output[0], []) if dq.op_type == "DequantizeLinear" else []
+        q = producer.get(dq.input[0]) if readers else None
+        if len(readers) < 2 or q is None or q.op_type != "QuantizeLinear":
+            continue
+        for k, reader in enumerate(readers[1:], 1):
+            q_copy, dq_copy = onnx.NodeProto(), onnx.NodeProto()
+            q_copy.CopyFrom(q)
+            dq_copy.CopyFrom(dq)
+            q_copy.name, q_copy.output[0] = f"{q.name}_reader{k}", f"{q.output[0]}_reader{k}"
+            dq_copy.name, dq_copy.input[0], dq_copy.output[0] = f"{dq.name}_reader{k}", q_copy.output[0], f"{dq.output[0]}_reader{k}"
+            for i, name in enumerate(reader.input):
+                if name == dq.output[0]:
+                    reader.input[i] = dq_copy.output[0]
+            added += [q_copy, dq_copy]
+    graph.node.extend(added)
+    topological_sort(graph)
+    return model

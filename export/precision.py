@@ -94,6 +94,30 @@ def token_arithmetic_nodes(model: onnx.ModelProto) -> list[str]:
     return [nodes[j].name for j in sorted(keep)]
 
 
+def sampling_head_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the compute nodes whose output feeds a sampling grid (the decoder's motion head).
+
+    INT8 leaves them in float: an int8 motion field moves pixels in steps of range/127, and
+    ONNX Runtime cannot fuse a conv whose output is also read by Shape ops.
+    """
+    nodes = list(model.graph.node)
+    producer = {out: n for n in nodes for out in n.output}
+    heads: list[str] = []
+    stack = [name for n in nodes if n.op_type in FP32_SAMPLING_OPS for name in n.input[1:2]]
+    seen: set[str] = set()
+    while stack:
+        name = stack.pop()
+        node = producer.get(name)
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in COMPUTE_OPS:
+            heads.append(node.name)
+        else:
+            stack.extend(node.input)
+    return heads
+
+
 def to_mixed_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """FP16 copy of an FP32 graph with the token arithmetic kept in FP32 and FP32/int32 I/O."""
     from onnxruntime.transformers.float16 import convert_float_to_float16

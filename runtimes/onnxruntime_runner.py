@@ -22,6 +22,7 @@ class OnnxRuntimeRunner(Runner):
         self.threads = threads
         self.sessions: dict = {}
         self.name = name or f"onnxruntime-{provider}"
+        self.optimized_model_path: Path | None = None  # set to save ONNX Runtime's optimised graph (inspection)
 
     def load(self) -> None:
         if self.sessions:
@@ -37,13 +38,18 @@ class OnnxRuntimeRunner(Runner):
         if self.threads:
             options.intra_op_num_threads = self.threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        options.log_severity_level = 3  # unused-initializer notices from Q/DQ graphs are noise
         # No busy-waiting between runs: spinning threads steal the cores that capture, PyTorch or
         # a second session need (it made round-robin benchmarks read onnxruntime 1.6x too slow).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # unused-initializer notices from Q/DQ graphs are noise
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.optimized_model_path is not None:
+            options.optimized_model_filepath = str(self.optimized_model_path)
         for graph, path in self.files.items():
             try:
-                self.sessions[graph] = ort.InferenceSession(str(path), options, providers=[wanted])
+                # CSE would merge the per-consumer Q/DQ copies of INT8 graphs back and leave convs in float
+                # (calibration/qdq.py: separate_shared_activation_qdq).
+                self.sessions[graph] = ort.InferenceSession(str(path), options, providers=[wanted],
+                                                            disabled_optimizers=["CommonSubexpressionElimination"])
             except Exception as exc:
                 raise ReftokError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
 

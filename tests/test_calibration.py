@@ -64,6 +64,8 @@ def int8_export(tmp_path_factory, tiny_checkpoint, calib_dir):
 
 
 def test_qdq_graph_follows_tensorrt_rules(int8_export):
+    from reftok_deploy.export.precision import sampling_head_convs
+
     manifest = json.loads((int8_export / "manifest.json").read_text())
     assert manifest["preflight"]["encoder.int8"]["ok"] and manifest["preflight"]["decoder.int8"]["ok"]
     cal = manifest["calibration"]
@@ -73,7 +75,9 @@ def test_qdq_graph_follows_tensorrt_rules(int8_export):
         model = onnx.load(str(int8_export / f"{graph}.int8.onnx"))
         inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         producer = {o: n for n in model.graph.node for o in n.output}
-        convs = [n for n in model.graph.node if n.op_type == "Conv"]
+        float_heads = set(sampling_head_convs(onnx.load(str(int8_export / f"{graph}.fp32.onnx"))))
+        assert bool(float_heads) == (graph == "decoder")  # the motion head
+        convs = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in float_heads]
         assert convs
         for conv in convs:
             act, weight = producer[conv.input[0]], producer[conv.input[1]]
@@ -85,6 +89,24 @@ def test_qdq_graph_follows_tensorrt_rules(int8_export):
         for node in model.graph.node:
             if node.op_type in ("Tanh", "Round", "ReduceSum", "Floor"):
                 assert all(producer[i].op_type != "DequantizeLinear" for i in node.input if i in producer), node.name
+
+
+def test_onnxruntime_runs_every_int8_conv_as_an_int8_kernel(int8_export, tmp_path):
+    """Tensors read twice (residual inputs, reference features) used to leave their convs in float."""
+    from reftok_deploy.export.precision import sampling_head_convs
+    from reftok_deploy.runtimes.onnxruntime_runner import OnnxRuntimeRunner
+
+    for graph in ("encoder", "decoder"):
+        runner = OnnxRuntimeRunner({graph: int8_export / f"{graph}.int8.onnx"}, threads=1)
+        optimized = tmp_path / f"{graph}.optimized.onnx"
+        runner.optimized_model_path = optimized
+        runner.load()
+        ops = [n.op_type for n in onnx.load(str(optimized)).graph.node]
+        float_convs = [n.name for n in onnx.load(str(optimized)).graph.node if n.op_type == "Conv"]
+        # Only the motion head stays float (by design: it feeds the FP32 sampling grid).
+        heads = sampling_head_convs(onnx.load(str(int8_export / f"{graph}.fp32.onnx")))
+        assert "QLinearConv" in ops and len(float_convs) == len(heads), (graph, float_convs)
+        assert all(any(conv.startswith(head) for head in heads) for conv in float_convs), (graph, float_convs)
 
 
 def test_int8_validation_and_parity_report_token_agreement(int8_export):
