@@ -3,6 +3,8 @@
 A clip is split into GOPs: one reference frame (kept unquantised, stored as PNG)
 followed by one block of T frames encoded as tokens. Quality is measured on the
 block frames only, after rounding to uint8; the incomplete tail is skipped.
+``copy_reference`` scores showing the reference for every block frame (zero tokens):
+what the tokens must beat.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ def evaluate_frames(name: str, frames: np.ndarray, reftok: RefTok, twin: RefTok 
         "bpp_tokens": bits_tokens / block_pixels,
         "bpp_with_reference_png": (bits_tokens + bits_refs) / (block_pixels + len(gops) * frames.shape[1] * frames.shape[2]),
         "reftok": clip_quality(original, np.concatenate(recon_ref).reshape(original.shape)),
+        "copy_reference": clip_quality(original, np.concatenate(
+            [np.repeat(r[None], len(b), axis=0) for r, b in gops])),
     }
     if twin is not None:
         result["twin"] = clip_quality(original, np.concatenate(recon_twin).reshape(original.shape))
@@ -92,7 +96,7 @@ def evaluate_frames(name: str, frames: np.ndarray, reftok: RefTok, twin: RefTok 
 def summarize(clips: list[dict[str, Any]]) -> dict[str, Any]:
     """Means over clips of every quality and rate figure, and the RefTok - twin gaps."""
     summary: dict[str, Any] = {"clips": len(clips)}
-    for model in ("reftok", "twin"):
+    for model in ("reftok", "twin", "copy_reference"):
         if all(model in c for c in clips):
             summary[model] = {m: float(np.mean([c[model][m] for c in clips])) for m in ("psnr", "ssim")}
     for key in ("bpp_tokens", "bpp_with_reference_png"):

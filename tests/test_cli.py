@@ -60,6 +60,15 @@ def test_eval_json_reports_both_models(trained, video_file):
     assert clip["bpp_tokens"] == pytest.approx(2 * 8 * 8 * np.log2(1000) / (8 * 64 * 64))
     assert clip["bpp_with_reference_png"] > clip["bpp_tokens"]
     assert "psnr_gain_db" in report["mean"]
+    # The zero-token baseline: every block frame shown as its reference.
+    from reftok_deploy.evaluate import split_gops
+    from reftok_deploy.metrics import psnr
+    from reftok_deploy.video import read_video
+
+    gops = split_gops(read_video(video_file, size=64), 8)
+    by_hand = np.mean([psnr(frame, ref) for ref, block in gops for frame in block])
+    assert clip["copy_reference"]["psnr"] == pytest.approx(by_hand)
+    assert report["mean"]["copy_reference"]["psnr"] == pytest.approx(by_hand)
 
 
 def test_eval_table(trained, video_file):

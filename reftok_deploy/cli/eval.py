@@ -47,10 +47,12 @@ def main(videos, demo, checkpoint, twin_path, no_twin, size, max_gops, batch, as
         return
     head = f"{'clip':<28}{'gops':>5}{'bpp tok':>9}{'bpp+ref':>9}{'PSNR':>8}{'SSIM':>8}"
     head += f"{'twin PSNR':>11}{'twin SSIM':>11}" if twin else ""
+    head += f"{'copy PSNR':>11}"
     click.echo(head)
     for c in clips + [dict(summary, clip="mean", gops=sum(c["gops"] for c in clips))]:
         line = (f"{click.format_filename(c['clip'], shorten=True)[:27]:<28}{c['gops']:>5}{c['bpp_tokens']:>9.4f}"
                 f"{c['bpp_with_reference_png']:>9.3f}{c['reftok']['psnr']:>8.2f}{c['reftok']['ssim']:>8.4f}")
         if twin:
             line += f"{c['twin']['psnr']:>11.2f}{c['twin']['ssim']:>11.4f}"
+        line += f"{c['copy_reference']['psnr']:>11.2f}"
         click.echo(line)
