@@ -81,9 +81,9 @@ class RefTokConfig:
 
 
 PRESETS: dict[str, RefTokConfig] = {
-    "tiny": RefTokConfig(channels=(32, 64, 96), res_blocks=1, motion_warp=True),
-    "small": RefTokConfig(channels=(48, 96, 160), res_blocks=2, motion_warp=True),
-    "base": RefTokConfig(channels=(64, 128, 256), res_blocks=3, motion_warp=True),
+    "tiny": RefTokConfig(channels=(32, 64, 96), res_blocks=1),
+    "small": RefTokConfig(channels=(48, 96, 160), res_blocks=2),
+    "base": RefTokConfig(channels=(64, 128, 256), res_blocks=3),
 }
 
 

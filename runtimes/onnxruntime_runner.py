@@ -12,6 +12,16 @@ PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvide
                     "tensorrt": "TensorrtExecutionProvider"}
 
 
+def _has_qdq(path: Path) -> bool:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # unreadable: let onnxruntime report it
+        return False
+    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+
+
 class OnnxRuntimeRunner(Runner):
     """Runs ``{graph}.{precision}.onnx`` files; ``provider`` is 'cpu', 'cuda' or 'tensorrt'."""
 
@@ -46,10 +56,11 @@ class OnnxRuntimeRunner(Runner):
             options.optimized_model_filepath = str(self.optimized_model_path)
         for graph, path in self.files.items():
             try:
-                # CSE would merge the per-consumer Q/DQ copies of INT8 graphs back and leave convs in float
-                # (calibration/qdq.py: separate_shared_activation_qdq).
+                # CSE would merge the per-reader Q/DQ copies of INT8 graphs back and leave convs in float
+                # (calibration/qdq.py: separate_shared_activation_qdq); FP32/FP16 graphs keep it.
+                disabled = ["CommonSubexpressionElimination"] if _has_qdq(path) else None
                 self.sessions[graph] = ort.InferenceSession(str(path), options, providers=[wanted],
-                                                            disabled_optimizers=["CommonSubexpressionElimination"])
+                                                            disabled_optimizers=disabled)
             except Exception as exc:
                 raise ReftokError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
 

@@ -47,13 +47,22 @@ def video_file(tmp_path_factory, real_clip) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> RefTok:
-    """A randomly initialised RefTok whose output and motion heads are not zero (so decodes depend on
-    everything, the reference warp included)."""
+    """A randomly initialised RefTok whose output head is not zero (so decodes depend on everything)."""
     torch.manual_seed(0)
     model = RefTok(PRESETS["tiny"])
     for p in model.decoder.to_pixels.parameters():
         torch.nn.init.normal_(p, std=0.05)
-    for p in model.decoder.to_motion.parameters():
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def warp_model() -> RefTok:
+    """Tiny RefTok with the motion-warp decoder, its motion head non-zero (so the warp moves pixels)."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = RefTok(dataclasses.replace(PRESETS["tiny"], motion_warp=True))
+    for p in [*model.decoder.to_pixels.parameters(), *model.decoder.to_motion.parameters()]:
         torch.nn.init.normal_(p, std=0.05)
     return model.eval()
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -92,8 +93,7 @@ def test_preflight_passes_exported_graphs_and_fails_planted_patterns(export_dir,
     report = preflight(planted)
     assert not report.ok
     assert any("NonZero" in e for e in report.errors) and any("int64" in e for e in report.errors)
-    # The decoder's motion warp builds its grid from integer Ranges; a float Range with computed bounds fails.
-    assert any(n.op_type == "GridSample" for n in model.graph.node)
+    # A float Range with computed bounds fails (the motion warp builds its grid from integer Ranges).
     float_range = onnx.load(str(export_dir / "decoder.fp32.onnx"))
     shape_out = float_range.graph.output[0].name
     float_range.graph.node.extend([
@@ -225,3 +225,32 @@ def test_tensorrt_fp16_parity_on_target(tmp_path, tiny_checkpoint):
     again = invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--fp16", "--tensorrt", "require",
                                  "--profile", "1x64x64:1x64x64:2x128x128", *FAST])
     assert "reusing cached engine" in again.stderr
+
+
+@pytest.mark.parametrize("dynamo", [True, False])
+def test_motion_warp_model_exports_and_matches_pytorch(warp_model, tmp_path, dynamo):
+    import onnxruntime as ort
+    import torch
+
+    from reftok_deploy.export.onnx_export import export_graph
+    from reftok_deploy.export.precision import sampling_head_convs, to_mixed_fp16
+
+    torch.manual_seed(3)
+    reference, frames = torch.rand(1, 3, 48, 64) * 2 - 1, torch.rand(1, 3, 8, 48, 64) * 2 - 1
+    with torch.no_grad():
+        tokens = warp_model.encode(reference, frames)
+        want = warp_model.decode(reference, tokens).numpy()
+    path = export_graph(warp_model, "decoder", tmp_path / "decoder.onnx", dynamo=dynamo)
+    model = onnx.load(str(path))
+    assert any(n.op_type == "GridSample" for n in model.graph.node) and len(sampling_head_convs(model)) == 1
+    assert preflight(model).ok, preflight(model).errors
+    feed = {"reference": reference.numpy(), "tokens": tokens.numpy()}
+    got = ort.InferenceSession(str(path)).run(None, feed)[0]
+    assert np.abs(got - want).max() < 1e-4
+    mixed = to_mixed_fp16(model)
+    del mixed.graph.value_info[:]  # stale after the precision rewrite (the export pipeline re-infers too)
+    assert preflight(mixed).ok, preflight(mixed).errors
+    kept = {n.op_type for n in mixed.graph.node if n.op_type in ("GridSample", "Range")}
+    assert kept == {"GridSample", "Range"}
+    half = ort.InferenceSession(mixed.SerializeToString()).run(None, feed)[0]
+    assert np.abs(half - want).max() < 0.05

@@ -95,8 +95,8 @@ def test_warp_reference_moves_pixels_by_the_motion():
 
 def test_zero_motion_head_equals_the_unwarped_model():
     torch.manual_seed(1)
-    warped = RefTok(PRESETS["tiny"]).eval()
-    plain = RefTok(dataclasses.replace(PRESETS["tiny"], motion_warp=False)).eval()
+    warped = RefTok(dataclasses.replace(PRESETS["tiny"], motion_warp=True)).eval()
+    plain = RefTok(PRESETS["tiny"]).eval()
     plain.load_state_dict({k: v for k, v in warped.state_dict().items() if "to_motion" not in k})
     reference, frames = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 8, 32, 32) * 2 - 1
     with torch.no_grad():
