@@ -152,3 +152,21 @@ def test_corrupt_cache_is_refused_cleanly(tmp_path, int8_export, tiny_checkpoint
     one_line_error(invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--int8", "--calib-data", calib_dir,
                                         *FAST]), "is corrupt")
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_calibration_methods_give_different_ranges(tmp_path, int8_export, calib_dir):
+    """onnxruntime's quantize_static alone made "entropy" byte-identical to "minmax" (one candidate threshold)."""
+    from reftok_deploy.calibration.qdq import quantize_qdq
+
+    fp32 = onnx.load(str(int8_export / "encoder.fp32.onnx"))
+    feeds = calibration_feeds([calib_dir], 3, size=64, progress=False)
+
+    def activation_scales(method: str) -> list[float]:
+        model = quantize_qdq(fp32, feeds, method, tmp_path / f"{method}.json")
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        return [float(inits[n.input[1]]) for n in model.graph.node
+                if n.op_type == "QuantizeLinear" and inits[n.input[1]].size == 1 and n.input[0] not in inits]
+
+    minmax, entropy = activation_scales("minmax"), activation_scales("entropy")
+    assert len(minmax) == len(entropy) and minmax != entropy
+    assert sum(e < m - 1e-9 for e, m in zip(entropy, minmax)) > len(minmax) // 4  # entropy clips ranges
