@@ -111,6 +111,22 @@ def test_train_bad_inputs(tmp_path):
     write_video(short / "s.avi", moving_still("astronaut", 4, 64))
     one_line_error(invoke(train_main, [short, "--out", tmp_path / "run", *FAST]), "shorter than one reference")
     one_line_error(invoke(train_main, [short, "--out", tmp_path / "run", "--crop", "36"]), "multiple of 8")
+    one_line_error(invoke(train_main, [short, "--out", tmp_path / "run", "--no-reference", "--motion-warp"]),
+                   "--motion-warp warps the reference")
+
+
+def test_train_motion_warp_checkpoint_loads_and_decodes(trained, tmp_path):
+    import torch
+
+    from reftok_deploy.checkpoint import load_checkpoint
+
+    result = invoke(train_main, [trained["reftok"].parent / "data", "--out", tmp_path / "warp", "--motion-warp", *FAST])
+    assert result.exit_code == 0, result.output
+    model, config = load_checkpoint(tmp_path / "warp" / "checkpoint")
+    assert config["model"]["motion_warp"] is True and model.decoder.to_motion is not None
+    with torch.no_grad():
+        frames = torch.zeros(1, 3, 8, 32, 32)
+        assert model.decode(frames[:, :, 0], model.encode(frames[:, :, 0], frames)).shape == frames.shape
 
 
 def test_eval_demo_needs_no_files(trained):
