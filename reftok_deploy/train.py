@@ -10,18 +10,19 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from reftok_deploy.checkpoint import atomic_save_tensors, load_checkpoint, save_checkpoint
+from reftok_deploy.checkpoint import atomic_save_tensors, load_checkpoint, save_checkpoint, weights_sha256
 from reftok_deploy.data import TrainingSampler
 from reftok_deploy.errors import ReftokError
 from reftok_deploy.model import RefTok, RefTokConfig
 from reftok_deploy.video import list_media
+from reftok_deploy.warm_start import warm_start_state
 
 STATE = "train_state.safetensors"
 
@@ -38,6 +39,12 @@ class Recipe:
     builtin_stills: bool = True
     latent_penalty: float = 0.01
     reference_dropout: float = 0.25
+    loss: str = "l1"
+    # Weights of another checkpoint the run started from (folder name + weights sha256), or None.
+    init_from: str | None = None
+
+
+LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
 
 
 def learning_rate(recipe: Recipe, step: int) -> float:
@@ -82,8 +89,14 @@ def _load_state(run: Path, optimizer: torch.optim.Optimizer, sampler: TrainingSa
 
 
 def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, resume: bool = False,
-          threads: int | None = None, progress: bool = True) -> Path:
-    """Train ``cfg`` on the videos/stills under ``data``; returns the checkpoint folder."""
+          threads: int | None = None, progress: bool = True, init_from: str | Path | None = None) -> Path:
+    """Train ``cfg`` on the videos/stills under ``data``; returns the checkpoint folder.
+
+    ``init_from``: a checkpoint whose weights a fresh run starts from (see :mod:`reftok_deploy.warm_start`);
+    ignored when resuming, where the run's own state wins.
+    """
+    if recipe.loss not in LOSSES:
+        raise ReftokError(f"unknown loss {recipe.loss!r}; choose one of {sorted(LOSSES)}")
     run = Path(run)
     if threads:
         torch.set_num_threads(threads)
@@ -102,8 +115,13 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         model.load_state_dict(loaded.state_dict())
         step = _load_state(run, optimizer, sampler)
         elapsed = float(config.get("training", {}).get("wall_seconds", 0.0))
+        recipe = replace(recipe, init_from=config.get("training", {}).get("recipe", {}).get("init_from"))
     else:
         elapsed = 0.0
+        if init_from is not None:
+            source, _ = load_checkpoint(init_from)
+            model.load_state_dict(warm_start_state(source, model))
+            recipe = replace(recipe, init_from=f"{Path(init_from).name} sha256:{weights_sha256(init_from)}")
     model.train()
     training = {
         "recipe": asdict(recipe),
@@ -128,7 +146,7 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         # Keep latents out of tanh saturation: a saturated encoder emits one constant token and
         # gets no gradient back (seen here: RefTok collapsed to a single id and copied the reference).
         saturation = F.relu(latent.abs() - 2.0).pow(2).mean()
-        loss = F.l1_loss(recon, frames) + recipe.latent_penalty * saturation
+        loss = LOSSES[recipe.loss](recon, frames) + recipe.latent_penalty * saturation
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -154,3 +154,33 @@ def test_training_is_reproducible_with_a_seed(tmp_path):
         weights.append(load_file(str(tmp_path / run / "checkpoint" / "model.safetensors")))
     assert weights[0].keys() == weights[1].keys()
     assert all((weights[0][k] == weights[1][k]).all() for k in weights[0])
+
+
+def test_train_init_from_widens_the_codebook(trained, tmp_path):
+    data = trained["reftok"].parent / "data"
+    source = trained["reftok"] / "checkpoint"
+    result = invoke(train_main, [data, "--out", tmp_path / "wide", "--init-from", source, "--fsq-levels",
+                                 "8,5,5,5,8,8", "--loss", "mse", *FAST])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "wide" / "checkpoint" / "config.json").read_text())
+    assert config["model"]["fsq_levels"] == [8, 5, 5, 5, 8, 8]
+    assert config["training"]["recipe"]["loss"] == "mse"
+    source_sha = json.loads((source / "config.json").read_text())["weights_sha256"]
+    assert config["training"]["recipe"]["init_from"] == f"checkpoint sha256:{source_sha}"
+    result = invoke(train_main, [data, "--out", tmp_path / "wide", "--resume", "--fsq-levels", "8,5,5,5,8,8",
+                                 *[a if a != "2" else "3" for a in FAST]])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "wide" / "checkpoint" / "config.json").read_text())
+    assert config["training"]["step"] == 3
+    assert config["training"]["recipe"]["init_from"] == f"checkpoint sha256:{source_sha}"
+
+
+def test_train_bad_codebook_options(trained, tmp_path):
+    data = trained["reftok"].parent / "data"
+    out = ["--out", tmp_path / "run", *FAST]
+    one_line_error(invoke(train_main, [data, *out, "--fsq-levels", "8,x"]), "comma-separated integers")
+    one_line_error(invoke(train_main, [data, *out, "--fsq-levels", "64,64,64"]), "at most 65536")
+    one_line_error(invoke(train_main, [data, *out, "--init-from", trained["twin"] / "checkpoint"]),
+                   "differs from the model being trained in ['reference']")
+    one_line_error(invoke(train_main, [data, *out, "--init-from", tmp_path / "missing"]), "checkpoint not found")
+    assert not (tmp_path / "run" / "checkpoint").exists()

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import click
 
 from reftok_deploy.cli import user_errors
 from reftok_deploy.model import PRESETS
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """'8,5,5,5' -> (8, 5, 5, 5); the codebook must fit the 16-bit ids of .rtok token streams."""
+    from reftok_deploy.errors import ReftokError
+
+    try:
+        levels = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ReftokError(f"--fsq-levels must be comma-separated integers, got {text!r}") from None
+    if not levels or min(levels) < 2 or math.prod(levels) > 65536:
+        raise ReftokError(f"--fsq-levels {text}: every level must be >= 2 and their product at most 65536")
+    return levels
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,6 +32,12 @@ from reftok_deploy.model import PRESETS
 @click.option("--motion-warp", is_flag=True,
               help="Decoder warps the reference by predicted motion (measured +0.23 dB on held-out video; "
                    "costs a GridSample, slow in onnxruntime on CPU).")
+@click.option("--fsq-levels", default=None, metavar="L1,L2,...",
+              help="FSQ levels per token dimension (codebook = their product, at most 65536). Default: the preset's.")
+@click.option("--init-from", type=click.Path(), default=None,
+              help="Start from this checkpoint's weights (same preset; --fsq-levels may append dimensions).")
+@click.option("--loss", type=click.Choice(["l1", "mse"]), default="l1", show_default=True,
+              help="Reconstruction loss (mse optimises PSNR directly).")
 @click.option("--steps", default=4000, show_default=True, type=click.IntRange(1))
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--crop", default=96, show_default=True, type=click.IntRange(32), help="Square crop size (multiple of 8).")
@@ -30,7 +50,7 @@ from reftok_deploy.model import PRESETS
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads.")
 @user_errors
-def main(data, run, preset, no_reference, motion_warp, steps, batch, crop, lr, seed, reference_dropout, checkpoint_every, no_builtin_stills,
+def main(data, run, preset, no_reference, motion_warp, fsq_levels, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, checkpoint_every, no_builtin_stills,
          resume, threads) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
     from reftok_deploy.errors import ReftokError
@@ -41,8 +61,10 @@ def main(data, run, preset, no_reference, motion_warp, steps, batch, crop, lr, s
     if motion_warp and no_reference:
         raise ReftokError("--motion-warp warps the reference; the twin (--no-reference) has none")
     cfg = PRESETS[preset].twin() if no_reference else dataclasses.replace(PRESETS[preset], motion_warp=motion_warp)
+    if fsq_levels is not None:
+        cfg = dataclasses.replace(cfg, fsq_levels=parse_levels(fsq_levels))
     recipe = Recipe(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
-                    reference_dropout=reference_dropout,
+                    reference_dropout=reference_dropout, loss=loss,
                     builtin_stills=not no_builtin_stills)
-    folder = train(cfg, list(data), run, recipe, resume=resume, threads=threads)
+    folder = train(cfg, list(data), run, recipe, resume=resume, threads=threads, init_from=init_from)
     click.echo(f"checkpoint: {folder}")
