@@ -184,3 +184,14 @@ def test_train_bad_codebook_options(trained, tmp_path):
                    "differs from the model being trained in ['reference']")
     one_line_error(invoke(train_main, [data, *out, "--init-from", tmp_path / "missing"]), "checkpoint not found")
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_train_learning_rate_defaults_per_preset(trained, tmp_path):
+    config = json.loads((trained["reftok"] / "checkpoint" / "config.json").read_text())
+    assert config["training"]["recipe"]["lr"] == 1.5e-3
+    result = invoke(train_main, [trained["reftok"].parent / "data", "--out", tmp_path / "small", "--preset", "small",
+                                 *[a if a != "2" else "1" for a in FAST]])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "small" / "checkpoint" / "config.json").read_text())
+    assert config["model"]["channels"] == [48, 96, 160]
+    assert config["training"]["recipe"]["lr"] == 5e-4

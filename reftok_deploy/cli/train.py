@@ -41,7 +41,8 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @click.option("--steps", default=4000, show_default=True, type=click.IntRange(1))
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--crop", default=96, show_default=True, type=click.IntRange(32), help="Square crop size (multiple of 8).")
-@click.option("--lr", default=1.5e-3, show_default=True, type=float)
+@click.option("--lr", default=None, type=float,
+              help="Peak learning rate. Default per preset: tiny 1.5e-3, small/base 5e-4 (small collapsed at 1.5e-3).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--reference-dropout", default=0.25, show_default=True, type=click.FloatRange(0, 1),
               help="Fraction of RefTok samples trained with a blank reference (keeps tokens in use).")
@@ -54,7 +55,7 @@ def main(data, run, preset, no_reference, motion_warp, fsq_levels, init_from, lo
          resume, threads) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
     from reftok_deploy.errors import ReftokError
-    from reftok_deploy.train import Recipe, train
+    from reftok_deploy.train import PRESET_LR, Recipe, train
 
     if crop % 8:
         raise ReftokError(f"--crop must be a multiple of 8, got {crop}")
@@ -63,6 +64,8 @@ def main(data, run, preset, no_reference, motion_warp, fsq_levels, init_from, lo
     cfg = PRESETS[preset].twin() if no_reference else dataclasses.replace(PRESETS[preset], motion_warp=motion_warp)
     if fsq_levels is not None:
         cfg = dataclasses.replace(cfg, fsq_levels=parse_levels(fsq_levels))
+    if lr is None:
+        lr = PRESET_LR[preset]
     recipe = Recipe(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
                     reference_dropout=reference_dropout, loss=loss,
                     builtin_stills=not no_builtin_stills)
