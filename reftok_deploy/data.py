@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from reftok_deploy import synthetic
 from reftok_deploy.errors import ReftokError
 from reftok_deploy.video import frames_to_tensor_range, read_image, read_video, resize_short_side
 
@@ -39,28 +40,22 @@ def builtin_stills() -> list[np.ndarray]:
 
 def camera_motion_clip(image: np.ndarray, n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """Render ``n`` frames ``[n,size,size,3]`` uint8 of a pan/zoom/rotation path over a still."""
-    image = resize_short_side(image, int(rng.integers(size + 32, max(size + 33, 2 * size))))
-    h, w = image.shape[:2]
-    cx, cy = rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2)
-    # Per-frame motion of a hand-held or panning camera at this scale (a few px/frame).
-    vx, vy = rng.normal(0, 1.5, size=2)
-    zoom_rate = rng.normal(0, 0.006)
-    spin = rng.normal(0, 0.3)
-    frames = []
-    for k in range(n):
-        scale = math.exp(zoom_rate * k)
-        matrix = cv2.getRotationMatrix2D((cx + vx * k, cy + vy * k), spin * k, scale)
-        matrix[:, 2] += (size / 2 - (cx + vx * k), size / 2 - (cy + vy * k))
-        frames.append(cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_REFLECT101))
-    return np.stack(frames)
+    return synthetic.camera_clip(image, n, size, rng)[0]
+
+
+# Share of training samples per kind of source (see reftok_deploy.synthetic). Static and
+# partly-static sources are the most common live inputs (a webcam at a desk, a fixed camera,
+# a screen): the model must learn that "nothing changed" decodes to the reference itself.
+SOURCE_MIX = {"video": 0.25, "camera": 0.22, "static": 0.12, "objects": 0.2, "screen": 0.12, "cut": 0.05,
+              "static_video": 0.04}
+NOISE_FRACTION = 0.25  # samples with sensor-like noise (sigma 1-4 levels per frame)
 
 
 class TrainingSampler:
-    """Seeded infinite source of (reference, frames) batches from videos and stills."""
+    """Seeded infinite source of (reference, frames, teacher flow) batches from videos and stills."""
 
     def __init__(self, videos: list[Path], images: list[Path], block_frames: int, crop: int,
-                 seed: int, use_builtin_stills: bool = True, still_fraction: float = 0.4) -> None:
+                 seed: int, use_builtin_stills: bool = True) -> None:
         self.block_frames = block_frames
         self.crop = crop
         self.rng = np.random.default_rng(seed)
@@ -75,36 +70,65 @@ class TrainingSampler:
         self.stills = [read_image(p) for p in images]
         if use_builtin_stills:
             self.stills += builtin_stills()
-        self.still_fraction = still_fraction if self.clips and self.stills else (1.0 if self.stills else 0.0)
+        mix = {k: v for k, v in SOURCE_MIX.items()
+               if (self.clips or k not in ("video", "static_video")) and (self.stills or k in ("video", "static_video", "screen"))}
+        total = sum(mix.values())
+        self.kinds = list(mix)
+        self.weights = np.array([mix[k] / total for k in self.kinds])
 
-    def _video_sample(self) -> np.ndarray:
+    def _video_frames(self) -> np.ndarray:
         clip = self.clips[int(self.rng.integers(len(self.clips)))]
         n = self.block_frames + 1
-        stride = int(self.rng.integers(1, 3)) if len(clip) >= 2 * n else 1
+        stride = int(self.rng.integers(1, 4)) if len(clip) >= 3 * n else 1
         start = int(self.rng.integers(0, len(clip) - stride * (n - 1)))
         frames = clip[start : start + stride * n : stride]
         h, w = frames.shape[1:3]
         top = int(self.rng.integers(0, h - self.crop + 1))
         left = int(self.rng.integers(0, w - self.crop + 1))
-        return frames[:, top : top + self.crop, left : left + self.crop]
+        return np.ascontiguousarray(frames[:, top : top + self.crop, left : left + self.crop])
 
-    def _still_sample(self) -> np.ndarray:
-        image = self.stills[int(self.rng.integers(len(self.stills)))]
-        return camera_motion_clip(image, self.block_frames + 1, self.crop, self.rng)
+    def _still(self) -> np.ndarray:
+        return self.stills[int(self.rng.integers(len(self.stills)))]
 
-    def sample(self) -> np.ndarray:
-        """One clip ``[T+1,S,S,3]`` uint8 RGB: reference then block."""
-        clip = self._still_sample() if self.rng.random() < self.still_fraction else self._video_sample()
+    def _clip(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        n, s, rng = self.block_frames + 1, self.crop, self.rng
+        if kind == "video":
+            frames = self._video_frames()
+            return frames, synthetic.dis_flow(frames)
+        if kind == "static_video":
+            frame = self._video_frames()[0]
+            return np.repeat(frame[None], n, axis=0), np.zeros((n, s, s, 2), np.float32)
+        if kind == "camera":
+            return synthetic.camera_clip(self._still(), n, s, rng, speed=float(rng.choice([0.3, 1.5, 4.0])))
+        if kind == "static":
+            return synthetic.static_clip(self._still(), n, s, rng)
+        if kind == "objects":
+            return synthetic.objects_clip(self._still(), self.stills, n, s, rng,
+                                          speed=float(rng.choice([1.0, 3.0, 8.0])))
+        if kind == "screen":
+            return synthetic.screen_clip(n, s, rng)
+        if kind == "cut":
+            first = self._clip(str(rng.choice(["video", "camera", "objects"] if self.clips else ["camera", "objects"])))
+            return synthetic.cut_clip(first, self._clip("camera" if self.stills else "video"), rng)
+        raise ValueError(kind)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """One clip ``[T+1,S,S,3]`` uint8 RGB (reference then block) and its flow ``[T+1,S,S,2]`` float32."""
+        frames, flow = self._clip(str(self.rng.choice(self.kinds, p=self.weights)))
+        if self.rng.random() < NOISE_FRACTION:
+            frames = synthetic.add_sensor_noise(frames, float(self.rng.uniform(1.0, 4.0)), self.rng)
         if self.rng.random() < 0.5:
-            clip = clip[:, :, ::-1]
-        return clip
+            frames = frames[:, :, ::-1]
+            flow = flow[:, :, ::-1] * np.array([-1.0, 1.0], np.float32)
+        return frames, flow
 
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reference ``[B,3,S,S]``, frames ``[B,3,T,S,S]``), float32 in [-1,1]."""
-        clips = frames_to_tensor_range(np.stack([self.sample() for _ in range(size)]))  # [B,T+1,3,S,S]
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reference ``[B,3,S,S]``, frames ``[B,3,T,S,S]`` float32 in [-1,1], flow ``[B,2,T,S,S]`` pixels)."""
+        samples = [self.sample() for _ in range(size)]
+        clips = frames_to_tensor_range(np.stack([f for f, _ in samples]))  # [B,T+1,3,S,S]
         clips = torch.from_numpy(np.ascontiguousarray(clips))
-        return clips[:, 0], clips[:, 1:].permute(0, 2, 1, 3, 4).contiguous()
-
+        flow = torch.from_numpy(np.ascontiguousarray(np.stack([f[1:] for _, f in samples]).transpose(0, 4, 1, 2, 3)))
+        return clips[:, 0], clips[:, 1:].permute(0, 2, 1, 3, 4).contiguous(), flow
 
 
 DEMO_STILLS = ("astronaut", "coffee", "text")

@@ -1,14 +1,20 @@
-"""Reconstruction quality of RefTok and its twin on real clips, at identical token budgets.
+"""Reconstruction quality of RefTok against its twin, copying the reference and x264, per clip.
 
-A clip is split into GOPs: one reference frame (kept unquantised, stored as PNG)
-followed by one block of T frames encoded as tokens. Quality is measured on the
-block frames only, after rounding to uint8; the incomplete tail is skipped.
-``copy_reference`` scores showing the reference for every block frame (zero tokens):
-what the tokens must beat.
+GOPs are formed exactly as the live runtime forms them (:mod:`reftok_deploy.gop`): a
+reference (kept unquantised, stored as PNG), blocks of T frames, a new reference at a scene
+cut, the tail block padded with its last frame. Quality is measured on every block frame
+(references are shown exactly and never scored), after rounding to uint8.
+
+Per clip: PSNR/SSIM of RefTok, the twin, ``copy_reference`` (showing the reference for every
+block frame: zero tokens, the floor a reference-based tokenizer must not fall under) and, where
+available, x264 at RefTok's tokens-only bits (:mod:`reftok_deploy.x264`); the worst frame; the
+temporal-step statistic (mean absolute change between consecutive frames inside a latent group,
+decoded vs original: version 1's 4-frame steps showed as a ratio far below 1); code usage.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,17 +22,10 @@ import numpy as np
 import torch
 
 from reftok_deploy.errors import ReftokError
-from reftok_deploy.metrics import clip_quality, png_bits, token_bits
+from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD, Gop, plan_gops
+from reftok_deploy.metrics import clip_quality, png_bits, psnr, token_bits
 from reftok_deploy.model import RefTok, crop_to, pad_to_multiple
 from reftok_deploy.video import frames_to_tensor_range, read_video, tensor_range_to_frames
-
-
-def split_gops(frames: np.ndarray, block_frames: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``[N,H,W,3]`` -> [(reference ``[H,W,3]``, block ``[T,H,W,3]``)], every GOP T+1 frames long."""
-    gop = block_frames + 1
-    if len(frames) < gop:
-        raise ReftokError(f"clip has {len(frames)} frames, shorter than one reference + block of {block_frames}")
-    return [(frames[i], frames[i + 1 : i + gop]) for i in range(0, len(frames) - gop + 1, gop)]
 
 
 @torch.no_grad()
@@ -49,59 +48,124 @@ def batched(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
-def evaluate_clip(path: str | Path, reftok: RefTok, twin: RefTok | None, size: int = 256,
-                  batch: int = 4, max_gops: int | None = None) -> dict[str, Any]:
-    """Per-clip PSNR/SSIM of RefTok (and the twin) plus bits per pixel; frames centre-cropped to size x size."""
-    return evaluate_frames(str(path), read_video(path, size=size), reftok, twin, batch, max_gops)
+def reconstruct_gops(model: RefTok, gops: list[Gop], batch: int = 4) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each GOP's real block frames decoded (``[k,H,W,3]`` uint8 each) and all tokens ``[n_gops,G,h,w]``."""
+    recons, tokens = [], []
+    t = model.cfg.block_frames
+    for chunk in batched(gops, batch):
+        recon, ids = reconstruct(model, np.stack([g.reference for g in chunk]), np.stack([g.padded(t) for g in chunk]))
+        recons += [r[: len(g.block)] for r, g in zip(recon, chunk)]
+        tokens.append(ids)
+    return recons, np.concatenate(tokens)
+
+
+def temporal_change(gops: list[Gop], recons: list[np.ndarray], group: int) -> dict[str, float]:
+    """Mean absolute change (8-bit levels) between consecutive frames inside a latent group of ``group``
+    frames: decoded, original, and their ratio (1 = as smooth as the source; version 1 measured ~0.25)."""
+    decoded, original = [], []
+    for gop, recon in zip(gops, recons):
+        for p in range(len(gop.block) - 1):
+            if p // group == (p + 1) // group:
+                decoded.append(np.abs(recon[p + 1].astype(np.float32) - recon[p]).mean())
+                original.append(np.abs(gop.block[p + 1].astype(np.float32) - gop.block[p]).mean())
+    if not original:
+        return {"reftok": 0.0, "original": 0.0, "ratio": 1.0}
+    d, o = float(np.mean(decoded)), float(np.mean(original))
+    return {"reftok": d, "original": o, "ratio": d / o if o > 0 else (1.0 if d == 0 else math.inf)}
+
+
+def code_usage(tokens: np.ndarray, codebook_size: int) -> dict[str, float]:
+    """Distinct ids and the entropy of their histogram (bits per token)."""
+    counts = np.bincount(tokens.reshape(-1).astype(np.int64), minlength=codebook_size)
+    p = counts[counts > 0] / counts.sum()
+    return {"distinct": int((counts > 0).sum()), "entropy_bits": float(-(p * np.log2(p)).sum())}
+
+
+def evaluate_clip(path: str | Path, reftok: RefTok, twin: RefTok | None, size: int = 256, **options: Any) -> dict[str, Any]:
+    """:func:`evaluate_frames` on a video file, frames centre-cropped to ``size x size``."""
+    return evaluate_frames(str(path), read_video(path, size=size), reftok, twin, **options)
 
 
 def evaluate_frames(name: str, frames: np.ndarray, reftok: RefTok, twin: RefTok | None, batch: int = 4,
-                    max_gops: int | None = None) -> dict[str, Any]:
-    """Score a clip ``[N,S,S,3]`` uint8 RGB (see :func:`evaluate_clip`)."""
+                    max_gops: int | None = None, refresh_blocks: int = 1,
+                    cut_threshold: float | None = DEFAULT_CUT_THRESHOLD, x264: bool = False,
+                    grid: Path | None = None) -> dict[str, Any]:
+    """Score a clip ``[N,H,W,3]`` uint8 RGB (see the module docstring); ``grid``: save a PNG there
+    (rows: original | RefTok | twin | copy the reference; columns: frames 1, 4, 8 of the first full GOP)."""
     if twin is not None and (twin.cfg.block_frames, twin.cfg.fsq_levels, twin.cfg.temporal_factor) != (
             reftok.cfg.block_frames, reftok.cfg.fsq_levels, reftok.cfg.temporal_factor):
         raise ReftokError("RefTok and twin checkpoints differ in block length or token budget")
-    gops = split_gops(frames, reftok.cfg.block_frames)[:max_gops]
-    originals, recon_ref, recon_twin, n_tokens = [], [], [], 0
-    for chunk in batched(gops, batch):
-        refs = np.stack([r for r, _ in chunk])
-        blocks = np.stack([b for _, b in chunk])
-        recon, tokens = reconstruct(reftok, refs, blocks)
-        originals.append(blocks)
-        recon_ref.append(recon)
-        n_tokens += tokens.size
-        if twin is not None:
-            recon_twin.append(reconstruct(twin, refs, blocks)[0])
-    original = np.concatenate(originals).reshape(-1, *frames.shape[1:])
-    block_pixels = original.shape[0] * frames.shape[1] * frames.shape[2]
-    bits_tokens = token_bits(n_tokens, reftok.fsq.codebook_size)
-    bits_refs = sum(png_bits(r) for r, _ in gops)
+    gops = plan_gops(frames, reftok.cfg.block_frames, refresh_blocks, cut_threshold)[:max_gops]
+    if not gops:
+        raise ReftokError(f"{name}: {len(frames)} frame(s), fewer than one reference + one frame")
+    recons, tokens = reconstruct_gops(reftok, gops, batch)
+    original = np.concatenate([g.block for g in gops])
+    per_frame = [psnr(o, r) for o, r in zip(original, np.concatenate(recons))]
+    pixels = frames.shape[1] * frames.shape[2]
+    bits_tokens = token_bits(tokens.size, reftok.fsq.codebook_size)
+    bits_refs = sum(png_bits(g.reference) for g in gops)
     result: dict[str, Any] = {
         "clip": name,
         "gops": len(gops),
+        "cuts": sum(g.cut for g in gops),
         "frames_scored": int(original.shape[0]),
         "size": list(frames.shape[1:3]),
-        "tokens": n_tokens,
-        "bpp_tokens": bits_tokens / block_pixels,
-        "bpp_with_reference_png": (bits_tokens + bits_refs) / (block_pixels + len(gops) * frames.shape[1] * frames.shape[2]),
-        "reftok": clip_quality(original, np.concatenate(recon_ref).reshape(original.shape)),
-        "copy_reference": clip_quality(original, np.concatenate(
-            [np.repeat(r[None], len(b), axis=0) for r, b in gops])),
+        "tokens": int(tokens.size),
+        "bpp_tokens": bits_tokens / (original.shape[0] * pixels),
+        "bpp_with_reference_png": (bits_tokens + bits_refs) / ((original.shape[0] + len(gops)) * pixels),
+        "reftok": dict(clip_quality(original, np.concatenate(recons)), worst_frame_psnr=float(min(per_frame))),
+        "reftok_psnr_per_frame": [round(p, 3) for p in per_frame],
+        "copy_reference": clip_quality(original, np.concatenate([np.repeat(g.reference[None], len(g.block), 0)
+                                                                for g in gops])),
+        "temporal_change": temporal_change(gops, recons, reftok.cfg.temporal_factor),
+        "code_usage": code_usage(tokens, reftok.fsq.codebook_size),
     }
+    twin_recons = None
     if twin is not None:
-        result["twin"] = clip_quality(original, np.concatenate(recon_twin).reshape(original.shape))
+        twin_recons, _ = reconstruct_gops(twin, gops, batch)
+        result["twin"] = clip_quality(original, np.concatenate(twin_recons))
+    if x264:
+        from reftok_deploy.x264 import x264_at_bits
+
+        last = gops[-1].index + len(gops[-1].block) + 1
+        result["x264"] = x264_at_bits(frames[:last], [g.index for g in gops], bits_tokens)
+    if grid is not None:
+        save_grid(grid, gops, recons, twin_recons)
     return result
 
 
+def save_grid(path: Path, gops: list[Gop], recons: list[np.ndarray], twin_recons: list[np.ndarray] | None,
+              frames: tuple[int, ...] = (1, 4, 8)) -> None:
+    """PNG: rows original | RefTok | twin | copy the reference; columns the given frames (1-based) of the first
+    GOP with a full block."""
+    import cv2
+
+    from reftok_deploy.files import atomic_write_bytes
+
+    i = next((k for k, g in enumerate(gops) if len(g.block) >= max(frames)), 0)
+    cols = [f - 1 for f in frames if f <= len(gops[i].block)]
+    rows = [gops[i].block, recons[i]] + ([twin_recons[i]] if twin_recons else []) + [
+        np.repeat(gops[i].reference[None], len(gops[i].block), 0)]
+    canvas = np.concatenate([np.concatenate([row[c] for c in cols], 1) for row in rows], 0)
+    ok, buf = cv2.imencode(".png", canvas[:, :, ::-1])
+    if not ok:
+        raise ReftokError(f"cannot encode grid {path}")
+    atomic_write_bytes(Path(path), buf.tobytes())
+
+
 def summarize(clips: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means over clips of every quality and rate figure, and the RefTok - twin gaps."""
+    """Means over clips of every quality and rate figure, and the RefTok - twin / - copy gaps."""
     summary: dict[str, Any] = {"clips": len(clips)}
-    for model in ("reftok", "twin", "copy_reference"):
+    for model in ("reftok", "twin", "copy_reference", "x264"):
         if all(model in c for c in clips):
-            summary[model] = {m: float(np.mean([c[model][m] for c in clips])) for m in ("psnr", "ssim")}
+            summary[model] = {m: float(np.mean([c[model][m] for c in clips])) for m in ("psnr", "ssim")
+                              if m in clips[0][model]}
     for key in ("bpp_tokens", "bpp_with_reference_png"):
         summary[key] = float(np.mean([c[key] for c in clips]))
+    summary["psnr_over_copy_db"] = summary["reftok"]["psnr"] - summary["copy_reference"]["psnr"]
     if "twin" in summary:
         summary["psnr_gain_db"] = summary["reftok"]["psnr"] - summary["twin"]["psnr"]
         summary["ssim_higher_on_every_clip"] = all(c["reftok"]["ssim"] > c["twin"]["ssim"] for c in clips)
+    if "x264" in summary:
+        summary["psnr_gap_to_x264_db"] = summary["x264"]["psnr"] - summary["reftok"]["psnr"]
     return summary

@@ -1,23 +1,29 @@
-"""RefTok: a block video tokenizer conditioned on an unquantised reference frame.
+"""RefTok version 2: a block video tokenizer conditioned on an unquantised reference frame.
 
 Layout conventions (every public method states its own):
 - reference: ``[B,3,H,W]`` float32 in [-1,1], RGB, never quantised.
 - frames:    ``[B,3,T,H,W]`` float32 in [-1,1], T a multiple of ``temporal_factor``.
 - tokens:    ``[B,T/ft,H/fs,W/fs]`` int32 ids in ``[0, prod(fsq_levels))``.
 
-Time is folded into channels (ft frames stacked -> one latent frame) and every
-op is a Conv2d, ReLU6, pixel (un)shuffle or elementwise op, which TensorRT and
-ONNX Runtime quantise and fuse well. ReLU6 bounds every activation to [0, 6]:
-without normalisation layers an unbounded ReLU net trained here grew activations
-past 1e6, which overflows FP16 and wrecks INT8 ranges. The reference enters the encoder and the
-decoder at 1/2, 1/4 and 1/8 resolution by concatenation (residual blocks sit
-at 1/4 and 1/8, where they are cheap); the decoder predicts a
-residual over the reference. ``reference=False`` gives the twin with every
-reference path removed, the ablation baseline at the same token budget.
+Time is folded into channels (ft frames stacked -> one latent frame); every learned op is
+a Conv2d with ReLU6 (bounded activations for FP16 and INT8), pixel (un)shuffle or an
+elementwise op. Version 2 decodes, per output frame:
+
+    frame_t = warp(reference, motion_t) + gate_t * residual_t
+
+- ``motion_t`` is decoded from the tokens at 1/4 resolution, one field per output frame
+  (so motion is smooth inside a 4-frame group), passed through a dead zone (|m| < 0.1 px
+  is exactly 0) and upsampled bilinearly; ``warp`` is a bilinear GridSample.
+- ``gate_t`` is a Clip to [0, 1]: where it is 0 and the motion is 0 the output *is* the
+  reference, bit for bit (the exact path for static content).
+- The encoder sees the frames, frames - reference, and a local correlation (cost volume)
+  between every frame's and the reference's motion features at 1/4 (+-3 cells) and 1/8
+  (+-4 cells) resolution, so it can measure motion instead of guessing it.
+
+``reference=False`` gives the twin: no reference path, no motion, no gate, same token budget.
 
 ``encode``/``decode`` need H and W to be multiples of ``spatial_factor``;
-:func:`pad_to_multiple` and :func:`crop_to` handle arbitrary sizes outside the
-exported graphs.
+:func:`pad_to_multiple` and :func:`crop_to` handle arbitrary sizes outside the exported graphs.
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ from torch import nn
 
 from reftok_deploy.fsq import FSQ
 
-MODEL_VERSION = 1
+MODEL_VERSION = 2
+# Motion below this many pixels is exactly zero: static content decodes to the reference itself.
+MOTION_DEAD_ZONE_PX = 0.1
+CORRELATION_RADII = (3, 4)  # cells at 1/4 and 1/8 resolution: +-12 px and +-32 px
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,7 @@ class RefTokConfig:
     temporal_factor: int = 4
     block_frames: int = 8
     reference: bool = True
-    motion_warp: bool = False
+    motion_channels: int = 16
     model_version: int = MODEL_VERSION
     spatial_factor: int = field(default=8, init=False)
 
@@ -57,8 +66,8 @@ class RefTokConfig:
             raise ValueError("block_frames must be a positive multiple of temporal_factor")
         if self.res_blocks < 0:
             raise ValueError("res_blocks must be >= 0")
-        if self.motion_warp and not self.reference:
-            raise ValueError("motion_warp needs reference=True (it warps the reference frame)")
+        if self.motion_channels < 1:
+            raise ValueError("motion_channels must be >= 1")
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -76,14 +85,14 @@ class RefTokConfig:
         return cls(**data)
 
     def twin(self) -> "RefTokConfig":
-        """The reference-free twin of this config (no reference, so nothing to warp)."""
-        return dataclasses.replace(self, reference=False, motion_warp=False)
+        """The reference-free twin of this config."""
+        return dataclasses.replace(self, reference=False)
 
 
 PRESETS: dict[str, RefTokConfig] = {
     "tiny": RefTokConfig(channels=(32, 64, 96), res_blocks=1),
-    "small": RefTokConfig(channels=(48, 96, 160), res_blocks=2),
-    "base": RefTokConfig(channels=(64, 128, 256), res_blocks=3),
+    "small": RefTokConfig(channels=(48, 96, 160), res_blocks=2, motion_channels=24),
+    "base": RefTokConfig(channels=(64, 128, 256), res_blocks=3, motion_channels=32),
 }
 
 
@@ -125,69 +134,129 @@ class ReferenceEncoder(nn.Module):
         return f1, f2, f3
 
 
+def _unit_norm(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise ``[N,C,h,w]`` over channels: correlations are cosines in [-1,1] (safe for FP16/INT8)."""
+    return x * torch.rsqrt((x * x).sum(1, keepdim=True) + 1e-6)
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Tensor:
+    """Local cost volume: ``a, b [N,C,h,w]`` -> ``[N,(2r+1)^2,h,w]``, channel (dy, dx) = <a(p), b(p + d)>.
+
+    Written as shifted slices, multiplies and a channel sum: plain ONNX (Pad/Slice/Mul/ReduceSum).
+    """
+    h, w = a.shape[-2:]
+    padded = F.pad(b, (radius, radius, radius, radius))
+    size = 2 * radius + 1
+    return torch.cat([(a * padded[:, :, dy : dy + h, dx : dx + w]).sum(1, keepdim=True)
+                      for dy in range(size) for dx in range(size)], 1)
+
+
+class MotionFeatures(nn.Module):
+    """Frames ``[N,3,H,W]`` in [-1,1] -> unit-norm features at 1/4 and 1/8 (for correlation)."""
+
+    def __init__(self, cfg: RefTokConfig) -> None:
+        super().__init__()
+        m = cfg.motion_channels
+        self.unshuffle = nn.PixelUnshuffle(4)
+        self.s4 = nn.Sequential(nn.Conv2d(48, m, 3, padding=1), nn.ReLU6(), nn.Conv2d(m, m, 3, padding=1))
+        self.s8 = nn.Sequential(nn.ReLU6(), nn.Conv2d(m, m, 3, stride=2, padding=1), nn.ReLU6(), nn.Conv2d(m, m, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f4 = self.s4(self.unshuffle(x))
+        f8 = self.s8(f4)
+        return _unit_norm(f4), _unit_norm(f8)
+
+
 class BlockEncoder(nn.Module):
-    """Folded frames ``[N,3*ft,H,W]`` (+ reference features) -> latents ``[N,D,H/8,W/8]``."""
+    """Folded frames ``[N,k*3*ft,H,W]`` (+ reference features, + per-group cost volumes) -> latents ``[N,D,H/8,W/8]``."""
+
+    COST4, COST8 = 16, 24  # per-frame channels the cost volumes are squeezed to
 
     def __init__(self, cfg: RefTokConfig, latent_dim: int) -> None:
         super().__init__()
         c1, c2, c3 = cfg.channels
+        ft = cfg.temporal_factor
         r = cfg.channels if cfg.reference else (0, 0, 0)
+        cost4 = self.COST4 * ft if cfg.reference else 0
+        cost8 = self.COST8 * ft if cfg.reference else 0
         self.unshuffle = nn.PixelUnshuffle(2)
         # RefTok's encoder also sees frames - reference, so its tokens start from what the reference lacks.
-        pixels = 12 * cfg.temporal_factor * (2 if cfg.reference else 1)
+        pixels = 12 * ft * (2 if cfg.reference else 1)
         self.s1 = stage(pixels + r[0], c1, 0)
         self.down2 = nn.Sequential(conv3(c1, c2, stride=2), nn.ReLU6())
-        self.s2 = stage(c2 + r[1], c2, cfg.res_blocks)
+        self.s2 = stage(c2 + r[1] + cost4, c2, cfg.res_blocks)
         self.down3 = nn.Sequential(conv3(c2, c3, stride=2), nn.ReLU6())
-        self.s3 = stage(c3 + r[2], c3, cfg.res_blocks)
+        self.s3 = stage(c3 + r[2] + cost8, c3, cfg.res_blocks)
         self.to_latent = conv3(c3, latent_dim)
         # Latents must start spread over several FSQ levels: at the default init they were ~0.03 +- 0.005,
-        # every position rounded to one code, and RefTok never learned to use its tokens.
+        # every position rounded to one code, and the tokens were never used.
         self.to_latent.weight.data.mul_(10.0)
 
-    def forward(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
+                costs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         x = self.unshuffle(x)
         x = self.s1(x if ref_feats is None else torch.cat([x, ref_feats[0]], 1))
         x = self.down2(x)
-        x = self.s2(x if ref_feats is None else torch.cat([x, ref_feats[1]], 1))
+        x = self.s2(x if ref_feats is None else torch.cat([x, ref_feats[1], costs[0]], 1))
         x = self.down3(x)
-        x = self.s3(x if ref_feats is None else torch.cat([x, ref_feats[2]], 1))
+        x = self.s3(x if ref_feats is None else torch.cat([x, ref_feats[2], costs[1]], 1))
         return self.to_latent(x)
 
 
 class BlockDecoder(nn.Module):
-    """Codes ``[N,D,H/8,W/8]`` (+ reference features) -> (folded frames ``[N,3*ft,H,W]``,
-    motion ``[N,2*ft,H/2,W/2]`` in full-resolution pixels (x, y per frame) or None without motion_warp)."""
+    """Codes ``[N,D,H/8,W/8]`` (+ reference features) -> the parts of ft output frames.
+
+    RefTok: motion ``[N,2*ft,H/4,W/4]`` (x, y per frame, full-resolution pixels, before the dead zone),
+    then, given the warped reference, residual ``[N,3*ft,H,W]`` and gate logits ``[N,ft,H,W]``.
+    Twin: frames ``[N,3*ft,H,W]`` directly.
+    """
 
     def __init__(self, cfg: RefTokConfig, latent_dim: int) -> None:
         super().__init__()
         c1, c2, c3 = cfg.channels
+        ft = cfg.temporal_factor
         r = cfg.channels if cfg.reference else (0, 0, 0)
+        warped = 12 * ft if cfg.reference else 0  # the warped reference frames, unshuffled to 1/2
         self.s3 = stage(latent_dim + r[2], c3, cfg.res_blocks + 1)
         self.up2 = nn.Sequential(conv3(c3, c2 * 4), nn.PixelShuffle(2), nn.ReLU6())
         self.s2 = stage(c2 + r[1], c2, cfg.res_blocks)
         self.up1 = nn.Sequential(conv3(c2, c1 * 4), nn.PixelShuffle(2), nn.ReLU6())
-        self.s1 = stage(c1 + r[0], c1, 1)
-        self.to_pixels = nn.Sequential(conv3(c1, 12 * cfg.temporal_factor), nn.PixelShuffle(2))
-        # Start RefTok near "copy the reference" and the twin near mid-grey, with gradients flowing upstream.
+        self.s1 = stage(c1 + r[0] + warped, c1, 1)
+        self.unshuffle = nn.PixelUnshuffle(2)
+        self.to_pixels = nn.Sequential(conv3(c1, 12 * ft), nn.PixelShuffle(2))
         self.to_pixels[0].weight.data.mul_(0.1)
         nn.init.zeros_(self.to_pixels[0].bias)
-        self.to_motion = None
-        if cfg.motion_warp:
-            # Zero motion at init: training starts from "residual over the unwarped reference".
-            self.to_motion = conv3(c1, 2 * cfg.temporal_factor)
+        self.to_motion = self.to_gate = None
+        if cfg.reference:
+            # Zero motion at init: training starts from "residual over the reference".
+            self.to_motion = conv3(c2, 2 * ft)
             nn.init.zeros_(self.to_motion.weight)
             nn.init.zeros_(self.to_motion.bias)
+            # Gate starts open (inside Clip's linear range, so gradients flow both ways).
+            self.to_gate = nn.Sequential(conv3(c1, 4 * ft), nn.PixelShuffle(2))
+            self.to_gate[0].weight.data.mul_(0.1)
+            nn.init.constant_(self.to_gate[0].bias, 0.8)
 
-    def forward(self, codes: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def trunk(self, codes: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Codes -> (features at 1/4 ``[N,c2,H/4,W/4]``, motion or None)."""
         x = self.s3(codes if ref_feats is None else torch.cat([codes, ref_feats[2]], 1))
-        x = self.up2(x)
-        x = self.s2(x if ref_feats is None else torch.cat([x, ref_feats[1]], 1))
+        x = self.s2(self.up2(x) if ref_feats is None else torch.cat([self.up2(x), ref_feats[1]], 1))
+        return x, (None if self.to_motion is None else self.to_motion(x))
+
+    def head(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
+             warped: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """1/4 features (+ warped reference ``[N,3*ft,H,W]``) -> (pixels or residual, gate logits or None)."""
         x = self.up1(x)
-        x = self.s1(x if ref_feats is None else torch.cat([x, ref_feats[0]], 1))
-        motion = None if self.to_motion is None else self.to_motion(x)
-        return self.to_pixels(x), motion
+        if ref_feats is not None:
+            x = torch.cat([x, ref_feats[0], self.unshuffle(warped)], 1)
+        x = self.s1(x)
+        return self.to_pixels(x), (None if self.to_gate is None else self.to_gate(x))
+
+
+def dead_zone(x: torch.Tensor, width: float) -> torch.Tensor:
+    """Soft-shrink written with two ReLUs (exported as Relu, not Shrink): |x| <= width -> exactly 0."""
+    return F.relu(x - width) - F.relu(-x - width)
 
 
 class RefTok(nn.Module):
@@ -198,6 +267,12 @@ class RefTok(nn.Module):
         self.cfg = cfg
         self.fsq = FSQ(cfg.fsq_levels)
         self.reference_encoder = ReferenceEncoder(cfg) if cfg.reference else None
+        self.motion_features = MotionFeatures(cfg) if cfg.reference else None
+        if cfg.reference:
+            ft = cfg.temporal_factor
+            n4, n8 = ((2 * r + 1) ** 2 for r in CORRELATION_RADII)
+            self.squeeze4 = nn.Sequential(nn.Conv2d(n4, BlockEncoder.COST4, 1), nn.ReLU6())
+            self.squeeze8 = nn.Sequential(nn.Conv2d(n8, BlockEncoder.COST8, 1), nn.ReLU6())
         self.encoder = BlockEncoder(cfg, self.fsq.dim)
         self.decoder = BlockDecoder(cfg, self.fsq.dim)
 
@@ -210,16 +285,17 @@ class RefTok(nn.Module):
         return x.reshape(b * (t // ft), ft * c, h, w)
 
     def _unfold(self, x: torch.Tensor, batch: int) -> torch.Tensor:
-        """``[B*G,ft*3,H,W]`` -> ``[B,3,G*ft,H,W]``."""
-        n, _, h, w = x.shape
+        """``[B*G,ft*C,H,W]`` -> ``[B,C,G*ft,H,W]``."""
+        n, ch, h, w = x.shape
         ft = self.cfg.temporal_factor
         groups = n // batch
-        x = x.reshape(batch, groups, ft, 3, h, w).permute(0, 3, 1, 2, 4, 5)
-        return x.reshape(batch, 3, groups * ft, h, w)
+        c = ch // ft
+        x = x.reshape(batch, groups, ft, c, h, w).permute(0, 3, 1, 2, 4, 5)
+        return x.reshape(batch, c, groups * ft, h, w)
 
     @staticmethod
     def _per_group(feats: tuple[torch.Tensor, ...], groups: int) -> tuple[torch.Tensor, ...]:
-        """Repeat per-clip reference features ``[B,C,h,w]`` for each of G groups -> ``[B*G,C,h,w]``."""
+        """Repeat per-clip tensors ``[B,C,h,w]`` for each of G groups -> ``[B*G,C,h,w]``."""
         out = []
         for f in feats:
             b, c, h, w = f.shape
@@ -230,21 +306,61 @@ class RefTok(nn.Module):
         """Reference ``[B,3,H,W]`` in [-1,1] -> features at 1/2, 1/4, 1/8 (None for the twin)."""
         return None if self.reference_encoder is None else self.reference_encoder(reference)
 
+    def _costs(self, reference: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-group cost volumes: ``[B*G,16*ft,H/4,W/4]`` and ``[B*G,24*ft,H/8,W/8]``."""
+        b, c, t, h, w = frames.shape
+        per_frame = frames.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        m4, m8 = self.motion_features(per_frame)
+        r4, r8 = self._per_group(self.motion_features(reference), t)
+        c4 = self.squeeze4(correlation(m4, r4, CORRELATION_RADII[0]))
+        c8 = self.squeeze8(correlation(m8, r8, CORRELATION_RADII[1]))
+        ft = self.cfg.temporal_factor
+        # [B*T,C,h,w] -> [B*G,ft*C,h,w], frame-major like folded pixels.
+        return tuple(x.reshape(b * t // ft, ft * x.shape[1], *x.shape[-2:]) for x in (c4, c8))
+
     # ---- public API ----------------------------------------------------
     def encode_latent(self, reference: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """Unquantised latents ``[B*G,D,H/8,W/8]`` for frames ``[B,3,T,H,W]`` in [-1,1]."""
         groups = frames.shape[2] // self.cfg.temporal_factor
         feats = self.reference_features(reference)
         folded = self._fold(frames)
+        costs = None
         if feats is not None:
             feats = self._per_group(feats, groups)
             folded = torch.cat([folded, folded - self._reference_pixels(reference, groups)], 1)
-        return self.encoder(folded, feats)
+            costs = self._costs(reference, frames)
+        return self.encoder(folded, feats, costs)
 
     def _reference_pixels(self, reference: torch.Tensor, groups: int) -> torch.Tensor:
         """Reference ``[B,3,H,W]`` laid out like folded frames: ``[B*G,ft*3,H,W]``."""
         (pixels,) = self._per_group((reference.repeat(1, self.cfg.temporal_factor, 1, 1),), groups)
         return pixels
+
+    def decode_parts(self, reference: torch.Tensor, codes: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
+        """Codes ``[B*G,D,h,w]`` -> ``frames [B,3,G*ft,8h,8w]`` (unclamped) and, for RefTok, the parts:
+        ``motion [B,2,T,8h,8w]`` (pixels, after the dead zone), ``gate [B,1,T,8h,8w]`` in [0,1],
+        ``warped [B,3,T,8h,8w]``."""
+        groups = codes.shape[0] // batch
+        feats = self.reference_features(reference)
+        feats = None if feats is None else self._per_group(feats, groups)
+        x, motion = self.decoder.trunk(codes, feats)
+        if motion is None:
+            pixels, _ = self.decoder.head(x, None, None)
+            return {"frames": self._unfold(pixels, batch)}
+        motion = dead_zone(motion, MOTION_DEAD_ZONE_PX)
+        motion = F.interpolate(motion, scale_factor=4.0, mode="bilinear", align_corners=False)
+        warped = warp_reference(reference, motion)
+        residual, gate = self.decoder.head(x, feats, warped)
+        gate = gate.clamp(0.0, 1.0)
+        ft = self.cfg.temporal_factor
+        gate3 = gate.repeat_interleave(3, dim=1) if ft > 1 else gate.expand(-1, 3, -1, -1)
+        out = warped + gate3 * residual
+        return {"frames": self._unfold(out, batch), "motion": self._unfold(motion, batch),
+                "gate": self._unfold(gate, batch), "warped": self._unfold(warped, batch)}
+
+    def decode_codes(self, reference: torch.Tensor, codes: torch.Tensor, batch: int) -> torch.Tensor:
+        """Codes ``[B*G,D,h,w]`` -> frames ``[B,3,G*ft,8h,8w]`` (unclamped, ~[-1,1])."""
+        return self.decode_parts(reference, codes, batch)["frames"]
 
     def encode(self, reference: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """(reference ``[B,3,H,W]``, frames ``[B,3,T,H,W]``, both in [-1,1]) -> int32 ``[B,T/ft,H/8,W/8]``."""
@@ -253,18 +369,6 @@ class RefTok(nn.Module):
         ids = self.fsq.codes_to_ids(self.fsq.quantize(z))
         return ids.reshape(b, -1, ids.shape[-2], ids.shape[-1])
 
-    def decode_codes(self, reference: torch.Tensor, codes: torch.Tensor, batch: int) -> torch.Tensor:
-        """Codes ``[B*G,D,h,w]`` -> frames ``[B,3,G*ft,8h,8w]`` (unclamped, ~[-1,1])."""
-        groups = codes.shape[0] // batch
-        feats = self.reference_features(reference)
-        feats = None if feats is None else self._per_group(feats, groups)
-        x, motion = self.decoder(codes, feats)
-        if self.cfg.reference:
-            # Residual over the (motion-compensated) reference: static or moved content costs few tokens.
-            base = self._reference_pixels(reference, groups) if motion is None else warp_reference(reference, motion)
-            x = x + base
-        return self._unfold(x, batch)
-
     def decode(self, reference: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """(reference ``[B,3,H,W]`` in [-1,1], tokens int32 ``[B,G,h,w]``) -> frames ``[B,3,G*ft,8h,8w]`` in [-1,1]."""
         b, g, h, w = tokens.shape
@@ -272,27 +376,26 @@ class RefTok(nn.Module):
         return self.decode_codes(reference, codes, b).clamp(-1.0, 1.0)
 
     def forward(self, reference: torch.Tensor, frames: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training pass: (reconstruction ``[B,3,T,H,W]`` unclamped, ids ``[B,G,h,w]`` int32,
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Training pass: (decoded parts, see :meth:`decode_parts`; ids ``[B,G,h,w]`` int32;
         pre-quantisation latents ``[B*G,D,h,w]`` for the saturation penalty)."""
         b = frames.shape[0]
         latent = self.encode_latent(reference, frames)
         codes, ids = self.fsq(latent)
-        recon = self.decode_codes(reference, codes, b)
-        return recon, ids.reshape(b, -1, ids.shape[-2], ids.shape[-1]), latent
+        parts = self.decode_parts(reference, codes, b)
+        return parts, ids.reshape(b, -1, ids.shape[-2], ids.shape[-1]), latent
 
 
 def warp_reference(reference: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
     """Backward-warp the reference once per frame.
 
-    reference ``[B,3,H,W]`` in [-1,1]; motion ``[B*G,2*ft,H/2,W/2]``, per frame the (x, y) offset in
-    full-resolution pixels at which each output pixel samples the reference.
+    reference ``[B,3,H,W]`` in [-1,1]; motion ``[B*G,2*ft,H,W]``, per frame the (x, y) offset in
+    pixels at which each output pixel samples the reference.
     Returns ``[B*G,3*ft,H,W]`` laid out like folded frames (frame-major, then RGB).
     """
     b, _, h, w = reference.shape
     n, c, _, _ = motion.shape
     ft = c // 2
-    motion = F.interpolate(motion, scale_factor=2.0, mode="bilinear", align_corners=False)
     motion = motion.reshape(n * ft, 2, h, w)
     # Pixel centres in grid_sample's normalised [-1,1] coordinates (align_corners=False).
     # Integer ranges, cast after: TensorRT parses a float Range only when its bounds are constants.

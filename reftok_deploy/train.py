@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from reftok_deploy.checkpoint import atomic_save_tensors, load_checkpoint, save_checkpoint, weights_sha256
+from reftok_deploy.checkpoint import WEIGHTS, atomic_save_tensors, load_checkpoint, save_checkpoint
+from reftok_deploy.files import sha256_file
 from reftok_deploy.data import TrainingSampler
 from reftok_deploy.errors import ReftokError
-from reftok_deploy.model import RefTok, RefTokConfig
+from reftok_deploy.model import RefTok, RefTokConfig, warp_reference
 from reftok_deploy.video import list_media
-from reftok_deploy.warm_start import warm_start_state
+from reftok_deploy.warm_start import load_source_weights, upgrade_v1_state, warm_start_state
 
 STATE = "train_state.safetensors"
 
@@ -38,7 +39,11 @@ class Recipe:
     checkpoint_every: int = 200
     builtin_stills: bool = True
     latent_penalty: float = 0.01
-    reference_dropout: float = 0.25
+    reference_dropout: float = 0.0
+    # Weight of the flow teacher (L1 in pixels between decoded motion and the true/DIS flow, where
+    # that flow explains the frame) and of the gate's mean (keeps the exact reference path open).
+    flow_weight: float = 0.02
+    gate_penalty: float = 0.002
     loss: str = "l1"
     # Weights of another checkpoint the run started from (folder name + weights sha256), or None.
     init_from: str | None = None
@@ -93,6 +98,34 @@ def _load_state(run: Path, optimizer: torch.optim.Optimizer, sampler: TrainingSa
     return step
 
 
+def code_usage(ids: torch.Tensor, codebook_size: int) -> dict[str, float]:
+    """Distinct ids and the entropy (bits per token) of their histogram, for int ids of any shape."""
+    counts = torch.bincount(ids.reshape(-1).long(), minlength=codebook_size).double()
+    p = counts[counts > 0] / counts.sum()
+    return {"distinct": int((counts > 0).sum()), "entropy_bits": float(-(p * p.log2()).sum())}
+
+
+# A teacher flow is trusted where warping the reference by it reproduces the frame to within
+# this mean absolute error ([-1,1] units; 0.08 ~ 10 levels, above sensor noise): elsewhere
+# (occlusions, new content, cuts) there is no true motion to learn.
+TEACHER_TOLERANCE = 0.08
+
+
+@torch.no_grad()
+def teacher_mask(model: RefTok, reference: torch.Tensor, frames: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """``[B,1,T,H,W]`` float mask, 1 where ``flow [B,2,T,H,W]`` explains ``frames [B,3,T,H,W]``."""
+    b = frames.shape[0]
+    warped = model._unfold(warp_reference(reference, model._fold(flow)), b)
+    return ((warped - frames).abs().mean(1, keepdim=True) < TEACHER_TOLERANCE).to(frames.dtype)
+
+
+def log_line(run: Path, record: dict) -> None:
+    """Append one JSON line to ``run/train_log.jsonl`` (progress a user can plot or tail)."""
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / "train_log.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
 def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, resume: bool = False,
           threads: int | None = None, progress: bool = True, init_from: str | Path | None = None) -> Path:
     """Train ``cfg`` on the videos/stills under ``data``; returns the checkpoint folder.
@@ -124,9 +157,14 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
     else:
         elapsed = 0.0
         if init_from is not None:
-            source, _ = load_checkpoint(init_from)
-            model.load_state_dict(warm_start_state(source, model))
-            recipe = replace(recipe, init_from=f"{Path(init_from).name} sha256:{weights_sha256(init_from)}")
+            source_config, source_state = load_source_weights(init_from)
+            if source_config.get("model_version") == 1:
+                model.load_state_dict(upgrade_v1_state(source_config, source_state, model))
+            else:
+                source, _ = load_checkpoint(init_from)
+                model.load_state_dict(warm_start_state(source, model))
+            recipe = replace(recipe, init_from=f"{Path(init_from).name} (model version {source_config.get('model_version')}) "
+                                              f"sha256:{sha256_file(Path(init_from) / WEIGHTS)}")
     model.train()
     training = {
         "recipe": asdict(recipe),
@@ -139,19 +177,24 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
                unit="step", disable=not progress, dynamic_ncols=True)
     running = None
     while step < recipe.steps:
-        reference, frames = sampler.batch(recipe.batch)
+        reference, frames, flow = sampler.batch(recipe.batch)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(recipe, step)
         if cfg.reference and recipe.reference_dropout > 0:
-            # Some samples get a blank reference, so the tokens alone must carry the block: without this
-            # the decoder settled on copying the reference and the encoder collapsed to one token.
             keep = torch.rand(reference.shape[0]) >= recipe.reference_dropout
             reference = reference * keep.view(-1, 1, 1, 1).to(reference.dtype)
-        recon, ids, latent = model(reference, frames)
+        parts, ids, latent = model(reference, frames)
+        recon = parts["frames"]
         # Keep latents out of tanh saturation: a saturated encoder emits one constant token and
-        # gets no gradient back (seen here: RefTok collapsed to a single id and copied the reference).
+        # gets no gradient back (seen here: version 1 collapsed to a single id and copied the reference).
         saturation = F.relu(latent.abs() - 2.0).pow(2).mean()
         loss = LOSSES[recipe.loss](recon, frames) + recipe.latent_penalty * saturation
+        motion_error = float("nan")
+        if "motion" in parts:
+            trusted = teacher_mask(model, reference, frames, flow)
+            flow_l1 = ((parts["motion"] - flow).abs().sum(1, keepdim=True) * trusted).sum() / trusted.sum().clamp(min=1.0)
+            loss = loss + recipe.flow_weight * flow_l1 + recipe.gate_penalty * parts["gate"].mean()
+            motion_error = flow_l1.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -161,12 +204,19 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
             mse = F.mse_loss(recon.clamp(-1, 1), frames).item()
         psnr = 10 * math.log10(4.0 / max(mse, 1e-10))
         running = psnr if running is None else 0.98 * running + 0.02 * psnr
+        usage = code_usage(ids, model.fsq.codebook_size)
         bar.update(1)
-        used = int(torch.unique(ids).numel())
-        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{running:.2f}", codes=used)
+        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{running:.2f}", codes=usage["distinct"],
+                        bits=f"{usage['entropy_bits']:.2f}", epe=f"{motion_error:.2f}")
+        if step % 50 == 0 or step == recipe.steps:
+            log_line(run, {"step": step, "loss": round(loss.item(), 5), "psnr_running": round(running, 3),
+                           "codes": usage["distinct"], "entropy_bits": round(usage["entropy_bits"], 3),
+                           "motion_epe_px": None if math.isnan(motion_error) else round(motion_error, 3),
+                           "lr": learning_rate(recipe, step - 1)})
         if step % recipe.checkpoint_every == 0 or step == recipe.steps:
             training.update(step=step, wall_seconds=round(elapsed + time.perf_counter() - started, 1),
-                            train_psnr_running=round(running, 3), codes_used_last_batch=used)
+                            train_psnr_running=round(running, 3), codes_used_last_batch=usage["distinct"],
+                            entropy_bits_last_batch=round(usage["entropy_bits"], 3))
             save_checkpoint(model, run / "checkpoint", training=training)
             _save_state(run, step, optimizer, sampler)
     bar.close()

@@ -5,9 +5,17 @@ Because ids are packed with the first level as the fastest digit, the source's i
 is the new id modulo the source's codebook size. The decoder's weights for the new
 code channels start at zero, so the widened model decodes exactly like the source
 until training teaches it to use the extra dimensions.
+
+A version-1 checkpoint can seed a version-2 model of the same preset (:func:`upgrade_v1_state`):
+every tensor of the same name and shape is copied; the convs that gained inputs in version 2
+(cost volumes in the encoder, the warped reference in the decoder; always appended after the
+version-1 inputs) keep their version-1 weights for the old inputs and start at zero for the new ones.
+Everything new (motion features, cost-volume squeezes, motion and gate heads) keeps its fresh init.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -57,3 +65,47 @@ def warm_start_state(source: RefTok, target: RefTok) -> dict[str, torch.Tensor]:
         else:  # a new shape-dependent tensor the mapping above does not know: refuse, never guess
             raise ReftokError(f"cannot warm-start tensor {name}: {tuple(value.shape)} -> {tuple(fresh.shape)}")
     return state
+
+
+# Config fields a version-1 source must share with the version-2 target.
+_V1_SHARED = ("channels", "res_blocks", "fsq_levels", "temporal_factor", "block_frames", "reference")
+
+
+def upgrade_v1_state(source_config: dict, source_state: dict[str, torch.Tensor], target: RefTok) -> dict[str, torch.Tensor]:
+    """State dict for a version-2 ``target`` seeded from version-1 weights (see the module docstring)."""
+    differ = [k for k in _V1_SHARED if source_config.get(k) != target.cfg.to_dict()[k]]
+    if differ:
+        raise ReftokError(f"--init-from version-1 checkpoint differs from the model being trained in {differ}")
+    state = target.state_dict()
+    for name, value in source_state.items():
+        fresh = state.get(name)
+        if fresh is None:
+            continue  # a version-1 option (its motion-warp head) that version 2 replaced
+        if value.shape == fresh.shape:
+            state[name] = value.clone()
+        elif value.dim() == 4 and value.shape[0] == fresh.shape[0] and value.shape[1] < fresh.shape[1]:
+            grown = torch.zeros_like(fresh)
+            grown[:, : value.shape[1]] = value
+            state[name] = grown
+        else:
+            raise ReftokError(f"cannot warm-start tensor {name}: {tuple(value.shape)} -> {tuple(fresh.shape)}")
+    return state
+
+
+def load_source_weights(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(model config dict, weights) of a checkpoint of model version 1 or 2, hash-checked, for warm starts."""
+    from safetensors.torch import load_file
+
+    from reftok_deploy.checkpoint import CONFIG, FORMAT, MAX_CONFIG_BYTES, WEIGHTS
+    from reftok_deploy.files import read_json_object, sha256_file
+
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
+        raise ReftokError(f"--init-from {folder}: not a checkpoint folder ({CONFIG} + {WEIGHTS})")
+    config = read_json_object(folder / CONFIG, MAX_CONFIG_BYTES, FORMAT, "RefTok checkpoint config")
+    model = config.get("model")
+    if not isinstance(model, dict) or model.get("model_version") not in (1, 2):
+        raise ReftokError(f"--init-from {folder}: model version must be 1 or 2")
+    if config.get("weights_sha256") != sha256_file(folder / WEIGHTS):
+        raise ReftokError(f"--init-from {folder}: weights do not match the sha256 in {CONFIG}")
+    return model, load_file(str(folder / WEIGHTS))

@@ -1,4 +1,4 @@
-"""reftok-eval: per-clip quality of RefTok vs its reference-free twin at identical tokens."""
+"""reftok-eval: per-clip quality of RefTok against its twin, copying the reference and x264."""
 
 from __future__ import annotations
 
@@ -8,51 +8,94 @@ import click
 from tqdm import tqdm
 
 from reftok_deploy.cli import user_errors
+from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("videos", nargs=-1, type=click.Path())
+@click.option("--suite", is_flag=True,
+              help="Also score the built-in suite: static (noiseless, noisy), local motion, screen text, pan, "
+                   "zoom, fast object, cut; generated from scikit-image stills training never sees.")
 @click.option("--demo", is_flag=True, help="Also score built-in clips (scikit-image photographs under camera motion).")
 @click.option("--checkpoint", type=click.Path(), default=None, help="RefTok checkpoint folder [default: shipped].")
 @click.option("--twin", "twin_path", type=click.Path(), default=None, help="Twin checkpoint folder [default: shipped].")
 @click.option("--no-twin", is_flag=True, help="Evaluate RefTok alone.")
-@click.option("--size", default=256, show_default=True, type=click.IntRange(16), help="Centre square crop size.")
+@click.option("--x264/--no-x264", "with_x264", default=None,
+              help="x264 at RefTok's tokens-only bits (references free) [default: on where imageio-ffmpeg is installed].")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(16),
+              help="Frames are resized (short side) and centre-cropped to SIZE x SIZE.")
 @click.option("--max-gops", type=click.IntRange(1), default=None, help="Score at most this many GOPs per clip.")
+@click.option("--refresh-blocks", default=1, show_default=True, type=click.IntRange(1),
+              help="New reference after this many blocks (as reftok-run).")
+@click.option("--cut-threshold", default=DEFAULT_CUT_THRESHOLD, show_default=True, type=click.FloatRange(0),
+              help="Scene-cut score above which a frame starts a new reference (as reftok-run); 0 disables.")
+@click.option("--grid", "grid_dir", type=click.Path(file_okay=False), default=None,
+              help="Save a PNG per clip: original | RefTok | twin | copy the reference, frames 1, 4, 8.")
 @click.option("--batch", default=4, show_default=True, type=click.IntRange(1), help="GOPs per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 @user_errors
-def main(videos, demo, checkpoint, twin_path, no_twin, size, max_gops, batch, as_json) -> None:
-    """Score VIDEO files (and/or --demo clips): GOP = 1 unquantised reference (stored as PNG) + 1 block of tokens.
+def main(videos, suite, demo, checkpoint, twin_path, no_twin, with_x264, size, max_gops, refresh_blocks, cut_threshold,
+         grid_dir, batch, as_json) -> None:
+    """Score VIDEO files (and/or --suite / --demo clips) with the GOPs reftok-run forms.
 
-    PSNR/SSIM are averaged over the block frames (uint8, RGB); bpp counts the
-    tokens alone and the tokens plus the PNG reference over all frames.
+    PSNR/SSIM are averaged over the block frames (uint8, RGB; references are exact and not
+    scored); bpp counts the tokens alone and the tokens plus the PNG references.
     """
+    from pathlib import Path
+
     from reftok_deploy.checkpoint import default_checkpoint, load_checkpoint
     from reftok_deploy.data import demo_clips
     from reftok_deploy.errors import ReftokError
-    from reftok_deploy.evaluate import evaluate_clip, evaluate_frames, summarize
+    from reftok_deploy.evaluate import evaluate_frames, summarize
+    from reftok_deploy.suite import suite_clips
+    from reftok_deploy.video import read_video
+    from reftok_deploy import x264
 
-    if not videos and not demo:
-        raise ReftokError("give at least one VIDEO, or --demo for the built-in clips")
+    if not videos and not demo and not suite:
+        raise ReftokError("give at least one VIDEO, or --suite / --demo for the built-in clips")
+    if with_x264 and not x264.available():
+        raise ReftokError("--x264 needs imageio-ffmpeg: pip install imageio-ffmpeg")
+    if with_x264 is None:
+        with_x264 = x264.available()
+        if not with_x264:
+            click.echo("note: imageio-ffmpeg not installed: no x264 baseline (pip install imageio-ffmpeg)", err=True)
     reftok, _ = load_checkpoint(checkpoint or default_checkpoint())
     twin = None if no_twin else load_checkpoint(twin_path or default_checkpoint(twin=True))[0]
-    clips = [evaluate_clip(v, reftok, twin, size=size, batch=batch, max_gops=max_gops)
-             for v in tqdm(videos, desc="evaluating", unit="clip", disable=as_json or len(videos) < 2)]
+    sources = [(v, None) for v in videos]
+    if suite:
+        sources += list(suite_clips(size, reftok.cfg.block_frames).items())
     if demo:
-        clips += [evaluate_frames(name, frames, reftok, twin, batch=batch, max_gops=max_gops)
-                  for name, frames in demo_clips(size, block_frames=reftok.cfg.block_frames).items()]
+        sources += list(demo_clips(size, block_frames=reftok.cfg.block_frames).items())
+    clips = []
+    for name, frames in tqdm(sources, desc="evaluating", unit="clip", disable=as_json or len(sources) < 2):
+        if frames is None:
+            frames = read_video(name, size=size)
+        grid = None
+        if grid_dir:
+            grid = Path(grid_dir) / (Path(name).stem.replace(":", "-") + ".png")
+        clips.append(evaluate_frames(str(name), frames, reftok, twin, batch=batch, max_gops=max_gops,
+                                     refresh_blocks=refresh_blocks, cut_threshold=cut_threshold or None,
+                                     x264=with_x264, grid=grid))
     summary = summarize(clips)
     if as_json:
         click.echo(json.dumps({"clips": clips, "mean": summary}, indent=2))
         return
-    head = f"{'clip':<28}{'gops':>5}{'bpp tok':>9}{'bpp+ref':>9}{'PSNR':>8}{'SSIM':>8}"
-    head += f"{'twin PSNR':>11}{'twin SSIM':>11}" if twin else ""
-    head += f"{'copy PSNR':>11}"
+    head = f"{'clip':<22}{'gops':>5}{'cuts':>5}{'bpp tok':>9}{'PSNR':>7}{'SSIM':>7}{'worst':>7}"
+    head += f"{'twin':>7}" if twin else ""
+    head += f"{'copy':>7}" + (f"{'x264':>7}" if with_x264 else "") + f"{'step':>6}{'codes':>6}{'bits':>6}"
     click.echo(head)
-    for c in clips + [dict(summary, clip="mean", gops=sum(c["gops"] for c in clips))]:
-        line = (f"{click.format_filename(c['clip'], shorten=True)[:27]:<28}{c['gops']:>5}{c['bpp_tokens']:>9.4f}"
-                f"{c['bpp_with_reference_png']:>9.3f}{c['reftok']['psnr']:>8.2f}{c['reftok']['ssim']:>8.4f}")
-        if twin:
-            line += f"{c['twin']['psnr']:>11.2f}{c['twin']['ssim']:>11.4f}"
-        line += f"{c['copy_reference']['psnr']:>11.2f}"
+    for c in clips:
+        line = (f"{click.format_filename(c['clip'], shorten=True)[:21]:<22}{c['gops']:>5}{c['cuts']:>5}"
+                f"{c['bpp_tokens']:>9.4f}{c['reftok']['psnr']:>7.2f}{c['reftok']['ssim']:>7.3f}"
+                f"{c['reftok']['worst_frame_psnr']:>7.2f}")
+        line += f"{c['twin']['psnr']:>7.2f}" if twin else ""
+        line += f"{c['copy_reference']['psnr']:>7.2f}" + (f"{c['x264']['psnr']:>7.2f}" if with_x264 else "")
+        line += (f"{c['temporal_change']['ratio']:>6.2f}{c['code_usage']['distinct']:>6}"
+                 f"{c['code_usage']['entropy_bits']:>6.2f}")
         click.echo(line)
+    line = f"{'mean':<22}{'':>10}{summary['bpp_tokens']:>9.4f}{summary['reftok']['psnr']:>7.2f}{summary['reftok']['ssim']:>7.3f}{'':>7}"
+    line += f"{summary['twin']['psnr']:>7.2f}" if twin else ""
+    line += f"{summary['copy_reference']['psnr']:>7.2f}" + (f"{summary['x264']['psnr']:>7.2f}" if with_x264 else "")
+    click.echo(line)
+    click.echo("PSNR/SSIM: block frames; worst: lowest frame PSNR; step: within-group frame change, decoded / "
+               "original (1 = smooth); codes/bits: distinct token ids, entropy per token.")

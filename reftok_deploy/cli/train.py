@@ -29,13 +29,11 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @click.option("--out", "run", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoint/ + resume state).")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True, help="Model size.")
 @click.option("--no-reference", is_flag=True, help="Train the reference-free twin (ablation baseline).")
-@click.option("--motion-warp", is_flag=True,
-              help="Decoder warps the reference by predicted motion (measured +0.23 dB on held-out video; "
-                   "costs a GridSample, slow in onnxruntime on CPU).")
 @click.option("--fsq-levels", default=None, metavar="L1,L2,...",
               help="FSQ levels per token dimension (codebook = their product, at most 65536). Default: the preset's.")
 @click.option("--init-from", type=click.Path(), default=None,
-              help="Start from this checkpoint's weights (same preset; --fsq-levels may append dimensions).")
+              help="Start from this checkpoint's weights (same preset; --fsq-levels may append dimensions; "
+                   "a version-1 checkpoint seeds every tensor version 2 kept).")
 @click.option("--loss", type=click.Choice(["l1", "mse"]), default="l1", show_default=True,
               help="Reconstruction loss (mse optimises PSNR directly).")
 @click.option("--steps", default=4000, show_default=True, type=click.IntRange(1))
@@ -44,14 +42,17 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @click.option("--lr", default=None, type=float,
               help="Peak learning rate. Default per preset: tiny 1.5e-3, small/base 5e-4 (small collapsed at 1.5e-3).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--reference-dropout", default=0.25, show_default=True, type=click.FloatRange(0, 1),
-              help="Fraction of RefTok samples trained with a blank reference (keeps tokens in use).")
+@click.option("--reference-dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Fraction of RefTok samples trained with a blank reference (version 1 needed 0.25 to keep "
+                   "its tokens in use; version 2's flow teacher does that).")
+@click.option("--flow-weight", default=0.02, show_default=True, type=click.FloatRange(0),
+              help="Weight of the flow teacher (decoded motion vs true/DIS flow, L1 in pixels).")
 @click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--no-builtin-stills", is_flag=True, help="Do not add scikit-image's bundled photographs.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads.")
 @user_errors
-def main(data, run, preset, no_reference, motion_warp, fsq_levels, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, checkpoint_every, no_builtin_stills,
+def main(data, run, preset, no_reference, fsq_levels, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, checkpoint_every, no_builtin_stills,
          resume, threads) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
     from reftok_deploy.errors import ReftokError
@@ -59,15 +60,13 @@ def main(data, run, preset, no_reference, motion_warp, fsq_levels, init_from, lo
 
     if crop % 8:
         raise ReftokError(f"--crop must be a multiple of 8, got {crop}")
-    if motion_warp and no_reference:
-        raise ReftokError("--motion-warp warps the reference; the twin (--no-reference) has none")
-    cfg = PRESETS[preset].twin() if no_reference else dataclasses.replace(PRESETS[preset], motion_warp=motion_warp)
+    cfg = PRESETS[preset].twin() if no_reference else PRESETS[preset]
     if fsq_levels is not None:
         cfg = dataclasses.replace(cfg, fsq_levels=parse_levels(fsq_levels))
     if lr is None:
         lr = PRESET_LR[preset]
     recipe = Recipe(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
-                    reference_dropout=reference_dropout, loss=loss,
+                    reference_dropout=reference_dropout, flow_weight=flow_weight, loss=loss,
                     builtin_stills=not no_builtin_stills)
     folder = train(cfg, list(data), run, recipe, resume=resume, threads=threads, init_from=init_from)
     click.echo(f"checkpoint: {folder}")
