@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from reftok_deploy.data import camera_motion_clip
 from reftok_deploy.errors import ReftokError
-from reftok_deploy.evaluate import split_gops
+from reftok_deploy.gop import plan_gops
 from reftok_deploy.video import frames_to_tensor_range, list_media, read_image, read_video
 
 Feed = dict[str, np.ndarray]
@@ -40,7 +40,7 @@ def calibration_feeds(paths: list[str | Path], count: int, size: int = 256, bloc
     for path in tqdm(videos, desc="reading calibration videos", unit="video", disable=not progress, leave=False):
         try:
             frames = read_video(path, size=size)
-            pool += [("video", gop) for gop in split_gops(frames, block_frames)]
+            pool += [("video", (g.reference, g.padded(block_frames))) for g in plan_gops(frames, block_frames)]
         except ReftokError as exc:
             raise ReftokError(f"calibration data: {exc}") from None
     for path in images:

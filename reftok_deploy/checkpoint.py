@@ -74,6 +74,9 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     if not isinstance(model, dict):
         raise ReftokError(f"{path} has no 'model' section")
     version = model.get("model_version")
+    if version == 1 and MODEL_VERSION == 2:
+        raise ReftokError(f"{folder} is a version-1 checkpoint; this reftok-deploy runs version 2 (motion-compensated): "
+                          f"use the shipped checkpoint, or train one seeded from it with reftok-train --init-from {folder}")
     if version != MODEL_VERSION:
         raise ReftokError(f"{folder} is model version {version!r}; this reftok-deploy reads version {MODEL_VERSION}")
     return config

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from reftok_deploy.evaluate import split_gops
+from reftok_deploy.gop import plan_gops
 from reftok_deploy.export.specs import Tolerance
 from reftok_deploy.metrics import psnr
 from reftok_deploy.runtimes.base import Runner
@@ -21,9 +21,11 @@ Feed = dict[str, np.ndarray]
 
 
 def gop_feeds(clips: dict[str, np.ndarray], block_frames: int, max_gops: int | None = None) -> Iterator[tuple[str, Feed]]:
-    """(clip name, encoder feed) for each GOP of uint8 ``[N,S,S,3]`` clips (S a multiple of 8)."""
+    """(clip name, encoder feed) for each GOP of uint8 ``[N,S,S,3]`` clips (S a multiple of 8), formed as
+    reftok-run and reftok-eval form them (:mod:`reftok_deploy.gop`; a short block padded with its last frame)."""
     for name, frames in clips.items():
-        for i, (ref, block) in enumerate(split_gops(frames, block_frames)[:max_gops]):
+        for i, gop in enumerate(plan_gops(frames, block_frames)[:max_gops]):
+            ref, block = gop.reference, gop.padded(block_frames)
             yield f"{name}#{i}", {
                 "reference": frames_to_tensor_range(ref)[None],
                 "frames": np.ascontiguousarray(np.moveaxis(frames_to_tensor_range(block), 0, 1)[None]),

@@ -100,6 +100,8 @@ def load_source_weights(folder: str | Path) -> tuple[dict, dict[str, torch.Tenso
     from reftok_deploy.files import read_json_object, sha256_file
 
     folder = Path(folder)
+    if not folder.exists():
+        raise ReftokError(f"--init-from: checkpoint not found: {folder}")
     if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
         raise ReftokError(f"--init-from {folder}: not a checkpoint folder ({CONFIG} + {WEIGHTS})")
     config = read_json_object(folder / CONFIG, MAX_CONFIG_BYTES, FORMAT, "RefTok checkpoint config")

@@ -1,18 +1,20 @@
-"""GOP logic: a reference frame, then blocks of T frames encoded against it.
+"""The live GOP encoder: :class:`reftok_deploy.gop.GopPlanner`'s decisions run through a codec.
 
-The reference is refreshed after ``refresh_blocks`` blocks, and early when the
-encoder-side reconstruction of a block falls under ``scene_change_psnr`` dB (a cut or
-a large change the tokens cannot carry). A short tail is padded with its last frame
-and only its real frames are kept.
+The planner decides (reference at the first frame, after ``refresh_blocks`` blocks, and at a
+scene cut detected before encoding); this module encodes and decodes each block, padded with
+its last frame to T, keeping only the real frames. reftok-eval forms the same GOPs with the
+same planner, so both report the same quality on the same clip.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 
+from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD, Gop, GopPlanner, NewReference
 from reftok_deploy.metrics import psnr
 from reftok_deploy.runtimes.codec import FrameCodec
 
@@ -20,6 +22,7 @@ from reftok_deploy.runtimes.codec import FrameCodec
 @dataclass
 class ReferenceEvent:
     frame: np.ndarray  # [H,W,3] uint8 RGB, sent unquantised
+    cut: bool = False  # starts a new scene
 
 
 @dataclass
@@ -33,51 +36,38 @@ class BlockEvent:
 
 class GopEncoder:
     def __init__(self, codec: FrameCodec, block_frames: int, refresh_blocks: int = 1,
-                 scene_change_psnr: float | None = None) -> None:
-        if refresh_blocks < 1:
-            raise ValueError("refresh_blocks must be >= 1")
+                 cut_threshold: float | None = DEFAULT_CUT_THRESHOLD) -> None:
         self.codec = codec
         self.block_frames = block_frames
-        self.refresh_blocks = refresh_blocks
-        self.scene_change_psnr = scene_change_psnr
-        self.reference: np.ndarray | None = None
-        self.blocks_since_reference = 0
-        self.pending: list[np.ndarray] = []
-        self.references = 0
-        self.scene_changes = 0
+        self.planner = GopPlanner(block_frames, refresh_blocks, cut_threshold)
+
+    @property
+    def references(self) -> int:
+        return self.planner.references
+
+    @property
+    def scene_changes(self) -> int:
+        return self.planner.cuts
+
+    def _handle(self, events: list[NewReference | Gop]) -> Iterator[ReferenceEvent | BlockEvent]:
+        for event in events:
+            if isinstance(event, NewReference):
+                yield ReferenceEvent(event.frame, event.cut)
+            else:
+                yield self._encode(event)
 
     def push(self, frame: np.ndarray) -> Iterator[ReferenceEvent | BlockEvent]:
         """Feed one ``[H,W,3]`` uint8 RGB frame; yields the events it completes."""
-        if self.reference is None:
-            self.reference = frame
-            self.blocks_since_reference = 0
-            self.references += 1
-            yield ReferenceEvent(frame)
-            return
-        self.pending.append(frame)
-        if len(self.pending) == self.block_frames:
-            yield self._encode_pending()
+        yield from self._handle(self.planner.push(frame))
 
     def flush(self) -> Iterator[BlockEvent]:
         """Encode the tail (fewer than T frames) at the end of a stream."""
-        if self.pending:
-            yield self._encode_pending()
+        yield from self._handle(self.planner.flush())
 
-    def _encode_pending(self) -> BlockEvent:
-        import time
-
-        real = len(self.pending)
-        block = np.stack(self.pending + [self.pending[-1]] * (self.block_frames - real))
-        self.pending = []
+    def _encode(self, gop: Gop) -> BlockEvent:
+        real = len(gop.block)
         start = time.perf_counter()
-        tokens = self.codec.encode(self.reference, block)
-        recon = self.codec.decode(self.reference, tokens)[:real]
-        event = BlockEvent(tokens, block[:real], recon, [psnr(o, r) for o, r in zip(block[:real], recon)],
-                           time.perf_counter() - start)
-        self.blocks_since_reference += 1
-        scene_change = self.scene_change_psnr is not None and np.mean(event.psnr) < self.scene_change_psnr
-        if scene_change:
-            self.scene_changes += 1
-        if scene_change or self.blocks_since_reference >= self.refresh_blocks:
-            self.reference = None  # the next frame becomes the reference
-        return event
+        tokens = self.codec.encode(gop.reference, gop.padded(self.block_frames))
+        recon = self.codec.decode(gop.reference, tokens)[:real]
+        return BlockEvent(tokens, gop.block, recon, [psnr(o, r) for o, r in zip(gop.block, recon)],
+                          time.perf_counter() - start)

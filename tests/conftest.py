@@ -45,26 +45,21 @@ def video_file(tmp_path_factory, real_clip) -> Path:
     return write_video(tmp_path_factory.mktemp("video") / "astronaut.avi", real_clip)
 
 
+def randomised(model: RefTok) -> RefTok:
+    """Give the zero-initialised heads (pixels, motion) random weights so decodes depend on everything
+    and the warp moves pixels; returns the model in eval mode."""
+    heads = [model.decoder.to_pixels] + ([model.decoder.to_motion] if model.decoder.to_motion is not None else [])
+    for head in heads:
+        for p in head.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> RefTok:
-    """A randomly initialised RefTok whose output head is not zero (so decodes depend on everything)."""
+    """A randomly initialised RefTok (version 2: motion, gate, residual) with non-zero heads."""
     torch.manual_seed(0)
-    model = RefTok(PRESETS["tiny"])
-    for p in model.decoder.to_pixels.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    return model.eval()
-
-
-@pytest.fixture(scope="session")
-def warp_model() -> RefTok:
-    """Tiny RefTok with the motion-warp decoder, its motion head non-zero (so the warp moves pixels)."""
-    import dataclasses
-
-    torch.manual_seed(0)
-    model = RefTok(dataclasses.replace(PRESETS["tiny"], motion_warp=True))
-    for p in [*model.decoder.to_pixels.parameters(), *model.decoder.to_motion.parameters()]:
-        torch.nn.init.normal_(p, std=0.05)
-    return model.eval()
+    return randomised(RefTok(PRESETS["tiny"]))
 
 
 @pytest.fixture(scope="session")

@@ -61,14 +61,44 @@ def test_eval_json_reports_both_models(trained, video_file):
     assert clip["bpp_with_reference_png"] > clip["bpp_tokens"]
     assert "psnr_gain_db" in report["mean"]
     # The zero-token baseline: every block frame shown as its reference.
-    from reftok_deploy.evaluate import split_gops
+    from reftok_deploy.gop import plan_gops
     from reftok_deploy.metrics import psnr
     from reftok_deploy.video import read_video
 
-    gops = split_gops(read_video(video_file, size=64), 8)
-    by_hand = np.mean([psnr(frame, ref) for ref, block in gops for frame in block])
+    gops = plan_gops(read_video(video_file, size=64), 8)
+    by_hand = np.mean([psnr(frame, g.reference) for g in gops for frame in g.block])
     assert clip["copy_reference"]["psnr"] == pytest.approx(by_hand)
     assert report["mean"]["copy_reference"]["psnr"] == pytest.approx(by_hand)
+
+
+def test_eval_suite_reports_every_case_and_baseline(trained):
+    from reftok_deploy import x264
+    from reftok_deploy.suite import CASES
+
+    result = invoke(eval_main, ["--suite", "--size", "64", "--checkpoint", trained["reftok"] / "checkpoint",
+                                "--twin", trained["twin"] / "checkpoint", "--json"])
+    assert result.exit_code == 0, result.output
+    clips = {c["clip"]: c for c in json.loads(result.stdout)["clips"]}
+    assert set(clips) == {f"suite:{case}" for case in CASES}
+    for clip in clips.values():
+        assert {"reftok", "twin", "copy_reference", "temporal_change", "code_usage"} <= set(clip)
+        assert clip["code_usage"]["distinct"] >= 1 and clip["temporal_change"]["original"] >= 0
+        assert ("x264" in clip) == x264.available()
+    assert clips["suite:static"]["copy_reference"]["psnr"] == 100.0  # copying is exact there
+    assert clips["suite:cut"]["cuts"] == 1 and clips["suite:pan"]["cuts"] == 0
+    if x264.available():
+        pan = clips["suite:pan"]["x264"]
+        # At 64x64 even QP 51 may overshoot the tiny token budget: then that is said, never hidden.
+        assert pan["over_target"] or pan["bits"] <= pan["target_bits"] * 1.001
+        assert 10 < pan["psnr"] < 100
+
+
+def test_eval_grid_png(trained, video_file, tmp_path):
+    result = invoke(eval_main, [video_file, "--size", "64", "--checkpoint", trained["reftok"] / "checkpoint",
+                                "--twin", trained["twin"] / "checkpoint", "--no-x264", "--grid", tmp_path / "grids"])
+    assert result.exit_code == 0, result.output
+    grid = cv2.imread(str(tmp_path / "grids" / "astronaut.png"))
+    assert grid.shape == (4 * 64, 3 * 64, 3)  # original | RefTok | twin | copy; frames 1, 4, 8
 
 
 def test_eval_table(trained, video_file):
@@ -91,8 +121,9 @@ def test_eval_bad_inputs(tmp_path, trained, video_file):
     corrupt = tmp_path / "corrupt.avi"
     corrupt.write_bytes(b"RIFF" + bytes(range(256)) * 20)
     one_line_error(invoke(eval_main, [corrupt, *ck]), "corrupt.avi")
-    short = write_video(tmp_path / "short.avi", moving_still("astronaut", 5, 64))
-    one_line_error(invoke(eval_main, [short, *ck]), "shorter than one reference + block")
+    # A clip shorter than a block is scored like reftok-run treats it (a padded tail); one frame is no GOP.
+    single = write_video(tmp_path / "single.avi", moving_still("astronaut", 1, 64))
+    one_line_error(invoke(eval_main, [single, *ck]), "fewer than one reference + one frame")
     other_version = tmp_path / "v99"
     other_version.mkdir()
     config = json.loads((trained["reftok"] / "checkpoint" / "config.json").read_text())
@@ -111,22 +142,25 @@ def test_train_bad_inputs(tmp_path):
     write_video(short / "s.avi", moving_still("astronaut", 4, 64))
     one_line_error(invoke(train_main, [short, "--out", tmp_path / "run", *FAST]), "shorter than one reference")
     one_line_error(invoke(train_main, [short, "--out", tmp_path / "run", "--crop", "36"]), "multiple of 8")
-    one_line_error(invoke(train_main, [short, "--out", tmp_path / "run", "--no-reference", "--motion-warp"]),
-                   "--motion-warp warps the reference")
 
 
-def test_train_motion_warp_checkpoint_loads_and_decodes(trained, tmp_path):
-    import torch
+def test_version1_checkpoint_is_refused_with_what_to_do(tiny_checkpoint, video_file, tmp_path):
+    import shutil
 
-    from reftok_deploy.checkpoint import load_checkpoint
+    old = tmp_path / "v1"
+    shutil.copytree(tiny_checkpoint, old)
+    config = json.loads((old / "config.json").read_text())
+    config["model"]["model_version"] = 1
+    (old / "config.json").write_text(json.dumps(config))
+    one_line_error(invoke(eval_main, [video_file, "--checkpoint", old, "--no-twin"]), "--init-from")
 
-    result = invoke(train_main, [trained["reftok"].parent / "data", "--out", tmp_path / "warp", "--motion-warp", *FAST])
-    assert result.exit_code == 0, result.output
-    model, config = load_checkpoint(tmp_path / "warp" / "checkpoint")
-    assert config["model"]["motion_warp"] is True and model.decoder.to_motion is not None
-    with torch.no_grad():
-        frames = torch.zeros(1, 3, 8, 32, 32)
-        assert model.decode(frames[:, :, 0], model.encode(frames[:, :, 0], frames)).shape == frames.shape
+
+def test_train_log_reports_code_usage_and_motion_error(trained):
+    lines = [json.loads(line) for line in (trained["reftok"] / "train_log.jsonl").read_text().splitlines()]
+    assert lines and all(k in lines[-1] for k in ("codes", "entropy_bits", "motion_epe_px", "psnr_running"))
+    assert lines[-1]["codes"] >= 1 and lines[-1]["motion_epe_px"] is not None
+    twin = [json.loads(line) for line in (trained["twin"] / "train_log.jsonl").read_text().splitlines()]
+    assert twin[-1]["motion_epe_px"] is None
 
 
 def test_eval_demo_needs_no_files(trained):
@@ -166,13 +200,13 @@ def test_train_init_from_widens_the_codebook(trained, tmp_path):
     assert config["model"]["fsq_levels"] == [8, 5, 5, 5, 8, 8]
     assert config["training"]["recipe"]["loss"] == "mse"
     source_sha = json.loads((source / "config.json").read_text())["weights_sha256"]
-    assert config["training"]["recipe"]["init_from"] == f"checkpoint sha256:{source_sha}"
+    assert config["training"]["recipe"]["init_from"] == f"checkpoint (model version 2) sha256:{source_sha}"
     result = invoke(train_main, [data, "--out", tmp_path / "wide", "--resume", "--fsq-levels", "8,5,5,5,8,8",
                                  *[a if a != "2" else "3" for a in FAST]])
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "wide" / "checkpoint" / "config.json").read_text())
     assert config["training"]["step"] == 3
-    assert config["training"]["recipe"]["init_from"] == f"checkpoint sha256:{source_sha}"
+    assert config["training"]["recipe"]["init_from"] == f"checkpoint (model version 2) sha256:{source_sha}"
 
 
 def test_train_bad_codebook_options(trained, tmp_path):

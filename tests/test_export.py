@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 from reftok_deploy.cli.export import main as export_main
 from reftok_deploy.cli.parity import main as parity_main
 from reftok_deploy.export.preflight import preflight
+from reftok_deploy.model import MODEL_VERSION
 from tests.conftest import moving_still, write_video
 
 FAST = ["--exporter", "torchscript", "--validate-size", "64", "--max-gops", "1"]
@@ -41,7 +42,7 @@ def test_export_writes_graphs_manifest_and_metadata(export_dir, tiny_checkpoint)
     assert manifest["tensorrt"]["status"] in ("not built", "built")
     encoder = onnx.load(str(export_dir / "encoder.fp32.onnx"))
     props = {p.key: p.value for p in encoder.metadata_props}
-    assert props["reftok.model_version"] == "1"
+    assert props["reftok.model_version"] == str(MODEL_VERSION)
     assert json.loads(props["reftok.model_config"])["fsq_levels"] == [8, 5, 5, 5]
     assert json.loads(props["reftok.export"])["precision"] == "fp32"
     assert manifest["io"]["encoder"]["outputs"] == [
@@ -228,7 +229,7 @@ def test_tensorrt_fp16_parity_on_target(tmp_path, tiny_checkpoint):
 
 
 @pytest.mark.parametrize("dynamo", [True, False])
-def test_motion_warp_model_exports_and_matches_pytorch(warp_model, tmp_path, dynamo):
+def test_motion_compensated_decoder_exports_and_matches_pytorch(tiny_model, tmp_path, dynamo):
     import onnxruntime as ort
     import torch
 
@@ -238,9 +239,9 @@ def test_motion_warp_model_exports_and_matches_pytorch(warp_model, tmp_path, dyn
     torch.manual_seed(3)
     reference, frames = torch.rand(1, 3, 48, 64) * 2 - 1, torch.rand(1, 3, 8, 48, 64) * 2 - 1
     with torch.no_grad():
-        tokens = warp_model.encode(reference, frames)
-        want = warp_model.decode(reference, tokens).numpy()
-    path = export_graph(warp_model, "decoder", tmp_path / "decoder.onnx", dynamo=dynamo)
+        tokens = tiny_model.encode(reference, frames)
+        want = tiny_model.decode(reference, tokens).numpy()
+    path = export_graph(tiny_model, "decoder", tmp_path / "decoder.onnx", dynamo=dynamo)
     model = onnx.load(str(path))
     assert any(n.op_type == "GridSample" for n in model.graph.node) and len(sampling_head_convs(model)) == 1
     assert preflight(model).ok, preflight(model).errors

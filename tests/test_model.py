@@ -33,8 +33,10 @@ def test_forward_matches_encode_then_decode(tiny_model):
     ref = torch.rand(1, 3, 32, 32) * 2 - 1
     frames = torch.rand(1, 3, 8, 32, 32) * 2 - 1
     with torch.no_grad():
-        recon, ids, latent = tiny_model(ref, frames)
+        parts, ids, latent = tiny_model(ref, frames)
+        recon = parts["frames"]
         assert latent.shape == (2, 4, 4, 4)
+        assert parts["motion"].shape == (1, 2, 8, 32, 32) and parts["gate"].shape == (1, 1, 8, 32, 32)
         tokens = tiny_model.encode(ref, frames)
         assert torch.equal(ids, tokens)
         assert torch.allclose(recon.clamp(-1, 1), tiny_model.decode(ref, tokens), atol=1e-5)
@@ -71,20 +73,20 @@ def test_config_round_trip_and_validation():
     with pytest.raises(ValueError):
         RefTokConfig(block_frames=6, temporal_factor=4)
     with pytest.raises(ValueError):
-        RefTokConfig(reference=False, motion_warp=True)
-    # Checkpoints written before motion_warp existed load as the unwarped model.
-    old = {k: v for k, v in cfg.to_dict().items() if k != "motion_warp"}
-    assert RefTokConfig.from_dict(old).motion_warp is False
-    assert PRESETS["tiny"].twin().motion_warp is False
+        RefTokConfig(motion_channels=0)
+    assert PRESETS["tiny"].twin().reference is False
+    # Version 1's motion-warp option is gone: such a config is refused, not silently reinterpreted.
+    with pytest.raises(ValueError, match="motion_warp"):
+        RefTokConfig.from_dict({**cfg.to_dict(), "motion_warp": True})
 
 
 def test_warp_reference_moves_pixels_by_the_motion():
     torch.manual_seed(0)
     reference = torch.rand(2, 3, 32, 48) * 2 - 1
     ft = 4
-    still = warp_reference(reference, torch.zeros(2, 2 * ft, 16, 24))
+    still = warp_reference(reference, torch.zeros(2, 2 * ft, 32, 48))
     assert torch.allclose(still, reference.repeat(1, ft, 1, 1), atol=1e-5)
-    motion = torch.zeros(2, 2 * ft, 16, 24)
+    motion = torch.zeros(2, 2 * ft, 32, 48)
     motion[:, 2] = 3.0   # frame 1 samples 3 px to the right
     motion[:, 5] = -2.0  # frame 2 samples 2 px up
     moved = warp_reference(reference, motion)
@@ -93,15 +95,45 @@ def test_warp_reference_moves_pixels_by_the_motion():
     assert torch.allclose(moved[:, 9:12], reference, atol=1e-5)
 
 
-def test_zero_motion_head_equals_the_unwarped_model():
-    torch.manual_seed(1)
-    warped = RefTok(dataclasses.replace(PRESETS["tiny"], motion_warp=True)).eval()
-    plain = RefTok(PRESETS["tiny"]).eval()
-    plain.load_state_dict({k: v for k, v in warped.state_dict().items() if "to_motion" not in k})
-    reference, frames = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 8, 32, 32) * 2 - 1
+def _closed_gate(model: RefTok) -> RefTok:
+    """The same model with its gate shut everywhere (logits -1) and its motion head silent."""
+    import copy
+
+    closed = copy.deepcopy(model)
+    torch.nn.init.zeros_(closed.decoder.to_gate[0].weight)
+    torch.nn.init.constant_(closed.decoder.to_gate[0].bias, -1.0)
+    torch.nn.init.zeros_(closed.decoder.to_motion.weight)
+    torch.nn.init.constant_(closed.decoder.to_motion.bias, 0.05)  # inside the dead zone
+    return closed.eval()
+
+
+def test_exact_reference_path(tiny_model, real_clip):
+    """Gate shut and motion inside the dead zone: every decoded frame is the reference, bit for bit."""
+    closed = _closed_gate(tiny_model)
+    clip = real_clip[:9]
+    recon, tokens = reconstruct(closed, clip[None, 0], clip[None, 1:])
+    assert np.array_equal(recon[0], np.repeat(clip[None, 0], 8, axis=0))
+    # And the open model does not (the test would catch a gate or warp that leaks).
+    assert not np.array_equal(reconstruct(tiny_model, clip[None, 0], clip[None, 1:])[0][0], recon[0])
+
+
+def test_one_motion_field_per_output_frame(tiny_model):
+    """Motion of frame k moves frame k only: motion is not shared by the 4 frames of a latent group."""
+    closed = _closed_gate(tiny_model)
+    bias = closed.decoder.to_motion.bias.data
+    bias[2] = 3.0  # frame 1 (second of its group), x: sample 3 px to the right
+    torch.manual_seed(4)
+    reference = torch.rand(1, 3, 32, 48) * 2 - 1
+    tokens = torch.randint(0, 1000, (1, 2, 4, 6), dtype=torch.int32)
     with torch.no_grad():
-        tokens = warped.encode(reference, frames)
-        assert torch.allclose(warped.decode(reference, tokens), plain.decode(reference, tokens), atol=1e-5)
+        out = closed.decode(reference, tokens)
+    moved = 3.0 - 0.1  # the dead zone shrinks motion by its width
+    assert torch.allclose(out[:, :, 0], reference, atol=1e-5)
+    assert not torch.allclose(out[:, :, 1], reference, atol=1e-2)
+    assert torch.allclose(out[:, :, 2], reference, atol=1e-5) and torch.allclose(out[:, :, 5], out[:, :, 1], atol=1e-5)
+    # Bilinear: column x samples the reference at x + 2.9.
+    want = reference[..., 2:-1] * (3.0 - moved) + reference[..., 3:] * (moved - 2.0)
+    assert torch.allclose(out[:, :, 1, :, :-3], want.clamp(-1, 1), atol=1e-4)
 
 
 def test_pad_and_crop_are_inverse():

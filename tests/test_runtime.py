@@ -107,15 +107,29 @@ class CountingCodec:
         return np.clip(np.repeat(reference[None], 8, 0).astype(int) + self.noise, 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("refresh,threshold,noise,references", [(1, None, 0, 3), (2, None, 0, 2), (4, 30.0, 60, 3)])
-def test_gop_reference_refresh(refresh, threshold, noise, references):
-    gop = GopEncoder(CountingCodec(noise), 8, refresh_blocks=refresh, scene_change_psnr=threshold)
+@pytest.mark.parametrize("refresh,references", [(1, 3), (2, 2)])
+def test_gop_reference_refresh(refresh, references):
+    gop = GopEncoder(CountingCodec(0), 8, refresh_blocks=refresh, cut_threshold=None)
     frames = moving_still("coffee", 1 + 8 + 1 + 8 + 1 + 5, 16)
     events = [e for f in frames for e in gop.push(f)] + list(gop.flush())
     assert sum(isinstance(e, ReferenceEvent) for e in events) == gop.references
     assert sum(len(e.recon) for e in events if isinstance(e, BlockEvent)) + gop.references == len(frames)
-    assert gop.references == references
-    assert gop.scene_changes == (3 if threshold else 0)
+    assert gop.references == references and gop.scene_changes == 0
+
+
+def test_runtime_gops_are_the_evaluation_gops():
+    """reftok-run's encoder and reftok-eval's planner cut a clip with a scene change identically."""
+    from reftok_deploy.gop import plan_gops
+    from reftok_deploy.suite import suite_clips
+
+    clip = suite_clips(64, cases=("cut",))["suite:cut"]
+    gop = GopEncoder(CountingCodec(0), 8)
+    events = [e for f in clip for e in gop.push(f)] + list(gop.flush())
+    blocks = [e.originals for e in events if isinstance(e, BlockEvent)]
+    planned = plan_gops(clip, 8)
+    assert [len(b) for b in blocks] == [len(g.block) for g in planned] == [8, 3, 4]
+    assert all(np.array_equal(b, g.block) for b, g in zip(blocks, planned))
+    assert gop.scene_changes == 1 and [e.cut for e in events if isinstance(e, ReferenceEvent)] == [False, False, True]
 
 
 def test_cpu_backends_agree_through_the_codec(tiny_checkpoint, export_dir):

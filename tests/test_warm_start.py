@@ -9,7 +9,7 @@ import torch
 
 from reftok_deploy.errors import ReftokError
 from reftok_deploy.model import PRESETS, RefTok
-from reftok_deploy.warm_start import warm_start_state
+from reftok_deploy.warm_start import upgrade_v1_state, warm_start_state
 
 
 def widened(source: RefTok, levels: tuple[int, ...]) -> RefTok:
@@ -51,3 +51,32 @@ def test_warm_start_refuses_other_architectures(tiny_model):
         warm_start_state(tiny_model, RefTok(PRESETS["small"]))
     with pytest.raises(ReftokError, match="reference"):
         warm_start_state(tiny_model, RefTok(tiny_model.cfg.twin()))
+
+
+def version1_state(model: RefTok) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A version-1 config and state of the same preset: no motion/gate/cost-volume tensors, and the
+    convs that gained inputs in version 2 at their version-1 widths."""
+    grown = {"encoder.s2.0.weight": 128, "encoder.s3.0.weight": 192, "decoder.s1.0.weight": 64}
+    state = {}
+    for name, value in model.state_dict().items():
+        if name.startswith(("motion_features.", "squeeze", "decoder.to_motion", "decoder.to_gate")):
+            continue
+        state[name] = value[:, : grown[name]].clone() if name in grown else value.clone()
+    config = {k: v for k, v in model.cfg.to_dict().items() if k != "motion_channels"}
+    return dict(config, model_version=1, motion_warp=False), state
+
+
+def test_version1_weights_seed_version2(tiny_model):
+    config, state = version1_state(tiny_model)
+    torch.manual_seed(5)
+    target = RefTok(PRESETS["tiny"])
+    upgraded = upgrade_v1_state(config, state, target)
+    assert torch.equal(upgraded["decoder.to_pixels.0.weight"], state["decoder.to_pixels.0.weight"])
+    for name, old_inputs in (("encoder.s2.0.weight", 128), ("decoder.s1.0.weight", 64)):
+        assert torch.equal(upgraded[name][:, :old_inputs], state[name])
+        assert not upgraded[name][:, old_inputs:].any()  # new inputs (cost volumes, warped reference) start ignored
+    # Tensors version 1 did not have keep their fresh initialisation.
+    assert torch.equal(upgraded["decoder.to_gate.0.bias"], target.state_dict()["decoder.to_gate.0.bias"])
+    target.load_state_dict(upgraded)
+    with pytest.raises(ReftokError, match="channels"):
+        upgrade_v1_state(dict(config, channels=[8, 8, 8]), state, target)

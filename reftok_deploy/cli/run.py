@@ -7,6 +7,7 @@ import json
 import click
 
 from reftok_deploy.cli import user_errors
+from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,15 +23,16 @@ from reftok_deploy.cli import user_errors
 @click.option("--size", type=click.IntRange(8), default=None, help="Centre-crop frames to SIZE x SIZE first.")
 @click.option("--refresh-blocks", default=1, show_default=True, type=click.IntRange(1),
               help="New reference after this many blocks.")
-@click.option("--scene-change-psnr", default=22.0, show_default=True, type=float,
-              help="New reference when a block reconstructs below this PSNR (dB); 0 disables.")
+@click.option("--cut-threshold", default=DEFAULT_CUT_THRESHOLD, show_default=True, type=click.FloatRange(0),
+              help="Scene-cut score above which a frame starts a new reference, before it is encoded "
+                   "(as reftok-eval); 0 disables.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Side-by-side video (.mp4/.avi).")
 @click.option("--tokens", "tokens_path", type=click.Path(dir_okay=False), default=None, help="Token stream (.rtok).")
 @click.option("--display/--no-display", default=None, help="Show a window [default: when a display exists].")
 @click.option("--max-frames", type=click.IntRange(1), default=None, help="Stop after this many frames.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @user_errors
-def main(camera, video, source, demo, checkpoint, export_folder, backend, device, size, refresh_blocks, scene_change_psnr,
+def main(camera, video, source, demo, checkpoint, export_folder, backend, device, size, refresh_blocks, cut_threshold,
          output, tokens_path, display, max_frames, as_json) -> None:
     """Encode frames into tokens against unquantised references and decode them back, live.
 
@@ -80,7 +82,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
     with frames_source as frames, runner:
         show = display_available() if display is None else display
         cfg = config_from_checkpoint(read_config(checkpoint), checkpoint)
-        gop = GopEncoder(FrameCodec(runner), cfg.block_frames, refresh_blocks, scene_change_psnr or None)
+        gop = GopEncoder(FrameCodec(runner), cfg.block_frames, refresh_blocks, cut_threshold or None)
         stats = StreamStats(fps_source=frames.fps, codebook_size=math.prod(cfg.fsq_levels))
         stream = itertools.islice(iter(frames), max_frames)
         first = next(stream, None)
