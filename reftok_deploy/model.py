@@ -254,9 +254,15 @@ class BlockDecoder(nn.Module):
         return self.to_pixels(x), (None if self.to_gate is None else self.to_gate(x))
 
 
-def dead_zone(x: torch.Tensor, width: float) -> torch.Tensor:
-    """Soft-shrink written with two ReLUs (exported as Relu, not Shrink): |x| <= width -> exactly 0."""
-    return F.relu(x - width) - F.relu(-x - width)
+def dead_zone(x: torch.Tensor, width: float, straight_through: bool = False) -> torch.Tensor:
+    """Soft-shrink written with two ReLUs (exported as Relu, not Shrink): |x| <= width -> exactly 0.
+
+    ``straight_through`` (training): the forward value is the same, the gradient is the identity's.
+    Without it a zero-initialised motion head sits inside the dead zone, gets no gradient and never
+    learns (seen here: 1000 steps with motion exactly 0 everywhere).
+    """
+    shrunk = F.relu(x - width) - F.relu(-x - width)
+    return x + (shrunk - x).detach() if straight_through else shrunk
 
 
 class RefTok(nn.Module):
@@ -347,7 +353,7 @@ class RefTok(nn.Module):
         if motion is None:
             pixels, _ = self.decoder.head(x, None, None)
             return {"frames": self._unfold(pixels, batch)}
-        motion = dead_zone(motion, MOTION_DEAD_ZONE_PX)
+        motion = dead_zone(motion, MOTION_DEAD_ZONE_PX, straight_through=self.training)
         motion = F.interpolate(motion, scale_factor=4.0, mode="bilinear", align_corners=False)
         warped = warp_reference(reference, motion)
         residual, gate = self.decoder.head(x, feats, warped)

@@ -142,3 +142,16 @@ def test_pad_and_crop_are_inverse():
     assert padded.shape == (2, 3, 8, 8) and size == (5, 7)
     assert torch.equal(crop_to(padded, size), x)
     assert torch.equal(padded[..., 7, :7], x[..., 4, :])  # replicate padding
+
+
+def test_zero_initialised_motion_head_learns():
+    """The dead zone must not block gradients in training: a fresh (zero) motion head gets one."""
+    torch.manual_seed(2)
+    model = RefTok(PRESETS["tiny"]).train()
+    assert not model.decoder.to_motion.weight.any()
+    reference = torch.rand(1, 3, 32, 32) * 2 - 1
+    frames = torch.roll(reference, 2, dims=-1).unsqueeze(2).repeat(1, 1, 8, 1, 1)
+    parts, _, _ = model(reference, frames)
+    (parts["frames"] - frames).abs().mean().backward()
+    assert model.decoder.to_motion.weight.grad.abs().sum() > 0
+    assert not parts["motion"].any()  # yet the forward value still is exactly zero motion

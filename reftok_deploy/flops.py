@@ -1,0 +1,52 @@
+"""Compute cost of one GOP (encode + decode of T frames against a reference), counted by PyTorch.
+
+``python -m reftok_deploy.flops [--preset tiny] [--size 256]`` prints GFLOP per GOP for the
+encoder, the decoder and both (PyTorch's FlopCounterMode: convolutions and matmuls, 2 FLOPs
+per multiply-add; elementwise ops, GridSample and the cost volume's products are not counted,
+the last is measured separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from reftok_deploy.model import CORRELATION_RADII, PRESETS, RefTok
+
+
+@torch.no_grad()
+def gop_flops(model: RefTok, size: int = 256) -> dict[str, float]:
+    """GFLOP per GOP at ``size x size``: encoder, decoder, total, and the cost volume's multiply-adds."""
+    t = model.cfg.block_frames
+    reference = torch.zeros(1, 3, size, size)
+    frames = torch.zeros(1, 3, t, size, size)
+    with FlopCounterMode(display=False) as counter:
+        tokens = model.encode(reference, frames)
+    encoder = counter.get_total_flops() / 1e9
+    with FlopCounterMode(display=False) as counter:
+        model.decode(reference, tokens)
+    decoder = counter.get_total_flops() / 1e9
+    correlation = 0.0
+    if model.cfg.reference:
+        m = model.cfg.motion_channels
+        for scale, radius in zip((4, 8), CORRELATION_RADII):
+            correlation += 2 * t * m * (2 * radius + 1) ** 2 * (size // scale) ** 2 / 1e9
+    return {"encoder": encoder, "decoder": decoder, "cost_volume": correlation,
+            "total": encoder + decoder + correlation}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--size", type=int, default=256)
+    args = parser.parse_args()
+    for name, cfg in (("RefTok", PRESETS[args.preset]), ("twin", PRESETS[args.preset].twin())):
+        f = gop_flops(RefTok(cfg).eval(), args.size)
+        print(f"{name:<7} {args.preset} {args.size}x{args.size}: encoder {f['encoder']:.2f} + decoder "
+              f"{f['decoder']:.2f} + cost volume {f['cost_volume']:.2f} = {f['total']:.2f} GFLOP per GOP")
+
+
+if __name__ == "__main__":
+    main()
