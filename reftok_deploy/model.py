@@ -40,6 +40,9 @@ from reftok_deploy.fsq import FSQ
 MODEL_VERSION = 2
 # Motion below this many pixels is exactly zero: static content decodes to the reference itself.
 MOTION_DEAD_ZONE_PX = 0.1
+# The motion head's unit, in pixels. Decoder features are ~0.03 on average: unscaled, the head needed
+# weights in the hundreds to express tens of pixels and had moved 0.005 after 200 steps (seen here).
+MOTION_UNIT_PX = 16.0
 CORRELATION_RADII = (3, 4)  # cells at 1/4 and 1/8 resolution: +-12 px and +-32 px
 
 
@@ -242,7 +245,7 @@ class BlockDecoder(nn.Module):
         """Codes -> (features at 1/4 ``[N,c2,H/4,W/4]``, motion or None)."""
         x = self.s3(codes if ref_feats is None else torch.cat([codes, ref_feats[2]], 1))
         x = self.s2(self.up2(x) if ref_feats is None else torch.cat([self.up2(x), ref_feats[1]], 1))
-        return x, (None if self.to_motion is None else self.to_motion(x))
+        return x, (None if self.to_motion is None else self.to_motion(x) * MOTION_UNIT_PX)
 
     def head(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
              warped: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -6,7 +6,7 @@ import torch
 
 from reftok_deploy.evaluate import reconstruct
 from tests.conftest import moving_still
-from reftok_deploy.model import PRESETS, RefTok, RefTokConfig, crop_to, pad_to_multiple, warp_reference
+from reftok_deploy.model import MOTION_UNIT_PX, PRESETS, RefTok, RefTokConfig, crop_to, pad_to_multiple, warp_reference
 
 
 @pytest.mark.parametrize("height,width", [(64, 64), (37, 50), (8, 8), (71, 29)])
@@ -103,7 +103,7 @@ def _closed_gate(model: RefTok) -> RefTok:
     torch.nn.init.zeros_(closed.decoder.to_gate[0].weight)
     torch.nn.init.constant_(closed.decoder.to_gate[0].bias, -1.0)
     torch.nn.init.zeros_(closed.decoder.to_motion.weight)
-    torch.nn.init.constant_(closed.decoder.to_motion.bias, 0.05)  # inside the dead zone
+    torch.nn.init.constant_(closed.decoder.to_motion.bias, 0.05 / MOTION_UNIT_PX)  # inside the dead zone
     return closed.eval()
 
 
@@ -121,7 +121,7 @@ def test_one_motion_field_per_output_frame(tiny_model):
     """Motion of frame k moves frame k only: motion is not shared by the 4 frames of a latent group."""
     closed = _closed_gate(tiny_model)
     bias = closed.decoder.to_motion.bias.data
-    bias[2] = 3.0  # frame 1 (second of its group), x: sample 3 px to the right
+    bias[2] = 3.0 / MOTION_UNIT_PX  # frame 1 (second of its group), x: sample 3 px to the right
     torch.manual_seed(4)
     reference = torch.rand(1, 3, 32, 48) * 2 - 1
     tokens = torch.randint(0, 1000, (1, 2, 4, 6), dtype=torch.int32)
