@@ -154,6 +154,21 @@ def correlation(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Tensor:
                       for dy in range(size) for dx in range(size)], 1)
 
 
+# Cosine similarities are in [-1,1]; this temperature makes the soft-argmax follow the best match.
+SOFT_ARGMAX_TEMPERATURE = 0.05
+
+
+def soft_argmax(volume: torch.Tensor, radius: int) -> torch.Tensor:
+    """Cost volume ``[N,(2r+1)^2,h,w]`` (channel order of :func:`correlation`) -> expected displacement
+    ``[N,2,h,w]`` (x, y) in cells: where, around each cell, the reference matches best."""
+    size = 2 * radius + 1
+    weights = torch.softmax(volume / SOFT_ARGMAX_TEMPERATURE, dim=1)
+    offsets = torch.arange(size, device=volume.device).to(volume.dtype) - radius
+    dx = offsets.repeat(size).view(1, -1, 1, 1)
+    dy = offsets.repeat_interleave(size).view(1, -1, 1, 1)
+    return torch.cat([(weights * dx).sum(1, keepdim=True), (weights * dy).sum(1, keepdim=True)], 1)
+
+
 class MotionFeatures(nn.Module):
     """Frames ``[N,3,H,W]`` in [-1,1] -> unit-norm features at 1/4 and 1/8 (for correlation)."""
 
@@ -190,20 +205,24 @@ class BlockEncoder(nn.Module):
         self.s2 = stage(c2 + r[1] + cost4, c2, cfg.res_blocks)
         self.down3 = nn.Sequential(conv3(c2, c3, stride=2), nn.ReLU6())
         self.s3 = stage(c3 + r[2] + cost8, c3, cfg.res_blocks)
-        self.to_latent = conv3(c3, latent_dim)
+        # RefTok: the cost volumes' soft-argmax displacements (x, y per frame, at 1/4 pooled to 1/8 and at
+        # 1/8, in MOTION_UNIT_PX) reach the latent head directly: a short path from measured motion to tokens.
+        self.flow_channels = 2 * 2 * ft if cfg.reference else 0
+        self.to_latent = conv3(c3 + self.flow_channels, latent_dim)
         # Latents must start spread over several FSQ levels: at the default init they were ~0.03 +- 0.005,
         # every position rounded to one code, and the tokens were never used.
         self.to_latent.weight.data.mul_(10.0)
 
     def forward(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
-                costs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                costs: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """``costs``: (squeezed cost volume at 1/4, at 1/8, soft-argmax flows at 1/8), RefTok only."""
         x = self.unshuffle(x)
         x = self.s1(x if ref_feats is None else torch.cat([x, ref_feats[0]], 1))
         x = self.down2(x)
         x = self.s2(x if ref_feats is None else torch.cat([x, ref_feats[1], costs[0]], 1))
         x = self.down3(x)
         x = self.s3(x if ref_feats is None else torch.cat([x, ref_feats[2], costs[1]], 1))
-        return self.to_latent(x)
+        return self.to_latent(x if ref_feats is None else torch.cat([x, costs[2]], 1))
 
 
 class BlockDecoder(nn.Module):
@@ -232,7 +251,7 @@ class BlockDecoder(nn.Module):
         self.to_motion = self.to_gate = None
         if cfg.reference:
             # Zero motion at init: training starts from "residual over the reference".
-            self.to_motion = conv3(c2, 2 * ft)
+            self.to_motion = conv3(c3 + latent_dim, 2 * ft)
             nn.init.zeros_(self.to_motion.weight)
             nn.init.zeros_(self.to_motion.bias)
             # Gate starts open (inside Clip's linear range, so gradients flow both ways).
@@ -242,10 +261,14 @@ class BlockDecoder(nn.Module):
 
     def trunk(self, codes: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Codes -> (features at 1/4 ``[N,c2,H/4,W/4]``, motion or None)."""
+        """Codes -> (features at 1/4 ``[N,c2,H/4,W/4]``, motion ``[N,2*ft,H/8,W/8]`` in pixels or None).
+
+        Motion is read at 1/8 from the codes themselves and the first stage: a short path, so the
+        flow teacher's gradient reaches the encoder quickly."""
         x = self.s3(codes if ref_feats is None else torch.cat([codes, ref_feats[2]], 1))
+        motion = None if self.to_motion is None else self.to_motion(torch.cat([x, codes], 1)) * MOTION_UNIT_PX
         x = self.s2(self.up2(x) if ref_feats is None else torch.cat([self.up2(x), ref_feats[1]], 1))
-        return x, (None if self.to_motion is None else self.to_motion(x) * MOTION_UNIT_PX)
+        return x, motion
 
     def head(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
              warped: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -321,11 +344,14 @@ class RefTok(nn.Module):
         per_frame = frames.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
         m4, m8 = self.motion_features(per_frame)
         r4, r8 = self._per_group(self.motion_features(reference), t)
-        c4 = self.squeeze4(correlation(m4, r4, CORRELATION_RADII[0]))
-        c8 = self.squeeze8(correlation(m8, r8, CORRELATION_RADII[1]))
+        v4 = correlation(m4, r4, CORRELATION_RADII[0])
+        v8 = correlation(m8, r8, CORRELATION_RADII[1])
+        flow4 = F.avg_pool2d(soft_argmax(v4, CORRELATION_RADII[0]) * (4.0 / MOTION_UNIT_PX), 2)
+        flow8 = soft_argmax(v8, CORRELATION_RADII[1]) * (8.0 / MOTION_UNIT_PX)
         ft = self.cfg.temporal_factor
         # [B*T,C,h,w] -> [B*G,ft*C,h,w], frame-major like folded pixels.
-        return tuple(x.reshape(b * t // ft, ft * x.shape[1], *x.shape[-2:]) for x in (c4, c8))
+        return tuple(x.reshape(b * t // ft, ft * x.shape[1], *x.shape[-2:])
+                     for x in (self.squeeze4(v4), self.squeeze8(v8), torch.cat([flow4, flow8], 1)))
 
     # ---- public API ----------------------------------------------------
     def encode_latent(self, reference: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
@@ -357,7 +383,7 @@ class RefTok(nn.Module):
             pixels, _ = self.decoder.head(x, None, None)
             return {"frames": self._unfold(pixels, batch)}
         motion = dead_zone(motion, MOTION_DEAD_ZONE_PX, straight_through=self.training)
-        motion = F.interpolate(motion, scale_factor=4.0, mode="bilinear", align_corners=False)
+        motion = F.interpolate(motion, scale_factor=8.0, mode="bilinear", align_corners=False)
         warped = warp_reference(reference, motion)
         residual, gate = self.decoder.head(x, feats, warped)
         gate = gate.clamp(0.0, 1.0)

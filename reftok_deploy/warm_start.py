@@ -25,6 +25,7 @@ from reftok_deploy.model import RefTok
 # Tensors whose shape depends on the number of FSQ dimensions D.
 _ENCODER_HEAD = ("encoder.to_latent.weight", "encoder.to_latent.bias")  # output channels = D
 _DECODER_INPUT = "decoder.s3.0.weight"  # input channels = [D codes | reference features]
+_MOTION_INPUT = "decoder.to_motion.weight"  # input channels = [first-stage features | D codes]
 # New encoder outputs start smaller than a fresh head's (which is scaled x10 for a cold start):
 # the warm decoder ignores them at first, so they only need to sit inside tanh's linear range.
 _NEW_LATENT_SCALE = 0.3
@@ -59,6 +60,10 @@ def warm_start_state(source: RefTok, target: RefTok) -> dict[str, torch.Tensor]:
             widened = torch.zeros_like(fresh)
             widened[:, :d_src] = value[:, :d_src]
             widened[:, d_dst:] = value[:, d_src:]
+            state[name] = widened
+        elif name == _MOTION_INPUT:
+            widened = torch.zeros_like(fresh)
+            widened[:, : value.shape[1]] = value  # the new code channels come last and start ignored
             state[name] = widened
         elif value.shape == fresh.shape:
             state[name] = value.clone()

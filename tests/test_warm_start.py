@@ -28,7 +28,7 @@ def test_widened_model_decodes_like_its_source(tiny_model, reference):
     tokens = torch.randint(0, target.fsq.codebook_size, (2, 2, 4, 6), dtype=torch.int32)
     # The source's id is the widened id modulo the source codebook; the new code channels start ignored.
     expected = source.decode(ref, tokens % source.fsq.codebook_size)
-    assert torch.allclose(target.decode(ref, tokens), expected, atol=1e-6)
+    assert torch.allclose(target.decode(ref, tokens), expected, atol=1e-5)
     frames = torch.rand(2, 3, 8, 32, 48) * 2 - 1
     ids = target.encode(ref, frames)
     assert torch.equal(ids % source.fsq.codebook_size, source.encode(ref, frames))
