@@ -11,14 +11,15 @@ elementwise op. Version 2 decodes, per output frame:
 
     frame_t = warp(reference, motion_t) + gate_t * residual_t
 
-- ``motion_t`` is decoded from the tokens at 1/4 resolution, one field per output frame
+- ``motion_t`` is decoded from the tokens at 1/8 resolution, one field per output frame
   (so motion is smooth inside a 4-frame group), passed through a dead zone (|m| < 0.1 px
   is exactly 0) and upsampled bilinearly; ``warp`` is a bilinear GridSample.
 - ``gate_t`` is a Clip to [0, 1]: where it is 0 and the motion is 0 the output *is* the
   reference, bit for bit (the exact path for static content).
 - The encoder sees the frames, frames - reference, and a local correlation (cost volume)
   between every frame's and the reference's motion features at 1/4 (+-3 cells) and 1/8
-  (+-4 cells) resolution, so it can measure motion instead of guessing it.
+  (+-4 cells) resolution, whose soft-argmax displacements also go straight to the latent head,
+  so it can measure motion instead of guessing it.
 
 ``reference=False`` gives the twin: no reference path, no motion, no gate, same token budget.
 
@@ -228,7 +229,7 @@ class BlockEncoder(nn.Module):
 class BlockDecoder(nn.Module):
     """Codes ``[N,D,H/8,W/8]`` (+ reference features) -> the parts of ft output frames.
 
-    RefTok: motion ``[N,2*ft,H/4,W/4]`` (x, y per frame, full-resolution pixels, before the dead zone),
+    RefTok: motion ``[N,2*ft,H/8,W/8]`` (x, y per frame, full-resolution pixels, before the dead zone),
     then, given the warped reference, residual ``[N,3*ft,H,W]`` and gate logits ``[N,ft,H,W]``.
     Twin: frames ``[N,3*ft,H,W]`` directly.
     """

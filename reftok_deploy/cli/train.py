@@ -45,7 +45,7 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @click.option("--reference-dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Fraction of RefTok samples trained with a blank reference (version 1 needed 0.25 to keep "
                    "its tokens in use; version 2's flow teacher does that).")
-@click.option("--flow-weight", default=0.02, show_default=True, type=click.FloatRange(0),
+@click.option("--flow-weight", default=0.2, show_default=True, type=click.FloatRange(0),
               help="Weight of the flow teacher (decoded motion vs true/DIS flow, L1 in pixels).")
 @click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--no-builtin-stills", is_flag=True, help="Do not add scikit-image's bundled photographs.")
