@@ -2,7 +2,8 @@
 
 Symmetric per-channel QInt8 weights, symmetric QInt8 activations (zero point 0), QDQ
 format; the token arithmetic (FSQ bound/round/packing in the encoder, id unpacking in
-the decoder) and the motion warp (its head conv, grid and GridSample) are excluded and stay FP32. Tensor ranges are cached as JSON beside the
+the decoder), the encoder's cost volume and soft-argmax, and the motion warp (its head conv, grid and
+GridSample) are excluded and stay FP32. Tensor ranges are cached as JSON beside the
 export, named by a digest of the FP32 graph, the method and the calibration frames, so
 a re-export with the same inputs skips calibration.
 """
@@ -21,7 +22,7 @@ import numpy as np
 import onnx
 
 from reftok_deploy.errors import ReftokError
-from reftok_deploy.export.precision import sampling_head_convs, token_arithmetic_nodes, topological_sort
+from reftok_deploy.export.precision import cost_volume_nodes, sampling_head_convs, token_arithmetic_nodes, topological_sort
 
 METHODS = ("minmax", "entropy", "percentile")
 # Q/DQ goes on these ops only. Leaving the ReLU6 Clips unquantised lets ONNX Runtime fuse
@@ -89,7 +90,8 @@ def quantize_qdq(fp32: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], meth
                 quantize_static(
                     str(source), str(target), FeedReader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
-                    nodes_to_exclude=token_arithmetic_nodes(fp32) + sampling_head_convs(fp32), op_types_to_quantize=QUANTIZED_OPS,
+                    nodes_to_exclude=token_arithmetic_nodes(fp32) + sampling_head_convs(fp32) + cost_volume_nodes(fp32),
+                    op_types_to_quantize=QUANTIZED_OPS,
                     calibration_cache_path=str(cache),
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                    "CalibPercentile": 99.99, "CalibMovingAverage": False})
