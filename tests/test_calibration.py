@@ -105,9 +105,12 @@ def test_onnxruntime_runs_every_int8_conv_as_an_int8_kernel(int8_export, tmp_pat
         # By design only these stay float: the motion head (it feeds the FP32 sampling grid) and the last
         # conv of each motion-feature branch (its output is L2-normalised for the cost volume, not quantised).
         heads = sampling_head_convs(onnx.load(str(int8_export / f"{graph}.fp32.onnx")))
-        allowed = [c for c in float_convs if any(c.startswith(h) for h in heads) or "motion_features" in c]
-        assert "QLinearConv" in ops and float_convs == allowed, (graph, float_convs)
-        assert len(float_convs) == (4 if graph == "encoder" else len(heads)), (graph, float_convs)
+        # (ONNX Runtime may rename a conv it fuses with the following Mul, so the decoder is checked by count.)
+        assert "QLinearConv" in ops, graph
+        if graph == "encoder":
+            assert len(float_convs) == 4 and all("motion_features" in c for c in float_convs), float_convs
+        else:
+            assert len(float_convs) == len(heads), (graph, float_convs)
 
 
 def test_int8_validation_and_parity_report_token_agreement(int8_export):
