@@ -86,3 +86,17 @@ def test_shipped_checkpoints_load(twin):
     model, config = load_checkpoint(default_checkpoint(twin=twin))
     assert model.cfg.reference is not twin
     assert config["training"]["step"] == config["training"]["recipe"]["steps"]
+
+
+def test_shipped_model_keeps_static_content_exact():
+    """The exact reference path of the shipped model: a still scene decodes to the reference itself,
+    a noisy still scene no worse than copying the reference."""
+    from reftok_deploy.evaluate import evaluate_frames
+    from reftok_deploy.suite import suite_clips
+
+    model, _ = load_checkpoint(default_checkpoint())
+    clips = suite_clips(128, cases=("static", "static_noise"))
+    static = evaluate_frames("static", clips["suite:static"], model, None)
+    assert static["reftok"]["worst_frame_psnr"] == 100.0  # bit-exact
+    noisy = evaluate_frames("static_noise", clips["suite:static_noise"], model, None)
+    assert noisy["reftok"]["psnr"] >= noisy["copy_reference"]["psnr"] - 0.1
