@@ -8,7 +8,9 @@ just before the block (it is never quantised by the model).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
+
 import cv2
 import numpy as np
 import torch
@@ -55,14 +57,15 @@ class TrainingSampler:
     """Seeded infinite source of (reference, frames, teacher flow) batches from videos and stills."""
 
     def __init__(self, videos: list[Path], images: list[Path], block_frames: int, crop: int,
-                 seed: int, use_builtin_stills: bool = True) -> None:
+                 seed: int, use_builtin_stills: bool = True, progress: bool = True) -> None:
+        self._args = (list(videos), list(images), block_frames, crop, seed, use_builtin_stills)
         self.block_frames = block_frames
         self.crop = crop
         self.rng = np.random.default_rng(seed)
         if not videos and not images and not use_builtin_stills:
             raise ReftokError("no training data: give video or image files/folders")
         self.clips = []
-        for path in tqdm(videos, desc="loading videos", unit="video", leave=False):
+        for path in tqdm(videos, desc="loading videos", unit="video", leave=False, disable=not progress):
             clip = read_video(path, short_side=WORKING_SHORT_SIDE)
             if len(clip) < block_frames + 1:
                 raise ReftokError(f"{path}: {len(clip)} frames, shorter than one reference + block ({block_frames + 1})")
@@ -75,6 +78,11 @@ class TrainingSampler:
         total = sum(mix.values())
         self.kinds = list(mix)
         self.weights = np.array([mix[k] / total for k in self.kinds])
+
+    def __reduce__(self):
+        # A pickled sampler (sent to a spawned data worker) carries its sources, not their pixels:
+        # the worker reads them again, quietly.
+        return (TrainingSampler, (*self._args, False))
 
     def _video_frames(self) -> np.ndarray:
         clip = self.clips[int(self.rng.integers(len(self.clips)))]
@@ -129,6 +137,43 @@ class TrainingSampler:
         clips = torch.from_numpy(np.ascontiguousarray(clips))
         flow = torch.from_numpy(np.ascontiguousarray(np.stack([f[1:] for _, f in samples]).transpose(0, 4, 1, 2, 3)))
         return clips[:, 0], clips[:, 1:].permute(0, 2, 1, 3, 4).contiguous(), flow
+
+
+class _WorkerBatches(torch.utils.data.IterableDataset):
+    """Endless batches from a copy of ``sampler`` in each DataLoader worker, each worker seeded apart."""
+
+    def __init__(self, sampler: TrainingSampler, size: int, seed: int, start_step: int) -> None:
+        self.sampler, self.size, self.seed, self.start_step = sampler, size, seed, start_step
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        worker = torch.utils.data.get_worker_info()
+        cv2.setNumThreads(1)  # one DIS flow per worker process; the workers are the parallelism
+        self.sampler.rng = np.random.default_rng([self.seed, self.start_step, worker.id if worker else 0])
+        while True:
+            yield self.sampler.batch(self.size)
+
+
+def batch_stream(sampler: TrainingSampler, size: int, workers: int = 0, seed: int = 0,
+                 start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Endless ``sampler.batch(size)`` results; with ``workers`` > 0 made in that many processes.
+
+    ``workers=0`` draws from ``sampler`` itself, so a run is reproducible and resumes exactly
+    (its RNG state is saved). With workers (to keep a GPU fed) each worker's RNG is seeded from
+    (seed, start step, worker id): reproducible for a given start, but not the single-process stream.
+    """
+    if workers <= 0:
+        while True:
+            yield sampler.batch(size)
+    # spawn, not fork: a forked child inherits OpenCV's and OpenMP's thread pools without their
+    # threads and hangs in its first parallel call (seen here in the first DIS flow).
+    loader = torch.utils.data.DataLoader(_WorkerBatches(sampler, size, seed, start_step), batch_size=None,
+                                         num_workers=workers, prefetch_factor=4, multiprocessing_context="spawn",
+                                         pin_memory=torch.cuda.is_available())
+    workers_iter = iter(loader)
+    try:
+        yield from workers_iter
+    finally:
+        del workers_iter  # stop the workers now, not during interpreter shutdown (which aborts them)
 
 
 DEMO_STILLS = ("astronaut", "coffee", "text")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from reftok_deploy.checkpoint import WEIGHTS, atomic_save_tensors, load_checkpoint, save_checkpoint
 from reftok_deploy.files import sha256_file
-from reftok_deploy.data import TrainingSampler
+from reftok_deploy.data import TrainingSampler, batch_stream
 from reftok_deploy.errors import ReftokError
 from reftok_deploy.model import RefTok, RefTokConfig, warp_reference
 from reftok_deploy.video import list_media
@@ -49,6 +49,9 @@ class Recipe:
     loss: str = "l1"
     # Weights of another checkpoint the run started from (folder name + weights sha256), or None.
     init_from: str | None = None
+    # Wall-time budget of one training call: it stops with a checkpoint when spent, and the
+    # learning rate decays by time or by steps, whichever is further along.
+    max_minutes: float | None = None
 
 
 # Peak learning rate per preset. Measured on the 2-core machine: `small` at tiny's 1.5e-3 had
@@ -59,11 +62,15 @@ PRESET_LR = {"tiny": 1.5e-3, "small": 5e-4, "base": 5e-4}
 LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
 
 
-def learning_rate(recipe: Recipe, step: int) -> float:
-    """Linear warm-up then cosine decay to 1 % of the peak."""
+def learning_rate(recipe: Recipe, step: int, time_fraction: float = 0.0) -> float:
+    """Linear warm-up then cosine decay to 1 % of the peak.
+
+    ``time_fraction``: share of a wall-time budget spent; the decay follows whichever of steps and
+    time is further along, so a run stopped by its budget still ends at the low learning rate.
+    """
     if step < recipe.warmup:
         return recipe.lr * (step + 1) / recipe.warmup
-    progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    progress = max((step - recipe.warmup) / max(1, recipe.steps - recipe.warmup), time_fraction)
     return recipe.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -129,14 +136,22 @@ def log_line(run: Path, record: dict) -> None:
 
 
 def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, resume: bool = False,
-          threads: int | None = None, progress: bool = True, init_from: str | Path | None = None) -> Path:
+          threads: int | None = None, progress: bool = True, init_from: str | Path | None = None,
+          device: str = "cpu", workers: int = 0) -> Path:
     """Train ``cfg`` on the videos/stills under ``data``; returns the checkpoint folder.
 
     ``init_from``: a checkpoint whose weights a fresh run starts from (see :mod:`reftok_deploy.warm_start`);
-    ignored when resuming, where the run's own state wins.
+    ignored when resuming, where the run's own state wins. ``device``: 'cpu' or a CUDA device;
+    ``workers``: data processes (see :func:`reftok_deploy.data.batch_stream`).
     """
     if recipe.loss not in LOSSES:
         raise ReftokError(f"unknown loss {recipe.loss!r}; choose one of {sorted(LOSSES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ReftokError(f"--device {device} asked for, but PyTorch sees no CUDA GPU")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ReftokError(f"unknown --device {device!r}; use cpu, cuda or cuda:N") from None
     run = Path(run)
     if threads:
         torch.set_num_threads(threads)
@@ -167,23 +182,34 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
                 model.load_state_dict(warm_start_state(source, model))
             recipe = replace(recipe, init_from=f"{Path(init_from).name} (model version {source_config.get('model_version')}) "
                                               f"sha256:{sha256_file(Path(init_from) / WEIGHTS)}")
-    model.train()
+    model.to(device).train()
+    for state in optimizer.state.values():  # moments restored on the CPU follow the model
+        for key, value in state.items():
+            if torch.is_tensor(value) and key != "step":
+                state[key] = value.to(device)
     training = {
         "recipe": asdict(recipe),
         "data": [p.name for p in videos + images] + (["skimage.data stills"] if recipe.builtin_stills else []),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+        "data_workers": workers,
     }
     started = time.perf_counter()
     bar = tqdm(total=recipe.steps, initial=step, desc="training " + ("RefTok" if cfg.reference else "twin"),
                unit="step", disable=not progress, dynamic_ncols=True)
     running = None
-    while step < recipe.steps:
-        reference, frames, flow = sampler.batch(recipe.batch)
+    batches = batch_stream(sampler, recipe.batch, workers, recipe.seed, step)
+    stop_at = recipe.steps
+    max_seconds = None if recipe.max_minutes is None else 60.0 * recipe.max_minutes
+    while step < stop_at:
+        reference, frames, flow = (t.to(device, non_blocking=True) for t in next(batches))
+        time_fraction = 0.0 if max_seconds is None else (time.perf_counter() - started) / max_seconds
+        lr = learning_rate(recipe, step, time_fraction)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(recipe, step)
+            group["lr"] = lr
         if cfg.reference and recipe.reference_dropout > 0:
-            keep = torch.rand(reference.shape[0]) >= recipe.reference_dropout
+            keep = (torch.rand(reference.shape[0]) >= recipe.reference_dropout).to(device)
             reference = reference * keep.view(-1, 1, 1, 1).to(reference.dtype)
         parts, ids, latent = model(reference, frames)
         recon = parts["frames"]
@@ -210,16 +236,20 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{running:.2f}", codes=usage["distinct"],
                         bits=f"{usage['entropy_bits']:.2f}", epe=f"{motion_error:.2f}")
-        if step % 50 == 0 or step == recipe.steps:
+        if time_fraction >= 1.0:
+            stop_at = step  # time budget spent: checkpoint now and stop
+            training["stopped_by"] = "max_minutes"
+        if step % 50 == 0 or step == stop_at:
             log_line(run, {"step": step, "loss": round(loss.item(), 5), "psnr_running": round(running, 3),
                            "codes": usage["distinct"], "entropy_bits": round(usage["entropy_bits"], 3),
                            "motion_epe_px": None if math.isnan(motion_error) else round(motion_error, 3),
-                           "lr": learning_rate(recipe, step - 1)})
-        if step % recipe.checkpoint_every == 0 or step == recipe.steps:
+                           "lr": lr})
+        if step % recipe.checkpoint_every == 0 or step == stop_at:
             training.update(step=step, wall_seconds=round(elapsed + time.perf_counter() - started, 1),
                             train_psnr_running=round(running, 3), codes_used_last_batch=usage["distinct"],
                             entropy_bits_last_batch=round(usage["entropy_bits"], 3))
             save_checkpoint(model, run / "checkpoint", training=training)
             _save_state(run, step, optimizer, sampler)
+    batches.close()
     bar.close()
     return run / "checkpoint"

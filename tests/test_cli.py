@@ -5,6 +5,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from reftok_deploy.cli.eval import main as eval_main
@@ -142,6 +143,39 @@ def test_train_bad_inputs(tmp_path):
     write_video(short / "s.avi", moving_still("astronaut", 4, 64))
     one_line_error(invoke(train_main, [short, "--out", tmp_path / "run", *FAST]), "shorter than one reference")
     one_line_error(invoke(train_main, [short, "--out", tmp_path / "run", "--crop", "36"]), "multiple of 8")
+    one_line_error(invoke(train_main, [short, "--out", tmp_path / "run", "--device", "bogus"]), "unknown --device")
+
+
+def test_train_time_budget_stops_with_a_checkpoint_at_the_low_rate(trained, tmp_path):
+    from reftok_deploy.train import Recipe, learning_rate
+
+    recipe = Recipe(steps=1000, warmup=10, lr=1e-3)
+    assert learning_rate(recipe, 20, time_fraction=1.0) == pytest.approx(1e-5)
+    assert learning_rate(recipe, 20, time_fraction=0.0) > 9e-4
+    assert learning_rate(recipe, 999, time_fraction=0.1) < 2e-5  # steps further along than time
+    data = trained["reftok"].parent / "data"
+    result = invoke(train_main, [data, "--out", tmp_path / "budget", *FAST, "--steps", "100000",
+                                 "--max-minutes", "0.002"])
+    assert result.exit_code == 0, result.output
+    training = json.loads((tmp_path / "budget" / "checkpoint" / "config.json").read_text())["training"]
+    assert 1 <= training["step"] < 100000 and training["stopped_by"] == "max_minutes"
+    assert training["recipe"]["max_minutes"] == 0.002
+    log = [json.loads(line) for line in (tmp_path / "budget" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == training["step"] and log[-1]["lr"] < 1e-4
+
+
+def test_batches_from_worker_processes(tmp_path):
+    from reftok_deploy.data import TrainingSampler, batch_stream
+
+    video = write_video(tmp_path / "clip.avi", moving_still("rocket", 12, 48))
+    sampler = TrainingSampler([video], [], block_frames=8, crop=32, seed=1, use_builtin_stills=False)
+    stream = batch_stream(sampler, 3, workers=2, seed=1)
+    reference, frames, flow = next(stream)
+    again = next(stream)
+    stream.close()
+    assert reference.shape == (3, 3, 32, 32) and frames.shape == (3, 3, 8, 32, 32) and flow.shape == (3, 2, 8, 32, 32)
+    assert frames.min() >= -1 and frames.max() <= 1
+    assert not torch.equal(again[1], frames)  # the workers draw different samples
 
 
 def test_version1_checkpoint_is_refused_with_what_to_do(tiny_checkpoint, video_file, tmp_path):

@@ -51,9 +51,16 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @click.option("--no-builtin-stills", is_flag=True, help="Do not add scikit-image's bundled photographs.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads.")
+@click.option("--device", default="cpu", show_default=True, help="Where the model trains: cpu, cuda or cuda:N.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
+              help="Processes making training batches (use several to keep a GPU busy); 0 = in the training "
+                   "process, which makes a run resume exactly.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop with a checkpoint after this much training time; the learning rate then decays "
+                   "by time or by --steps, whichever is further along.")
 @user_errors
 def main(data, run, preset, no_reference, fsq_levels, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, checkpoint_every, no_builtin_stills,
-         resume, threads) -> None:
+         resume, threads, device, workers, max_minutes) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
     from reftok_deploy.errors import ReftokError
     from reftok_deploy.train import PRESET_LR, Recipe, train
@@ -67,6 +74,7 @@ def main(data, run, preset, no_reference, fsq_levels, init_from, loss, steps, ba
         lr = PRESET_LR[preset]
     recipe = Recipe(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
                     reference_dropout=reference_dropout, flow_weight=flow_weight, loss=loss,
-                    builtin_stills=not no_builtin_stills)
-    folder = train(cfg, list(data), run, recipe, resume=resume, threads=threads, init_from=init_from)
+                    builtin_stills=not no_builtin_stills, max_minutes=max_minutes)
+    folder = train(cfg, list(data), run, recipe, resume=resume, threads=threads, init_from=init_from,
+                   device=device, workers=workers)
     click.echo(f"checkpoint: {folder}")
