@@ -253,5 +253,13 @@ def test_motion_compensated_decoder_exports_and_matches_pytorch(tiny_model, tmp_
     assert preflight(mixed).ok, preflight(mixed).errors
     kept = {n.op_type for n in mixed.graph.node if n.op_type in ("GridSample", "Range")}
     assert kept == {"GridSample", "Range"}
+    # FP32 nodes in a row talk in FP32: no value goes FP32 -> FP16 -> FP32 (that rounded the sampling grid)
+    casts = {n.output[0]: n for n in mixed.graph.node if n.op_type == "Cast"}
+    to = {name: next(a.i for a in n.attribute if a.name == "to") for name, n in casts.items()}
+    round_trips = [n.name for n in casts.values()
+                   if to[n.output[0]] == onnx.TensorProto.FLOAT and to.get(n.input[0]) == onnx.TensorProto.FLOAT16]
+    assert not round_trips, round_trips
+    grid = next(n for n in mixed.graph.node if n.op_type == "GridSample").input[1]
+    assert grid not in casts or to[grid] == onnx.TensorProto.FLOAT
     half = ort.InferenceSession(mixed.SerializeToString()).run(None, feed)[0]
     assert np.abs(half - want).max() < 0.05
