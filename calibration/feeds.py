@@ -16,15 +16,10 @@ from tqdm import tqdm
 from reftok_deploy.data import camera_motion_clip
 from reftok_deploy.errors import ReftokError
 from reftok_deploy.gop import plan_gops
-from reftok_deploy.video import frames_to_tensor_range, list_media, read_image, read_video
+from reftok_deploy.spec import FRAMES_IN, REFERENCE, Feed, decoder_feed, encoder_feed
+from reftok_deploy.video import list_media, read_image, read_video
 
-Feed = dict[str, np.ndarray]
 STILL_GOPS = 4  # distinct camera paths drawn per still
-
-
-def _to_feed(ref: np.ndarray, block: np.ndarray) -> Feed:
-    return {"reference": frames_to_tensor_range(ref)[None],
-            "frames": np.ascontiguousarray(np.moveaxis(frames_to_tensor_range(block), 0, 1)[None])}
 
 
 def calibration_feeds(paths: list[str | Path], count: int, size: int = 256, block_frames: int = 8,
@@ -58,10 +53,10 @@ def calibration_feeds(paths: list[str | Path], count: int, size: int = 256, bloc
             still, still_seed = item
             clip = camera_motion_clip(still, block_frames + 1, size, np.random.default_rng(still_seed))
             ref, block = clip[0], clip[1:]
-        feeds.append(_to_feed(ref, block))
+        feeds.append(encoder_feed(ref, block))
     return feeds
 
 
 def decoder_feeds(encoder_feeds: list[Feed], encode) -> list[Feed]:
     """Decoder feeds: each GOP's reference with the tokens ``encode(reference, frames)`` gives."""
-    return [{"reference": f["reference"], "tokens": encode(f["reference"], f["frames"])} for f in encoder_feeds]
+    return [decoder_feed(f[REFERENCE.name], encode(f[REFERENCE.name], f[FRAMES_IN.name])) for f in encoder_feeds]

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from reftok_deploy.errors import ReftokError
-from reftok_deploy.export.precision import cost_volume_nodes, sampling_head_convs, token_arithmetic_nodes, topological_sort
+from reftok_deploy.graph_regions import cost_volume_nodes, sampling_head_convs, token_arithmetic_nodes, topological_sort
 
 METHODS = ("minmax", "entropy", "percentile")
 # Q/DQ goes on these ops only. Leaving the ReLU6 Clips unquantised lets ONNX Runtime fuse

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,11 +17,11 @@ import onnx
 import torch
 
 from reftok_deploy.export.graphs import GRAPHS
-from reftok_deploy.export.specs import INPUTS, OUTPUTS, TensorSpec, fixed_dims
+from reftok_deploy.files import AtomicFile
+from reftok_deploy.spec import INPUTS, OUTPUTS, TensorSpec, fixed_dims
 from reftok_deploy.model import RefTok
 
 OPSET = 18  # the dynamo exporter's floor; parsed by TensorRT 8.6+ and every current onnxruntime
-
 
 def example_inputs(model: RefTok, graph: str, batch: int = 1, height: int = 64, width: int = 64,
                    seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -31,17 +29,15 @@ def example_inputs(model: RefTok, graph: str, batch: int = 1, height: int = 64, 
     gen = torch.Generator().manual_seed(seed)
     tensors = []
     for spec in INPUTS[graph]:
-        shape = spec.shape(batch, height, width, model.cfg)
+        shape = spec.shape(batch, height, width, model.cfg.geometry)
         if spec.dtype == np.int32:
             tensors.append(torch.randint(0, model.fsq.codebook_size, shape, generator=gen, dtype=torch.int32))
         else:
             tensors.append(torch.rand(shape, generator=gen) * 2 - 1)
     return tuple(tensors)
 
-
 def _dynamic_axes(specs: tuple[TensorSpec, ...], model: RefTok) -> dict[str, dict[int, str]]:
-    return {s.name: {i: d for i, d in enumerate(fixed_dims(s, model.cfg)) if isinstance(d, str)} for s in specs}
-
+    return {s.name: {i: d for i, d in enumerate(fixed_dims(s, model.cfg.geometry)) if isinstance(d, str)} for s in specs}
 
 def export_graph(model: RefTok, graph: str, path: str | Path, dynamo: bool = True, opset: int = OPSET) -> Path:
     """Export ``graph`` ('encoder' or 'decoder') of ``model`` to ``path``; returns the path.
@@ -61,9 +57,8 @@ def export_graph(model: RefTok, graph: str, path: str | Path, dynamo: bool = Tru
         dynamic = dict(dynamic_shapes={name: axes[name] for name in names["input_names"]})
     else:
         dynamic = dict(dynamic_axes=_dynamic_axes(in_specs + out_specs, model))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with AtomicFile(path) as out:
+        tmp = str(out.tmp)
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
             warnings.simplefilter("ignore")
             extra = {"external_data": False} if dynamo else {}
@@ -71,12 +66,7 @@ def export_graph(model: RefTok, graph: str, path: str | Path, dynamo: bool = Tru
         proto = inline_identity_initializers(onnx.load(tmp))
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
-
 
 def inline_identity_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Replace ``Identity(initializer)`` with a copy of the initializer.

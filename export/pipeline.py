@@ -8,6 +8,7 @@ folder as it was.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -19,16 +20,18 @@ import numpy as np
 import onnx
 
 from reftok_deploy.checkpoint import load_checkpoint, weights_sha256
-from reftok_deploy.files import sha256_file
+from reftok_deploy.engines import ShapeProfile, gpu_name, tensorrt_version
 from reftok_deploy.errors import ReftokError
-from reftok_deploy.export.manifest import tool_versions, write_manifest
 from reftok_deploy.export.onnx_export import OPSET, export_graph
-from reftok_deploy.export.precision import to_mixed_fp16, token_arithmetic_nodes
+from reftok_deploy.export.precision import to_mixed_fp16
+from reftok_deploy.graph_regions import token_arithmetic_nodes
 from reftok_deploy.export.preflight import preflight
-from reftok_deploy.export.specs import (GRAPH_NAMES, INPUTS, OUTPUTS, TOLERANCES, artifact_name, fixed_dims)
-from reftok_deploy.export.tensorrt_build import ShapeProfile, gpu_name, tensorrt_version
+from reftok_deploy.files import sha256_file
+from reftok_deploy.manifest import tool_versions, write_manifest
+from reftok_deploy.spec import GRAPH_NAMES, INPUTS, OUTPUTS, artifact_name, fixed_dims
 
 Progress = Callable[[str], None]
+Validator = Callable[[Path, dict, Path, "ExportOptions", Progress], dict]
 
 
 @dataclass
@@ -36,7 +39,10 @@ class ExportOptions:
     precisions: tuple[str, ...] = ("fp32",)
     dynamo: bool = True
     opset: int = OPSET
-    validate: bool = True
+    # Called on the staged folder before the manifest is written -> the manifest's "validation" entry.
+    # The CLI passes reftok_deploy.validation.validate_folder; None skips validation (export never
+    # imports runtimes or parity itself).
+    validator: Validator | None = None
     validation_clips: dict[str, np.ndarray] | None = None  # uint8 [N,S,S,3]; default: demo clips
     max_gops: int = 2
     tensorrt: str = "auto"  # auto | skip | require
@@ -82,6 +88,30 @@ def _writable(out: Path) -> None:
         raise ReftokError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
 
 
+STAGING_PREFIX = ".staging-"
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Delete staging folders left by exports that were killed (their process is gone); returns them."""
+    removed = []
+    for folder in out.glob(f"{STAGING_PREFIX}*"):
+        pid = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if folder.is_dir() and not folder.is_symlink() and not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def run_export(checkpoint: str | Path, out: str | Path, options: ExportOptions, progress: Progress = lambda _: None
                ) -> dict[str, Any]:
     """Export, check and validate; returns the manifest (also written to ``out/manifest.json``)."""
@@ -90,7 +120,8 @@ def run_export(checkpoint: str | Path, out: str | Path, options: ExportOptions, 
     checkpoint = Path(checkpoint)
     model, ck_config = load_checkpoint(checkpoint)
     _writable(out)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
+    remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
     try:
         manifest = _export_into(staging, out, model, ck_config, checkpoint, options, progress)
         for file in sorted(staging.iterdir()):
@@ -142,17 +173,17 @@ def _export_into(folder: Path, final: Path, model, ck_config: dict, checkpoint: 
         "exporter": "dynamo" if options.dynamo else "torchscript",
         "opset": options.opset,
         "precisions": list(options.precisions),
-        "io": {g: {"inputs": [{"name": s.name, "dtype": np.dtype(s.dtype).name, "dims": list(fixed_dims(s, cfg))}
+        "io": {g: {"inputs": [{"name": s.name, "dtype": np.dtype(s.dtype).name, "dims": list(fixed_dims(s, cfg.geometry))}
                               for s in INPUTS[g]],
-                   "outputs": [{"name": s.name, "dtype": np.dtype(s.dtype).name, "dims": list(fixed_dims(s, cfg))}
+                   "outputs": [{"name": s.name, "dtype": np.dtype(s.dtype).name, "dims": list(fixed_dims(s, cfg.geometry))}
                                for s in OUTPUTS[g]]} for g in GRAPH_NAMES},
         "artifacts": artifacts,
         "calibration": calibration,
         "preflight": checks,
         "versions": tool_versions(),
     }
-    if options.validate:
-        manifest["validation"] = validate_folder(folder, artifacts, checkpoint, options, progress)
+    if options.validator is not None:
+        manifest["validation"] = options.validator(folder, artifacts, checkpoint, options, progress)
     manifest["tensorrt"] = _tensorrt_step(folder, final, artifacts, cfg, options, fp32_nodes, progress)
     return manifest
 
@@ -189,28 +220,6 @@ def _calibrate(folder: Path, final: Path, model, protos: dict[str, onnx.ModelPro
             "scheme": "QDQ, symmetric per-channel QInt8 weights, symmetric QInt8 activations; token arithmetic FP32"}
 
 
-def validate_folder(folder: Path, artifacts: dict[str, dict], checkpoint: Path, options: ExportOptions,
-                    progress: Progress) -> dict[str, Any]:
-    """Compare every ONNX precision with PyTorch on real frames; every failure is collected."""
-    from reftok_deploy.data import demo_clips
-    from reftok_deploy.parity import compare, gop_feeds
-    from reftok_deploy.runtimes.onnxruntime_runner import OnnxRuntimeRunner
-    from reftok_deploy.runtimes.torch_runner import TorchRunner
-
-    reports = {}
-    with TorchRunner(checkpoint) as torch_runner:
-        clips = options.validation_clips or demo_clips(256, block_frames=torch_runner.block_frames)
-        for precision in options.precisions:
-            progress(f"validating onnxruntime {precision} against PyTorch on {len(clips)} real clip(s)")
-            files = {g: folder / artifacts[f"{g}.{precision}"]["file"] for g in GRAPH_NAMES}
-            with OnnxRuntimeRunner(files, name=f"onnxruntime-{precision}") as ort_runner:
-                report = compare(torch_runner, ort_runner, gop_feeds(clips, torch_runner.block_frames, options.max_gops),
-                                 TOLERANCES[precision])
-            reports[precision] = report.to_dict()
-    failures = [f"{p}: {f}" for p, r in reports.items() for f in r["failures"]]
-    return {"ok": not failures, "clips": sorted(clips), "failures": failures, "reports": reports}
-
-
 def _tensorrt_step(folder: Path, final: Path, artifacts: dict[str, dict], cfg, options: ExportOptions, fp32_nodes: dict,
                    progress: Progress) -> dict[str, Any]:
     engine_precisions = [p for p in options.precisions if p != "fp32"] or ["fp32"]
@@ -223,10 +232,10 @@ def _tensorrt_step(folder: Path, final: Path, artifacts: dict[str, dict], cfg, o
         if options.tensorrt == "require":
             raise ReftokError(f"--tensorrt require: {missing} not found on this machine")
         return {"status": "not built", "reason": f"{missing} not found", "finish_command": finish.strip()}
-    from reftok_deploy.export.tensorrt_build import build_engine, check_engine, engine_key
+    from reftok_deploy.engines import check_engine, engine_key
+    from reftok_deploy.export.tensorrt_build import build_engine
 
     engines = {}
-    groups = cfg.block_frames // cfg.temporal_factor
     for precision in engine_precisions:
         for graph in GRAPH_NAMES:
             # TensorRT >= 11 takes precision from the graph; <= 10 uses the FP32 graph plus a builder flag
@@ -240,7 +249,7 @@ def _tensorrt_step(folder: Path, final: Path, artifacts: dict[str, dict], cfg, o
             source_precision = precision if (major >= 11 or precision == "int8") and calibrator is None else "fp32"
             onnx_file = folder / artifacts[f"{graph}.{source_precision}"]["file"]
             progress(f"building TensorRT {precision} engine for the {graph} (TensorRT {version}, {gpu})")
-            path = build_engine(onnx_file, graph, precision, folder, options.profile, cfg.block_frames, groups,
+            path = build_engine(onnx_file, graph, precision, folder, options.profile, cfg.geometry,
                                 fp32_nodes=fp32_nodes[graph], previous=final, say=progress, calibrator=calibrator)
             key = engine_key(sha256_file(onnx_file), precision, options.profile, version, gpu)
             assert check_engine(path, key) is None

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from reftok_deploy.parity import Feed, _psnr_uint8
+from reftok_deploy.metrics import clip_psnr
 from reftok_deploy.runtimes.base import Runner
+from reftok_deploy.spec import FRAMES_IN, REFERENCE, Feed
 
 
 @dataclass
@@ -36,23 +37,23 @@ def bench(runners: list[Runner], feeds: list[Feed], repeats: int = 5, warmup: in
     results = [BenchResult(r.name) for r in runners]
     tokens: dict[int, list[np.ndarray]] = {}
     for i, runner in enumerate(runners):
-        tokens[i] = [runner.encode(f["reference"], f["frames"]) for f in feeds]
-        decoded = [runner.decode(f["reference"], t) for f, t in zip(feeds, tokens[i])]
-        results[i].psnr = float(np.mean([_psnr_uint8(f["frames"], d) for f, d in zip(feeds, decoded)]))
+        tokens[i] = [runner.encode(f[REFERENCE.name], f[FRAMES_IN.name]) for f in feeds]
+        decoded = [runner.decode(f[REFERENCE.name], t) for f, t in zip(feeds, tokens[i])]
+        results[i].psnr = float(np.mean([clip_psnr(f[FRAMES_IN.name], d) for f, d in zip(feeds, decoded)]))
         for _ in range(warmup):
-            runner.decode(feeds[0]["reference"], runner.encode(feeds[0]["reference"], feeds[0]["frames"]))
+            runner.decode(feeds[0][REFERENCE.name], runner.encode(feeds[0][REFERENCE.name], feeds[0][FRAMES_IN.name]))
     for _ in range(repeats):
         for i, runner in enumerate(runners):
             enc = dec = 0.0
             for feed, tok in zip(feeds, tokens[i]):
                 start = time.perf_counter()
-                runner.encode(feed["reference"], feed["frames"])
+                runner.encode(feed[REFERENCE.name], feed[FRAMES_IN.name])
                 middle = time.perf_counter()
-                runner.decode(feed["reference"], tok)
+                runner.decode(feed[REFERENCE.name], tok)
                 enc, dec = enc + middle - start, dec + time.perf_counter() - middle
             results[i].encode_s.append(enc / len(feeds))
             results[i].decode_s.append(dec / len(feeds))
-    frames = feeds[0]["frames"].shape[0] * feeds[0]["frames"].shape[2]
+    frames = feeds[0][FRAMES_IN.name].shape[0] * feeds[0][FRAMES_IN.name].shape[2]
     table = {r.name: r.summary(frames) for r in results}
     base = table[results[0].name]
     for row in table.values():

@@ -9,18 +9,17 @@ any problem into a one-line :class:`ReftokError`. Nothing is unpickled.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from reftok_deploy.errors import ReftokError
-from reftok_deploy.files import atomic_write_bytes, read_json_object, sha256_file
-from reftok_deploy.model import MODEL_VERSION, RefTok, RefTokConfig
+from reftok_deploy.files import AtomicFile, atomic_write_bytes, read_json_object, sha256_file
+from reftok_deploy.spec import MODEL_VERSION
+
+if TYPE_CHECKING:  # torch and the model load only where weights are read or written
+    import torch
+
+    from reftok_deploy.model import RefTok, RefTokConfig
 
 FORMAT = "reftok-checkpoint"
 WEIGHTS = "model.safetensors"
@@ -29,17 +28,11 @@ MAX_CONFIG_BYTES = 1 << 20
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors ``save_file`` through a temp file + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """safetensors ``save_file`` whole or not at all (see :class:`reftok_deploy.files.AtomicFile`)."""
+    from safetensors.torch import save_file
+
+    with AtomicFile(path) as out:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(out.tmp), metadata=metadata)
 
 
 def save_checkpoint(model: RefTok, folder: str | Path, training: dict[str, Any] | None = None,
@@ -83,6 +76,8 @@ def read_config(folder: str | Path) -> dict[str, Any]:
 
 
 def config_from_checkpoint(config: dict[str, Any], where: str | Path) -> RefTokConfig:
+    from reftok_deploy.model import RefTokConfig
+
     try:
         return RefTokConfig.from_dict(config["model"])
     except (TypeError, ValueError) as exc:
@@ -91,6 +86,12 @@ def config_from_checkpoint(config: dict[str, Any], where: str | Path) -> RefTokC
 
 def load_checkpoint(folder: str | Path, map_location: str = "cpu") -> tuple[RefTok, dict[str, Any]]:
     """Load and validate a checkpoint folder -> (model in eval mode, parsed config.json)."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from reftok_deploy.model import RefTok
+
     folder = Path(folder)
     config = read_config(folder)
     cfg = config_from_checkpoint(config, folder)

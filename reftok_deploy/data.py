@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from reftok_deploy import synthetic
 from reftok_deploy.errors import ReftokError
-from reftok_deploy.video import frames_to_tensor_range, read_image, read_video, resize_short_side
+from reftok_deploy.spec import frames_to_tensor_range
+from reftok_deploy.video import read_image, read_video, resize_short_side
 
 # Frames are stored at this short side: the scale evaluation runs at (256x256 centre crops).
 WORKING_SHORT_SIDE = 256

@@ -25,7 +25,8 @@ from reftok_deploy.errors import ReftokError
 from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD, Gop, plan_gops
 from reftok_deploy.metrics import clip_quality, png_bits, psnr, token_bits
 from reftok_deploy.model import RefTok, crop_to, pad_to_multiple
-from reftok_deploy.video import frames_to_tensor_range, read_video, tensor_range_to_frames
+from reftok_deploy.spec import frames_to_tensor_range, tensor_range_to_frames
+from reftok_deploy.video import read_video
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from reftok_deploy.errors import ReftokError
 
@@ -20,18 +20,70 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+class AtomicFile:
+    """A new file at ``path`` that appears complete or not at all.
+
+    The data goes to a temp file in the same folder, created exclusively with a random name
+    (``mkstemp``: O_CREAT|O_EXCL, so a symlink planted at that name is refused, never followed);
+    :meth:`commit` fsyncs it, makes it mode 0644 and renames it over ``path`` (atomic on POSIX),
+    then fsyncs the folder; :meth:`discard` removes it. Two writers of the same ``path`` never share
+    a temp file: the last commit wins and is whole. ``suffix`` ends the temp name (writers such as
+    OpenCV's pick a container from it). Use as a context manager: commit on success, discard on error.
+    """
+
+    def __init__(self, path: str | Path, suffix: str = ".tmp") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=suffix)
+        os.close(fd)
+        self.tmp = Path(name)
+
+    def open(self, mode: str = "wb") -> BinaryIO:
+        """The temp file opened for writing, refusing to follow a symlink swapped in at its name."""
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0))
+        return os.fdopen(fd, mode)
+
+    def commit(self) -> Path:
+        fd = os.open(self.tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.fsync(fd)
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
+        os.replace(self.tmp, self.path)
+        _fsync_folder(self.path.parent)
+        return self.path
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "AtomicFile":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def _fsync_folder(folder: Path) -> None:
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all (see :class:`AtomicFile`)."""
+    with AtomicFile(path) as out, out.open() as fh:
+        fh.write(data)
 
 
 def read_json_object(path: Path, max_bytes: int, fmt: str, what: str) -> dict[str, Any]:

@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from reftok_deploy.spec import tensor_range_to_frames
+
 PSNR_CAP_DB = 100.0
 
 
@@ -16,6 +18,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     if np.array_equal(a, b):
         return PSNR_CAP_DB
     return float(peak_signal_noise_ratio(a, b, data_range=255))
+
+
+def clip_psnr(source: np.ndarray, recon: np.ndarray) -> float:
+    """Mean per-frame PSNR of two ``[1,3,T,H,W]`` clips in [-1,1] after rounding to uint8 (what a viewer sees)."""
+    a = tensor_range_to_frames(np.moveaxis(source[0], 1, 0))
+    b = tensor_range_to_frames(np.moveaxis(recon[0], 1, 0))
+    return float(np.mean([psnr(x, y) for x, y in zip(a, b)]))
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:

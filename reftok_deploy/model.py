@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from reftok_deploy.fsq import FSQ
+from reftok_deploy.spec import MODEL_VERSION, SPATIAL_FACTOR, Geometry
 
-MODEL_VERSION = 2
 # Motion below this many pixels is exactly zero: static content decodes to the reference itself.
 MOTION_DEAD_ZONE_PX = 0.1
 # The motion head's unit, in pixels. Decoder features are ~0.03 on average: unscaled, the head needed
@@ -59,7 +59,7 @@ class RefTokConfig:
     reference: bool = True
     motion_channels: int = 16
     model_version: int = MODEL_VERSION
-    spatial_factor: int = field(default=8, init=False)
+    spatial_factor: int = field(default=SPATIAL_FACTOR, init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -87,6 +87,11 @@ class RefTokConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         return cls(**data)
+
+    @property
+    def geometry(self) -> Geometry:
+        """Frames-to-tokens geometry of the exported graphs (see :mod:`reftok_deploy.spec`)."""
+        return Geometry(self.block_frames, self.temporal_factor, self.spatial_factor)
 
     def twin(self) -> "RefTokConfig":
         """The reference-free twin of this config."""

@@ -12,12 +12,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from reftok_deploy.gop import plan_gops
-from reftok_deploy.export.specs import Tolerance
-from reftok_deploy.metrics import psnr
+from reftok_deploy.spec import FRAMES_IN, REFERENCE, Feed, Tolerance, encoder_feed
+from reftok_deploy.metrics import clip_psnr
 from reftok_deploy.runtimes.base import Runner
-from reftok_deploy.video import frames_to_tensor_range, tensor_range_to_frames
-
-Feed = dict[str, np.ndarray]
 
 
 def gop_feeds(clips: dict[str, np.ndarray], block_frames: int, max_gops: int | None = None) -> Iterator[tuple[str, Feed]]:
@@ -25,18 +22,7 @@ def gop_feeds(clips: dict[str, np.ndarray], block_frames: int, max_gops: int | N
     reftok-run and reftok-eval form them (:mod:`reftok_deploy.gop`; a short block padded with its last frame)."""
     for name, frames in clips.items():
         for i, gop in enumerate(plan_gops(frames, block_frames)[:max_gops]):
-            ref, block = gop.reference, gop.padded(block_frames)
-            yield f"{name}#{i}", {
-                "reference": frames_to_tensor_range(ref)[None],
-                "frames": np.ascontiguousarray(np.moveaxis(frames_to_tensor_range(block), 0, 1)[None]),
-            }
-
-
-def _psnr_uint8(source: np.ndarray, recon: np.ndarray) -> float:
-    """PSNR of two ``[1,3,T,H,W]`` clips in [-1,1] after rounding to uint8 (what a viewer sees)."""
-    a = tensor_range_to_frames(np.moveaxis(source[0], 1, 0))
-    b = tensor_range_to_frames(np.moveaxis(recon[0], 1, 0))
-    return float(np.mean([psnr(x, y) for x, y in zip(a, b)]))
+            yield f"{name}#{i}", encoder_feed(gop.reference, gop.padded(block_frames))
 
 
 @dataclass
@@ -78,15 +64,16 @@ def compare(baseline: Runner, candidate: Runner, feeds: Iterable[tuple[str, Feed
     report = ParityReport(baseline.name, candidate.name, tolerance)
     agree, total, abs_sum, count, psnr_a, psnr_b = 0, 0, 0.0, 0, [], []
     for name, feed in feeds:
-        tokens_a = baseline.encode(feed["reference"], feed["frames"])
-        tokens_b = candidate.encode(feed["reference"], feed["frames"])
+        reference, source = feed[REFERENCE.name], feed[FRAMES_IN.name]
+        tokens_a = baseline.encode(reference, source)
+        tokens_b = candidate.encode(reference, source)
         if tokens_a.shape != tokens_b.shape or tokens_b.dtype != np.int32:
             report.failures.append(f"{name}: tokens {tokens_b.dtype}{tokens_b.shape}, expected int32{tokens_a.shape}")
             continue
         agree += int((tokens_a == tokens_b).sum())
         total += tokens_a.size
-        frames_a = baseline.decode(feed["reference"], tokens_a)
-        frames_b = candidate.decode(feed["reference"], tokens_a)
+        frames_a = baseline.decode(reference, tokens_a)
+        frames_b = candidate.decode(reference, tokens_a)
         if not np.isfinite(frames_b).all():
             report.failures.append(f"{name}: {candidate.name} decoded NaN/Inf (overflow?)")
             report.max_abs_frames = float("inf")
@@ -95,9 +82,9 @@ def compare(baseline: Runner, candidate: Runner, feeds: Iterable[tuple[str, Feed
         report.max_abs_frames = max(report.max_abs_frames, float(diff.max()))
         abs_sum += float(diff.sum())
         count += diff.size
-        psnr_a.append(_psnr_uint8(feed["frames"], frames_a))
-        own_b = frames_b if np.array_equal(tokens_a, tokens_b) else candidate.decode(feed["reference"], tokens_b)
-        psnr_b.append(_psnr_uint8(feed["frames"], own_b))
+        psnr_a.append(clip_psnr(source, frames_a))
+        own_b = frames_b if np.array_equal(tokens_a, tokens_b) else candidate.decode(reference, tokens_b)
+        psnr_b.append(clip_psnr(source, own_b))
         report.feeds += 1
     if report.feeds == 0:
         report.failures.append("no feed was compared")

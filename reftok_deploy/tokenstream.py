@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from reftok_deploy.errors import ReftokError
+from reftok_deploy.files import AtomicFile
 
 MAGIC = b"RTOK"
 VERSION = 1
@@ -98,8 +99,11 @@ class TokenStreamWriter:
         self.path = Path(path)
         self.header = _check_header(dict(header))
         self.records = 0
-        self._tmp = self.path.with_name(f".{self.path.name}.partial")
-        self._fh: BinaryIO = open(self._tmp, "wb")
+        try:
+            self._out = AtomicFile(self.path, suffix=".partial")
+        except OSError as exc:
+            raise ReftokError(f"cannot write token stream {self.path}: {exc.strerror or exc}") from None
+        self._fh: BinaryIO = self._out.open()
         blob = json.dumps(self.header, sort_keys=True).encode()
         self._fh.write(MAGIC + struct.pack("<HI", VERSION, len(blob)) + blob)
 
@@ -127,12 +131,11 @@ class TokenStreamWriter:
         """Finish the stream (end record) and move it into place."""
         self._record(KIND_END, struct.pack("<I", self.records))
         self._fh.close()
-        self._tmp.replace(self.path)
-        return self.path
+        return self._out.commit()
 
     def abort(self) -> None:
         self._fh.close()
-        self._tmp.unlink(missing_ok=True)
+        self._out.discard()
 
     def __enter__(self) -> "TokenStreamWriter":
         return self

@@ -124,15 +124,3 @@ def list_media(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
             elif suffix in IMAGE_SUFFIXES:
                 images.append(f)
     return videos, images
-
-
-def frames_to_tensor_range(frames: np.ndarray) -> np.ndarray:
-    """uint8 ``[...,H,W,3]`` in [0,255] -> float32 ``[...,3,H,W]`` in [-1,1]."""
-    x = frames.astype(np.float32) / 127.5 - 1.0
-    return np.moveaxis(x, -1, -3)
-
-
-def tensor_range_to_frames(x: np.ndarray) -> np.ndarray:
-    """float32 ``[...,3,H,W]`` in [-1,1] -> uint8 ``[...,H,W,3]`` (rounded, clipped)."""
-    x = np.moveaxis(np.asarray(x, dtype=np.float32), -3, -1)
-    return np.clip((x + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)

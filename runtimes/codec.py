@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from reftok_deploy.runtimes.base import Runner
-from reftok_deploy.video import frames_to_tensor_range, tensor_range_to_frames
+from reftok_deploy.spec import FRAMES_IN, REFERENCE, encoder_feed, frames_to_tensor_range, tensor_range_to_frames
 
 
 class FrameCodec:
@@ -26,9 +26,8 @@ class FrameCodec:
 
     def encode(self, reference: np.ndarray, block: np.ndarray) -> np.ndarray:
         """(reference ``[H,W,3]``, block ``[T,H,W,3]``) uint8 RGB -> tokens ``[G,h,w]`` int32."""
-        ref = frames_to_tensor_range(self._pad(reference))[None]
-        frames = np.ascontiguousarray(np.moveaxis(frames_to_tensor_range(self._pad(block)), 0, 1)[None])
-        return self.runner.encode(ref, frames)[0]
+        feed = encoder_feed(self._pad(reference), self._pad(block))
+        return self.runner.encode(feed[REFERENCE.name], feed[FRAMES_IN.name])[0]
 
     def decode(self, reference: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """(reference ``[H,W,3]`` uint8 RGB, tokens ``[G,h,w]``) -> block ``[T,H,W,3]`` uint8 RGB."""

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from reftok_deploy.errors import ReftokError
+from reftok_deploy.files import AtomicFile
 
 
 class VideoFile:
@@ -20,10 +21,14 @@ class VideoFile:
             raise ReftokError(f"{self.path}: output video must end in .mp4, .avi, .mkv or .mov")
         if not self.path.parent.is_dir():
             raise ReftokError(f"output folder {self.path.parent} does not exist")
-        self._tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        try:
+            self._out = AtomicFile(self.path, suffix=self.path.suffix)  # OpenCV picks the container by suffix
+        except OSError as exc:
+            raise ReftokError(f"cannot write video {self.path}: {exc.strerror or exc}") from None
         fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
-        self._writer = cv2.VideoWriter(str(self._tmp), fourcc, fps, size)
+        self._writer = cv2.VideoWriter(str(self._out.tmp), fourcc, fps, size)
         if not self._writer.isOpened():
+            self._out.discard()
             raise ReftokError(f"cannot write video {self.path} (codec or permissions)")
         self.frames = 0
 
@@ -33,12 +38,11 @@ class VideoFile:
 
     def close(self) -> Path:
         self._writer.release()
-        os.replace(self._tmp, self.path)
-        return self.path
+        return self._out.commit()
 
     def abort(self) -> None:
         self._writer.release()
-        self._tmp.unlink(missing_ok=True)
+        self._out.discard()
 
 
 def display_available() -> bool:

@@ -6,17 +6,21 @@ profile) no longer matches is refused with the command that rebuilds it.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
 from reftok_deploy.errors import ReftokError
 from reftok_deploy.runtimes.base import Runner
+from reftok_deploy.manifest import ExportFolder
 
 
 class TensorRTRunner(Runner):
-    def __init__(self, export_folder: str | Path, precision: str = "fp16") -> None:
-        self.folder = Path(export_folder)
+    """Engines of an export folder opened once by the caller (geometry from its manifest)."""
+
+    def __init__(self, export: ExportFolder, precision: str = "fp16") -> None:
+        super().__init__(export.geometry)
+        self.export = export
+        self.folder = export.path
         self.precision = precision
         self.name = f"tensorrt-{precision}"
         self.runners: dict = {}
@@ -24,16 +28,14 @@ class TensorRTRunner(Runner):
     def load(self) -> None:
         if self.runners:
             return
-        from reftok_deploy.export.manifest import read_manifest
-        from reftok_deploy.export.tensorrt_build import check_engine, gpu_name, tensorrt_version
+        from reftok_deploy.engines import check_engine, gpu_name, tensorrt_version
 
         if tensorrt_version() is None:
             raise ReftokError("TensorRT is not installed here: pip install 'reftok-deploy[tensorrt]' on the target")
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-        manifest = read_manifest(self.folder)
-        engines = manifest.get("tensorrt", {}).get("engines", {})
+        engines = self.export.engines()
         for graph in ("encoder", "decoder"):
             entry = engines.get(f"{graph}.{self.precision}")
             if entry is None:
@@ -48,9 +50,8 @@ class TensorRTRunner(Runner):
             runner.activate()
             self.runners[graph] = runner
 
-    def run(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.load()
-        outputs = self.runners[graph].infer({k: np.ascontiguousarray(v) for k, v in feed.items()})
+    def _run(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.runners[graph].infer(feed)
         return {k: np.asarray(v) for k, v in outputs.items()}
 
     def close(self) -> None:

@@ -8,10 +8,16 @@ import numpy as np
 import torch
 
 from reftok_deploy.runtimes.base import Runner
+from reftok_deploy.spec import FRAMES_IN, FRAMES_OUT, REFERENCE, TOKENS, Geometry
 
 
 class TorchRunner(Runner):
+    """Runs the checkpoint's model; geometry from its ``config.json``."""
+
     def __init__(self, checkpoint: str | Path, device: str = "cpu") -> None:
+        from reftok_deploy.checkpoint import read_config
+
+        super().__init__(Geometry.from_config(read_config(checkpoint)["model"]))
         self.checkpoint = Path(checkpoint)
         self.device = device
         self.model = None
@@ -27,21 +33,15 @@ class TorchRunner(Runner):
             raise ReftokError("--device cuda asked for, but PyTorch sees no CUDA GPU")
         self.model, _ = load_checkpoint(self.checkpoint)
         self.model.to(self.device)
-        cfg = self.model.cfg
-        self.block_frames, self.temporal_factor, self.spatial_factor = (cfg.block_frames, cfg.temporal_factor,
-                                                                        cfg.spatial_factor)
 
     @torch.inference_mode()
-    def run(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.load()
-        ref = torch.from_numpy(np.ascontiguousarray(feed["reference"])).to(self.device)
+    def _run(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ref = torch.from_numpy(feed[REFERENCE.name]).to(self.device)
         if graph == "encoder":
-            frames = torch.from_numpy(np.ascontiguousarray(feed["frames"])).to(self.device)
-            return {"tokens": self.model.encode(ref, frames).cpu().numpy()}
-        if graph == "decoder":
-            tokens = torch.from_numpy(np.ascontiguousarray(feed["tokens"])).to(self.device)
-            return {"reconstruction": self.model.decode(ref, tokens).float().cpu().numpy()}
-        raise ValueError(f"unknown graph {graph!r}")
+            frames = torch.from_numpy(feed[FRAMES_IN.name]).to(self.device)
+            return {TOKENS.name: self.model.encode(ref, frames).cpu().numpy()}
+        tokens = torch.from_numpy(feed[TOKENS.name]).to(self.device)
+        return {FRAMES_OUT.name: self.model.decode(ref, tokens).float().cpu().numpy()}
 
     def close(self) -> None:
         self.model = None

@@ -64,7 +64,7 @@ def int8_export(tmp_path_factory, tiny_checkpoint, calib_dir):
 
 
 def test_qdq_graph_follows_tensorrt_rules(int8_export):
-    from reftok_deploy.export.precision import sampling_head_convs
+    from reftok_deploy.graph_regions import sampling_head_convs
 
     manifest = json.loads((int8_export / "manifest.json").read_text())
     assert manifest["preflight"]["encoder.int8"]["ok"] and manifest["preflight"]["decoder.int8"]["ok"]
@@ -92,7 +92,7 @@ def test_qdq_graph_follows_tensorrt_rules(int8_export):
 
 def test_onnxruntime_runs_every_int8_conv_as_an_int8_kernel(int8_export, tmp_path):
     """Tensors read twice (residual inputs, reference features) used to leave their convs in float."""
-    from reftok_deploy.export.precision import sampling_head_convs
+    from reftok_deploy.graph_regions import sampling_head_convs
     from reftok_deploy.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 
     for graph in ("encoder", "decoder"):

@@ -177,7 +177,7 @@ def test_parity_bad_backend_and_missing_precision(export_dir, tmp_path):
 
 
 def test_no_tensorrt_here_is_one_line_with_the_finish_command(export_dir):
-    from reftok_deploy.export.tensorrt_build import gpu_name, tensorrt_version
+    from reftok_deploy.engines import gpu_name, tensorrt_version
 
     if tensorrt_version() and gpu_name():
         pytest.skip("TensorRT and a GPU are present")
@@ -188,7 +188,7 @@ def test_no_tensorrt_here_is_one_line_with_the_finish_command(export_dir):
 
 def test_profile_parsing():
     from reftok_deploy.errors import ReftokError
-    from reftok_deploy.export.tensorrt_build import ShapeProfile
+    from reftok_deploy.engines import ShapeProfile
 
     assert ShapeProfile.parse("1x64x64:2x256x256:4x512x512").max == (4, 512, 512)
     for bad in ("1x64x64", "1x64x63:1x64x64:1x64x64", "2x64x64:1x64x64:4x64x64", "axbxc:1:2"):
@@ -197,7 +197,7 @@ def test_profile_parsing():
 
 
 def test_engine_cache_key_detects_stale_engines(tmp_path):
-    from reftok_deploy.export.tensorrt_build import ShapeProfile, check_engine, engine_key, engine_path
+    from reftok_deploy.engines import ShapeProfile, check_engine, engine_key, engine_path
 
     key = engine_key("abc", "fp16", ShapeProfile(), "10.9.0", "H100 sm90")
     path = engine_path(tmp_path, "encoder", key)
@@ -212,7 +212,7 @@ def test_engine_cache_key_detects_stale_engines(tmp_path):
 
 @pytest.mark.gpu
 def test_tensorrt_fp16_parity_on_target(tmp_path, tiny_checkpoint):
-    from reftok_deploy.export.tensorrt_build import gpu_name, tensorrt_version
+    from reftok_deploy.engines import gpu_name, tensorrt_version
 
     if not (tensorrt_version() and gpu_name()):
         pytest.skip("needs TensorRT and a CUDA GPU")
@@ -234,7 +234,8 @@ def test_motion_compensated_decoder_exports_and_matches_pytorch(tiny_model, tmp_
     import torch
 
     from reftok_deploy.export.onnx_export import export_graph
-    from reftok_deploy.export.precision import sampling_head_convs, to_mixed_fp16
+    from reftok_deploy.export.precision import to_mixed_fp16
+    from reftok_deploy.graph_regions import sampling_head_convs
 
     torch.manual_seed(3)
     reference, frames = torch.rand(1, 3, 48, 64) * 2 - 1, torch.rand(1, 3, 8, 48, 64) * 2 - 1

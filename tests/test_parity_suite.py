@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from reftok_deploy.export.specs import TOLERANCES
+from reftok_deploy.spec import TOLERANCES
 from reftok_deploy.parity import compare
 from reftok_deploy.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 from reftok_deploy.runtimes.torch_runner import TorchRunner

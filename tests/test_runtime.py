@@ -29,7 +29,7 @@ def export_dir(tmp_path_factory, tiny_checkpoint):
     from reftok_deploy.export.pipeline import ExportOptions, run_export
 
     out = tmp_path_factory.mktemp("rt") / "export"
-    run_export(tiny_checkpoint, out, ExportOptions(dynamo=False, validate=False, tensorrt="skip"))
+    run_export(tiny_checkpoint, out, ExportOptions(dynamo=False, tensorrt="skip"))
     return out
 
 
@@ -144,6 +144,38 @@ def test_cpu_backends_agree_through_the_codec(tiny_checkpoint, export_dir):
         assert np.abs(frames.astype(int) - b.decode(clip[0], tokens)).max() <= 1
 
 
+def test_bad_feeds_get_the_same_one_line_error_on_every_backend(tiny_checkpoint, export_dir):
+    from reftok_deploy.errors import ReftokError
+
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(-1, 1, (1, 3, 32, 40)).astype(np.float32)
+    frames = rng.uniform(-1, 1, (1, 3, 8, 32, 40)).astype(np.float32)
+    tokens = np.zeros((1, 2, 4, 5), np.int32)
+    bad = {
+        "int64 tokens": ("decoder", {"reference": reference, "tokens": tokens.astype(np.int64)}, "must be int32"),
+        "missing input": ("decoder", {"reference": reference}, "missing tokens"),
+        "size not a multiple of 8": ("encoder", {"reference": reference[..., :36], "frames": frames[..., :36]},
+                                     "not a multiple of 8"),
+        "block length": ("encoder", {"reference": reference, "frames": frames[:, :, :5]}, "expected [batch,3,8,"),
+        "tokens of another size": ("decoder", {"reference": reference, "tokens": tokens[..., :4]}, "do not match"),
+        "float frames as float64": ("encoder", {"reference": reference, "frames": frames.astype(np.float64)},
+                                    "must be float32"),
+        "unknown input": ("encoder", {"reference": reference, "frames": frames, "extra": frames}, "unexpected extra"),
+    }
+    files = {g: export_dir / f"{g}.fp32.onnx" for g in ("encoder", "decoder")}
+    with TorchRunner(tiny_checkpoint) as torch_runner, OnnxRuntimeRunner(files) as ort_runner:
+        assert torch_runner.geometry == ort_runner.geometry
+        for case, (graph, feed, expected) in bad.items():
+            messages = []
+            for runner in (torch_runner, ort_runner):
+                with pytest.raises(ReftokError) as err:
+                    runner.run(graph, feed)
+                messages.append(str(err.value))
+            assert messages[0] == messages[1] and expected in messages[0] and "\n" not in messages[0], (case, messages)
+        # a good feed still runs on both
+        assert (torch_runner.encode(reference, frames) == ort_runner.encode(reference, frames)).mean() >= 0.99
+
+
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_run_writes_every_frame_and_decode_replays_bit_exactly(tmp_path, tiny_checkpoint, export_dir, clip_file, backend):
     out, rtok = tmp_path / "side.avi", tmp_path / "t.rtok"
@@ -221,3 +253,31 @@ def test_bench_prints_ratios_side_by_side(export_dir, tiny_checkpoint):
     rows = report["backends"]
     assert set(rows) == {"torch-cpu", "onnxruntime-fp32"} and rows["torch-cpu"]["speedup_total"] == 1.0
     assert rows["onnxruntime-fp32"]["encode_ms"] > 0 and rows["onnxruntime-fp32"]["psnr_db"] > 0
+
+
+@pytest.mark.parametrize("command", ["parity", "bench", "run"])
+def test_a_command_reads_and_hashes_the_manifest_once(tmp_path, tiny_checkpoint, export_dir, clip_file, monkeypatch,
+                                                       command):
+    import collections
+
+    import reftok_deploy.manifest as manifest_module
+    from reftok_deploy.cli.parity import main as parity_main
+
+    reads, hashes = [], collections.Counter()
+    real_read, real_hash = manifest_module.read_json_object, manifest_module.sha256_file
+    monkeypatch.setattr(manifest_module, "read_json_object", lambda path, *a: reads.append(path) or real_read(path, *a))
+    monkeypatch.setattr(manifest_module, "sha256_file", lambda path: hashes.update([str(path)]) or real_hash(path))
+    videos = ["--video", clip_file]
+    args = {
+        "parity": (parity_main, [export_dir, "--checkpoint", tiny_checkpoint, "--b", "onnxruntime:fp32", *videos,
+                                 "--size", "64", "--max-gops", "1", "--json"]),
+        "bench": (bench_main, [export_dir, "--checkpoint", tiny_checkpoint, "--backends", "onnxruntime:fp32,torch",
+                               *videos, "--size", "64", "--gops", "1", "--repeats", "1", "--json"]),
+        "run": (run_main, ["--video", clip_file, "--checkpoint", tiny_checkpoint, "--export", export_dir,
+                           "--backend", "onnxruntime:fp32", "--size", "64", "--json", "--no-display"]),
+    }
+    main, argv = args[command]
+    result = invoke(main, argv)
+    assert result.exit_code == 0, result.output
+    assert len(reads) == 1, reads
+    assert hashes and max(hashes.values()) == 1, hashes

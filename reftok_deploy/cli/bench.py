@@ -34,22 +34,23 @@ def main(export_folder, backends, checkpoint, videos, size, gops, repeats, threa
     from reftok_deploy.bench import bench
     from reftok_deploy.data import demo_clips
     from reftok_deploy.errors import ReftokError
-    from reftok_deploy.export.manifest import read_manifest
+    from reftok_deploy.manifest import open_export
     from reftok_deploy.parity import gop_feeds
     from reftok_deploy.runtimes.factory import make_runner
     from reftok_deploy.video import read_video
 
     if size % 8:
         raise ReftokError(f"--size must be a multiple of 8, got {size}")
-    manifest = read_manifest(export_folder)
+    export = open_export(export_folder)
+    manifest = export.manifest
     if threads:
         torch.set_num_threads(threads)
-    specs = backends.split(",") if backends else ["torch"] + [f"onnxruntime:{p}" for p in manifest["precisions"]]
+    specs = backends.split(",") if backends else ["torch"] + [f"onnxruntime:{p}" for p in export.precisions]
     checkpoint = checkpoint or manifest["checkpoint"]["path"]
-    block = manifest["model"]["block_frames"]
+    block = export.geometry.block_frames
     clips = {str(v): read_video(v, size=size) for v in videos} or demo_clips(size, block_frames=block)
     feeds = [f for _, f in gop_feeds(clips, block, gops)]
-    runners = [make_runner(s.strip(), export_folder, checkpoint, device=device, threads=threads) for s in specs]
+    runners = [make_runner(s.strip(), export, checkpoint, device=device, threads=threads) for s in specs]
     for runner in runners:
         runner.load()
     try:

@@ -26,7 +26,9 @@ def main(stream, output, checkpoint, export_folder, backend, device, as_json) ->
     from reftok_deploy.checkpoint import default_checkpoint, weights_sha256
     from reftok_deploy.errors import ReftokError
     from reftok_deploy.runtimes.codec import FrameCodec
-    from reftok_deploy.runtimes.factory import auto_backend, make_runner
+    from reftok_deploy.backends import auto_backend
+    from reftok_deploy.manifest import open_export
+    from reftok_deploy.runtimes.factory import make_runner
     from reftok_deploy.runtimes.output import VideoFile
     from reftok_deploy.runtimes.stream import decode_stream
     from reftok_deploy.tokenstream import read_stream
@@ -37,8 +39,9 @@ def main(stream, output, checkpoint, export_folder, backend, device, as_json) ->
         raise ReftokError(f"{stream} was encoded with another checkpoint (weights {header['checkpoint_sha256'][:12]}...): "
                           "pass --checkpoint")
     say = (lambda msg: click.echo(msg, err=True))
+    export = open_export(export_folder) if export_folder is not None else None
     if backend == "auto":
-        backend, export_folder, why = auto_backend(export_folder, checkpoint, device, say)
+        backend, export, why = auto_backend(export, checkpoint, device, say)
         say(f"backend: {backend} ({why})")
     writer = VideoFile(output, header["fps"], (header["width"], header["height"])) if output else None
     frames = 0
@@ -50,7 +53,7 @@ def main(stream, output, checkpoint, export_folder, backend, device, as_json) ->
             writer.write(frame)
 
     try:
-        with make_runner(backend, export_folder, checkpoint, device=device) as runner:
+        with make_runner(backend, export, checkpoint, device=device) as runner:
             digest = decode_stream(records, FrameCodec(runner), on_frame)
     except BaseException:
         if writer:

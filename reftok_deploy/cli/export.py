@@ -46,7 +46,8 @@ def main(checkpoint, out, fp16, int8, calib_data, calib_size, calib_method, trt_
     from reftok_deploy.checkpoint import default_checkpoint
     from reftok_deploy.errors import ReftokError
     from reftok_deploy.export.pipeline import ExportOptions, run_export
-    from reftok_deploy.export.tensorrt_build import ShapeProfile
+    from reftok_deploy.engines import ShapeProfile
+    from reftok_deploy.validation import validate_folder
     from reftok_deploy.video import read_video
 
     if validate_size % 8:
@@ -56,7 +57,8 @@ def main(checkpoint, out, fp16, int8, calib_data, calib_size, calib_method, trt_
     checkpoint = checkpoint or default_checkpoint()
     precisions = ("fp32",) + (("fp16",) if fp16 else ()) + (("int8",) if int8 else ())
     clips = {str(v): read_video(v, size=validate_size) for v in validate_data} or None
-    options = ExportOptions(precisions=precisions, dynamo=exporter == "dynamo", opset=opset, validate=not no_validate,
+    options = ExportOptions(precisions=precisions, dynamo=exporter == "dynamo", opset=opset,
+                            validator=None if no_validate else validate_folder,
                             validation_clips=clips, max_gops=max_gops, tensorrt=tensorrt,
                             profile=ShapeProfile.parse(profile))
     if int8:

@@ -30,15 +30,16 @@ def main(export_folder, baseline, candidate, checkpoint, videos, size, max_gops,
     from reftok_deploy.files import sha256_file
     from reftok_deploy.data import demo_clips
     from reftok_deploy.errors import ReftokError
-    from reftok_deploy.export.manifest import read_manifest
-    from reftok_deploy.export.specs import TOLERANCES
+    from reftok_deploy.manifest import open_export
+    from reftok_deploy.spec import TOLERANCES
     from reftok_deploy.parity import compare, gop_feeds
     from reftok_deploy.runtimes.factory import make_runner, parse_spec
     from reftok_deploy.video import read_video
 
     if size % 8:
         raise ReftokError(f"--size must be a multiple of 8, got {size}")
-    manifest = read_manifest(export_folder)
+    export = open_export(export_folder)
+    manifest = export.manifest
     if checkpoint is None:
         checkpoint = manifest["checkpoint"]["path"]
         weights = f"{checkpoint}/model.safetensors"
@@ -48,8 +49,8 @@ def main(export_folder, baseline, candidate, checkpoint, videos, size, max_gops,
             raise ReftokError(f"the checkpoint recorded in the manifest is gone ({checkpoint}): pass --checkpoint") from None
         if not matches:
             raise ReftokError(f"{checkpoint} changed since the export: pass --checkpoint or re-export")
-    runners = [make_runner(spec, export_folder, checkpoint, device=device) for spec in (baseline, candidate)]
-    block = manifest["model"]["block_frames"]
+    runners = [make_runner(spec, export, checkpoint, device=device) for spec in (baseline, candidate)]
+    block = export.geometry.block_frames
     clips = {str(v): read_video(v, size=size) for v in videos} or demo_clips(size, block_frames=block)
     with runners[0] as a, runners[1] as b:
         report = compare(a, b, gop_feeds(clips, block, max_gops), TOLERANCES[parse_spec(candidate)[1]])

@@ -49,7 +49,9 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
     from reftok_deploy.errors import ReftokError
     from reftok_deploy.runtimes.capture import ArraySource, FrameSource, parse_source
     from reftok_deploy.runtimes.codec import FrameCodec
-    from reftok_deploy.runtimes.factory import auto_backend, make_runner
+    from reftok_deploy.backends import auto_backend
+    from reftok_deploy.manifest import open_export
+    from reftok_deploy.runtimes.factory import make_runner
     from reftok_deploy.runtimes.gop import GopEncoder
     from reftok_deploy.runtimes.output import VideoFile, display_available, side_by_side
     from reftok_deploy.runtimes.stream import StreamStats, encode_stream
@@ -72,10 +74,11 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
         frames_source = FrameSource(parse_source(str(camera) if camera is not None else (video or source)))
     spec = frames_source.spec
     try:
+        export = open_export(export_folder) if export_folder is not None else None
         if backend == "auto":
-            backend, export_folder, why = auto_backend(export_folder, checkpoint, device, say)
+            backend, export, why = auto_backend(export, checkpoint, device, say)
             say(f"backend: {backend} ({why})")
-        runner = make_runner(backend, export_folder, checkpoint, device=device)
+        runner = make_runner(backend, export, checkpoint, device=device)
     except BaseException:
         frames_source.close()
         raise
@@ -121,7 +124,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        click.echo(f"{summary['frames']} frames ({summary['references']} references, {summary['blocks']} blocks) "
+        click.echo(f"{stats.frames} frames ({stats.references} references, {stats.blocks} blocks) "
                    f"from {spec.label} on {runner.name}: PSNR {summary['psnr_db']:.2f} dB, tokens "
                    f"{summary['token_kbps']:.1f} kbit/s, {summary['fps']:.1f} fps"
                    + (f"; wrote {output}" if output else "") + (f", {tokens_path}" if tokens_path else ""))

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from reftok_deploy.files import atomic_write_bytes, read_json_object, sha256_file
 from reftok_deploy.errors import ReftokError
-from reftok_deploy.model import MODEL_VERSION
+from reftok_deploy.spec import MODEL_VERSION, Geometry
 
 FORMAT = "reftok-export"
 FORMAT_VERSION = 1
@@ -65,6 +66,43 @@ def read_manifest(folder: str | Path, verify_files: bool = True) -> dict[str, An
             if sha256_file(file) != entry.get("sha256"):
                 raise ReftokError(f"{file} does not match its sha256 in {MANIFEST}: modified or corrupt")
     return manifest
+
+
+@dataclass(frozen=True)
+class ExportFolder:
+    """An export folder opened once (:func:`open_export`): its manifest parsed and checked, every
+    artefact hashed against it. Runners, parity, bench and reftok-run take this object; nothing
+    reads or hashes the folder a second time. Treat ``manifest`` as read-only."""
+
+    path: Path
+    manifest: dict[str, Any]
+    geometry: Geometry
+    checkpoint_sha256: str
+
+    @property
+    def precisions(self) -> list[str]:
+        return list(self.manifest.get("precisions", []))
+
+    def artifact(self, graph: str, precision: str) -> Path | None:
+        """Path of ``{graph}.{precision}`` ONNX, or None when the export has none."""
+        entry = self.manifest["artifacts"].get(f"{graph}.{precision}")
+        return None if entry is None else self.path / entry["file"]
+
+    def engines(self) -> dict[str, dict]:
+        """TensorRT engine entries by ``{graph}.{precision}`` (empty where none were built)."""
+        engines = (self.manifest.get("tensorrt") or {}).get("engines") or {}
+        return engines if isinstance(engines, dict) else {}
+
+
+def open_export(folder: str | Path) -> ExportFolder:
+    """Read, check and hash an export folder once -> :class:`ExportFolder` (one-line errors)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    checkpoint = manifest.get("checkpoint")
+    sha = checkpoint.get("weights_sha256") if isinstance(checkpoint, dict) else None
+    if not isinstance(sha, str):
+        raise ReftokError(f"{folder / MANIFEST} records no checkpoint weights_sha256")
+    return ExportFolder(folder, manifest, Geometry.from_config(manifest["model"]), sha)
 
 
 def onnx_model_version(path: str | Path) -> int | None:

@@ -1,7 +1,7 @@
 """Pick the INT8 quantiser by measurement: nvidia-modelopt's ONNX PTQ against this project's
 onnxruntime Q/DQ graphs, on the same calibration feeds, in one run.
 
-    python -m reftok_deploy.calibration.modelopt_compare EXPORT_DIR --calib-data PATH... --video VIDEO...
+    python -m reftok_deploy.cli.modelopt_compare EXPORT_DIR --calib-data PATH... --video VIDEO...
 
 EXPORT_DIR is a ``reftok-export --int8`` folder. Prints, for FP32, the folder's INT8 and
 modelopt's INT8: end-to-end PSNR on the videos, token agreement with FP32, and onnxruntime
@@ -22,9 +22,12 @@ import onnx
 from reftok_deploy.calibration.feeds import calibration_feeds, decoder_feeds
 from reftok_deploy.calibration.qdq import FeedReader, separate_shared_activation_qdq
 from reftok_deploy.cli import user_errors
-from reftok_deploy.export.precision import token_arithmetic_nodes
-from reftok_deploy.parity import _psnr_uint8, gop_feeds
+from reftok_deploy.graph_regions import token_arithmetic_nodes
+from reftok_deploy.files import AtomicFile
+from reftok_deploy.metrics import clip_psnr
+from reftok_deploy.parity import gop_feeds
 from reftok_deploy.runtimes.onnxruntime_runner import OnnxRuntimeRunner
+from reftok_deploy.spec import FRAMES_IN, REFERENCE
 from reftok_deploy.video import read_video
 
 GRAPHS = ("encoder", "decoder")
@@ -39,7 +42,8 @@ def modelopt_int8(fp32_path: Path, feeds: list[dict[str, np.ndarray]], method: s
              calibration_method=method, calibration_eps=["cpu"], high_precision_dtype="fp32",
              nodes_to_exclude=token_arithmetic_nodes(onnx.load(str(fp32_path))), output_path=str(raw),
              log_level="WARNING")
-    onnx.save(separate_shared_activation_qdq(onnx.load(str(raw))), str(out))
+    with AtomicFile(out) as target:
+        onnx.save(separate_shared_activation_qdq(onnx.load(str(raw))), str(target.tmp))
     return out
 
 
@@ -66,12 +70,12 @@ def main(export_dir, calib_data, calib_size, method, videos, size, threads, repe
         theirs = OnnxRuntimeRunner(files, threads=threads, name=f"modelopt int8 ({method})")
         runners = [fp32, ours, theirs]
         clips = {str(v): read_video(v, size=size) for v in videos}
-        block_frames = enc_feeds[0]["frames"].shape[2]
+        block_frames = enc_feeds[0][FRAMES_IN.name].shape[2]
         held_out = [feed for _, feed in gop_feeds(clips, block_frames)]
         quality = {}
         for runner in runners:
-            tokens = [runner.encode(f["reference"], f["frames"]) for f in held_out]
-            psnr = np.mean([_psnr_uint8(f["frames"], runner.decode(f["reference"], t)) for f, t in zip(held_out, tokens)])
+            tokens = [runner.encode(f[REFERENCE.name], f[FRAMES_IN.name]) for f in held_out]
+            psnr = np.mean([clip_psnr(f[FRAMES_IN.name], runner.decode(f[REFERENCE.name], t)) for f, t in zip(held_out, tokens)])
             quality[runner.name] = (float(psnr), tokens)
         timings: dict[str, list[float]] = {r.name: [] for r in runners}
         feed = held_out[0]
@@ -79,8 +83,8 @@ def main(export_dir, calib_data, calib_size, method, videos, size, threads, repe
         for _ in range(repeats):
             for runner in runners:
                 start = time.perf_counter()
-                runner.encode(feed["reference"], feed["frames"])
-                runner.decode(feed["reference"], token)
+                runner.encode(feed[REFERENCE.name], feed[FRAMES_IN.name])
+                runner.decode(feed[REFERENCE.name], token)
                 timings[runner.name].append(time.perf_counter() - start)
     base_psnr, base_tokens = quality["fp32"]
     base_ms = 1e3 * np.median(timings["fp32"])
