@@ -26,7 +26,7 @@ from reftok_deploy.export.onnx_export import OPSET, export_graph
 from reftok_deploy.export.precision import to_mixed_fp16
 from reftok_deploy.graph_regions import token_arithmetic_nodes
 from reftok_deploy.export.preflight import preflight
-from reftok_deploy.files import sha256_file
+from reftok_deploy.files import check_writable_folder, sha256_file
 from reftok_deploy.manifest import tool_versions, write_manifest
 from reftok_deploy.spec import GRAPH_NAMES, INPUTS, OUTPUTS, artifact_name, fixed_dims
 
@@ -79,15 +79,6 @@ def _io(proto: onnx.ModelProto) -> dict[str, list[dict]]:
     return {"inputs": describe(proto.graph.input), "outputs": describe(proto.graph.output)}
 
 
-def _writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-", delete=True)
-        probe.close()
-    except OSError as exc:
-        raise ReftokError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
-
-
 STAGING_PREFIX = ".staging-"
 
 
@@ -119,7 +110,7 @@ def run_export(checkpoint: str | Path, out: str | Path, options: ExportOptions, 
     out = Path(out)
     checkpoint = Path(checkpoint)
     model, ck_config = load_checkpoint(checkpoint)
-    _writable(out)
+    check_writable_folder(out)
     remove_stale_staging(out)
     staging = Path(tempfile.mkdtemp(dir=out, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
     try:

@@ -1,3 +1,11 @@
 """reftok-deploy: RefTok, a reference-based video tokenizer, from PyTorch to ONNX, TensorRT and the camera."""
 
+import os as _os
+
+# OpenCV's FFmpeg backend and its own logger write to stderr from C ("moov atom not found",
+# "Invalid NAL unit size"); every problem they describe reaches the user as our one-line error.
+# Set before any cv2 capture starts; a user's own setting wins.
+_os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+_os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
 __version__ = "0.1.0"

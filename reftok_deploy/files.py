@@ -80,6 +80,15 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def check_writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and prove a file can be made in it, before any long work (one-line error)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        AtomicFile(folder / ".write-test").discard()
+    except OSError as exc:
+        raise ReftokError(f"output folder {folder} is not writable: {exc.strerror or exc}") from None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` whole or not at all (see :class:`AtomicFile`)."""
     with AtomicFile(path) as out, out.open() as fh:

@@ -30,6 +30,7 @@ elementwise op. Version 2 decodes, per output frame:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -41,6 +42,8 @@ from reftok_deploy.spec import MODEL_VERSION, SPATIAL_FACTOR, Geometry
 
 # Motion below this many pixels is exactly zero: static content decodes to the reference itself.
 MOTION_DEAD_ZONE_PX = 0.1
+# Largest sizes a stored config may ask for (the base preset uses 256 channels, 3 residual blocks).
+CONFIG_LIMITS = {"channels": 1024, "res_blocks": 16}
 # The motion head's unit, in pixels. Decoder features are ~0.03 on average: unscaled, the head needed
 # weights in the hundreds to express tens of pixels and had moved 0.005 after 200 steps (seen here).
 MOTION_UNIT_PX = 16.0
@@ -82,10 +85,37 @@ class RefTokConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RefTokConfig":
+        """Strict parse of a stored config: every field present, of its exact type, within limits,
+        checked before any model is built (a config can otherwise ask for gigabytes)."""
+        if not isinstance(data, dict):
+            raise ValueError("model config is not an object")
         known = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        unknown, missing = set(data) - known, known - set(data)
+        if unknown or missing:
+            raise ValueError(f"unknown config keys {sorted(unknown)}" if unknown else f"missing config keys {sorted(missing)}")
+
+        def ints(key: str, low: int, high: int, count: int | None = None) -> None:
+            value = data[key]
+            values = value if isinstance(value, list) else [value]
+            if count is not None and (not isinstance(value, list) or len(value) != count):
+                raise ValueError(f"{key} must be a list of {count} integers")
+            if not all(type(v) is int and low <= v <= high for v in values):
+                raise ValueError(f"{key} must be integers in [{low}, {high}], got {value!r}")
+
+        ints("channels", 1, CONFIG_LIMITS["channels"], 3)
+        ints("res_blocks", 0, CONFIG_LIMITS["res_blocks"])
+        ints("motion_channels", 1, CONFIG_LIMITS["channels"])
+        ints("temporal_factor", 1, 64)
+        ints("block_frames", 1, 256)
+        ints("model_version", 1, 1000)
+        levels = data["fsq_levels"]
+        if not isinstance(levels, list) or not 1 <= len(levels) <= 16:
+            raise ValueError("fsq_levels must be a list of 1 to 16 integers")
+        ints("fsq_levels", 2, 65536, len(levels))
+        if math.prod(levels) > 65536:
+            raise ValueError(f"fsq_levels {levels} give more than 65536 codes")
+        if type(data["reference"]) is not bool:
+            raise ValueError("reference must be true or false")
         return cls(**data)
 
     @property

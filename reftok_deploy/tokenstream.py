@@ -21,13 +21,14 @@ and id is checked against the header before use.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -40,6 +41,8 @@ VERSION = 1
 MAX_HEADER = 64 * 1024
 MAX_RECORD = 64 * 1024 * 1024
 MAX_SIDE = 16384
+MAX_PIXELS = 8192 * 4352  # 8K: larger references are refused before any PNG is decoded
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 KIND_REFERENCE, KIND_BLOCK, KIND_END = 1, 2, 3
 HEADER_KEYS = {"width": int, "height": int, "fps": float, "block_frames": int, "temporal_factor": int,
                "spatial_factor": int, "fsq_levels": list, "codebook_size": int, "model_version": int,
@@ -71,8 +74,10 @@ def _check_header(header: dict) -> dict:
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ReftokError(f"token stream header field {key!r} is missing or not {kind.__name__}")
-    if not (0 < header["width"] <= MAX_SIDE and 0 < header["height"] <= MAX_SIDE):
-        raise ReftokError(f"token stream frame size {header['width']}x{header['height']} out of range")
+    if not (0 < header["width"] <= MAX_SIDE and 0 < header["height"] <= MAX_SIDE) or \
+            header["width"] * header["height"] > MAX_PIXELS:
+        raise ReftokError(f"token stream frame size {header['width']}x{header['height']} out of range "
+                          f"(at most {MAX_SIDE} a side and {MAX_PIXELS} pixels)")
     if not (0 < header["temporal_factor"] <= header["block_frames"] <= 1024) or header["block_frames"] % header["temporal_factor"]:
         raise ReftokError("token stream block_frames/temporal_factor are inconsistent")
     if header["spatial_factor"] not in (1, 2, 4, 8, 16, 32) or not 1 < header["codebook_size"] <= 65536:
@@ -166,8 +171,31 @@ def read_header(fh: BinaryIO, name: str = "stream") -> dict:
     return _check_header(header)
 
 
-def iter_records(fh: BinaryIO, header: dict, name: str = "stream") -> Iterator[np.ndarray | Block]:
-    """Yield reference frames (``[H,W,3]`` uint8 RGB) and :class:`Block` s in file order, checking everything."""
+def png_size(payload: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, read before decoding, or None if it is not a PNG."""
+    if len(payload) < 24 or payload[:8] != PNG_SIGNATURE or payload[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", payload[16:24])
+
+
+def iter_records(fh: BinaryIO, header: dict, name: str = "stream",
+                 on_damage: Callable[[str], None] | None = None) -> Iterator[np.ndarray | Block]:
+    """Yield reference frames (``[H,W,3]`` uint8 RGB) and :class:`Block` s in file order, checking everything.
+
+    Records are read one at a time (a reference is decoded only when reached). With ``on_damage``
+    (salvage), a truncated or corrupt record ends the stream: ``on_damage`` gets the reason and the
+    records read so far stand; without it every problem is a ReftokError.
+    """
+    if on_damage is None:
+        yield from _records(fh, header, name)
+        return
+    try:
+        yield from _records(fh, header, name)
+    except ReftokError as exc:
+        on_damage(str(exc))
+
+
+def _records(fh: BinaryIO, header: dict, name: str) -> Iterator[np.ndarray | Block]:
     grid = token_grid(header)
     count, seen_reference = 0, False
     while True:
@@ -193,6 +221,8 @@ def iter_records(fh: BinaryIO, header: dict, name: str = "stream") -> Iterator[n
             return
         count += 1
         if kind == KIND_REFERENCE:
+            if png_size(payload) != (header["width"], header["height"]):
+                raise ReftokError(f"{name}: reference in record {count - 1} is not a {header['width']}x{header['height']} RGB PNG")
             image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
             if image is None or image.shape != (header["height"], header["width"], 3) or image.dtype != np.uint8:
                 raise ReftokError(f"{name}: reference in record {count - 1} is not a {header['width']}x{header['height']} RGB PNG")
@@ -210,6 +240,28 @@ def iter_records(fh: BinaryIO, header: dict, name: str = "stream") -> Iterator[n
             if tokens.max(initial=0) >= header["codebook_size"]:
                 raise ReftokError(f"{name}: block record {count - 1} holds ids outside the codebook")
             yield Block(tokens, frames)
+
+
+@contextlib.contextmanager
+def open_stream(path: str | Path, on_damage: Callable[[str], None] | None = None
+                ) -> Iterator[tuple[dict, Iterator[np.ndarray | Block]]]:
+    """Open a .rtok file -> (checked header, lazy record iterator); memory holds one record at a time."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReftokError(f"token stream not found: {path}")
+    with open(path, "rb") as fh:
+        header = read_header(fh, path.name)
+        yield header, iter_records(fh, header, path.name, on_damage)
+
+
+def check_header_matches(header: dict, cfg, name: str = "stream") -> None:
+    """Refuse a stream whose header disagrees with the model that is to decode it (RefTokConfig)."""
+    wanted = {"block_frames": cfg.block_frames, "temporal_factor": cfg.temporal_factor,
+              "spatial_factor": cfg.spatial_factor, "fsq_levels": list(cfg.fsq_levels),
+              "model_version": cfg.model_version}
+    for key, value in wanted.items():
+        if header[key] != value:
+            raise ReftokError(f"{name}: header {key} is {header[key]!r}, the model has {value!r}")
 
 
 def read_stream(path: str | Path) -> tuple[dict, list[np.ndarray | Block]]:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from reftok_deploy.checkpoint import WEIGHTS, atomic_save_tensors, load_checkpoint, save_checkpoint
-from reftok_deploy.files import sha256_file
+from reftok_deploy.files import check_writable_folder, sha256_file
 from reftok_deploy.data import TrainingSampler, batch_stream
 from reftok_deploy.errors import ReftokError
 from reftok_deploy.model import RefTok, RefTokConfig, warp_reference
@@ -153,6 +153,7 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
     except RuntimeError:
         raise ReftokError(f"unknown --device {device!r}; use cpu, cuda or cuda:N") from None
     run = Path(run)
+    check_writable_folder(run)  # before loading data or training a single step
     if threads:
         torch.set_num_threads(threads)
     random.seed(recipe.seed)
@@ -169,6 +170,11 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
             raise ReftokError(f"{run} holds a different model config; resume with the same --preset/--no-reference")
         model.load_state_dict(loaded.state_dict())
         step = _load_state(run, optimizer, sampler)
+        saved = config.get("training", {}).get("step")
+        if saved != step:
+            raise ReftokError(f"{run}: its checkpoint is at step {saved} but its resume state at step {step} "
+                              "(interrupted between the two saves): resuming would mix them; restart the run, or "
+                              "start a new one with --init-from on its checkpoint")
         elapsed = float(config.get("training", {}).get("wall_seconds", 0.0))
         recipe = replace(recipe, init_from=config.get("training", {}).get("recipe", {}).get("init_from"))
     else:
@@ -248,8 +254,10 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
             training.update(step=step, wall_seconds=round(elapsed + time.perf_counter() - started, 1),
                             train_psnr_running=round(running, 3), codes_used_last_batch=usage["distinct"],
                             entropy_bits_last_batch=round(usage["entropy_bits"], 3))
-            save_checkpoint(model, run / "checkpoint", training=training)
+            # State first, checkpoint (its config last) second: a crash between them leaves a
+            # checkpoint older than the state, which resume detects by their steps.
             _save_state(run, step, optimizer, sampler)
+            save_checkpoint(model, run / "checkpoint", training=training)
     batches.close()
     bar.close()
     return run / "checkpoint"

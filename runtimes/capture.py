@@ -7,15 +7,21 @@ Source strings:
 - ``csi://N``                  Jetson CSI camera N via nvarguscamerasrc (needs GStreamer)
 - ``v4l2:///dev/videoN``       V4L2 device (GStreamer pipeline where available, else CAP_V4L2)
 - anything containing ``!``    a raw GStreamer pipeline ending in appsink
-Frames come out as ``[H,W,3]`` uint8 RGB. Live sources that drop are reopened with
-exponential back-off; files end at their last frame.
+Frames come out as ``[H,W,3]`` uint8 RGB. Live sources that drop or stall (no frame for
+``read_timeout`` seconds) are reopened with exponential back-off; files and finite GStreamer
+pipelines (``num-buffers=``, ``filesrc``) end at their last frame. Opening is bounded by
+``open_timeout`` (a watchdog: OpenCV's own open can hang on a bad pipeline or a dead server).
+Works with PyPI's OpenCV and with a distribution's (GStreamer) build: optional modules are
+feature-detected.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -38,9 +44,37 @@ class SourceSpec:
     live: bool = False
 
 
+# Seconds: how long opening a source may take, and how long a live source may go without a frame.
+DEFAULT_OPEN_TIMEOUT = 20.0
+DEFAULT_READ_TIMEOUT = 10.0
+# GStreamer elements that make a pipeline finite: it ends (EOS) and is not reopened.
+FINITE_PIPELINE = re.compile(r"\bnum-buffers\s*=\s*\d+|\b(filesrc|multifilesrc)\b|uri=file:")
+
+
 def has_gstreamer() -> bool:
     info = cv2.getBuildInformation()
     return bool(re.search(r"GStreamer:\s+YES", info))
+
+
+def opencv_summary() -> str:
+    """'OpenCV 4.6.0 (/usr/lib/python3/dist-packages/cv2..., GStreamer yes, GUI yes)' for start-up lines."""
+    gui = re.search(r"GUI:\s+(\S+)", cv2.getBuildInformation())
+    where = os.path.dirname(getattr(cv2, "__file__", "") or "?")
+    return (f"OpenCV {cv2.__version__} ({where}, GStreamer {'yes' if has_gstreamer() else 'no'}, "
+            f"GUI {gui.group(1) if gui and gui.group(1).upper() != 'NONE' else 'none'})")
+
+
+def quiet_opencv() -> None:
+    """Keep OpenCV's own warnings off stderr where this build allows it (our one-line errors say it
+    better); distribution builds such as Debian's 4.6 have no ``cv2.utils.logging``."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is not None and hasattr(logging, "setLogLevel"):
+        logging.setLogLevel(logging.LOG_LEVEL_ERROR)
+    elif hasattr(cv2, "setLogLevel"):
+        try:
+            cv2.setLogLevel(2)  # older bindings: 2 = error
+        except Exception:
+            pass
 
 
 def _needs_gstreamer(label: str) -> None:
@@ -62,7 +96,7 @@ def parse_source(text: str) -> SourceSpec:
         return SourceSpec(f"camera {text}", int(text), live=True)
     if "!" in text:
         _needs_gstreamer("a GStreamer pipeline")
-        return SourceSpec("GStreamer pipeline", text, cv2.CAP_GSTREAMER, live=True)
+        return SourceSpec("GStreamer pipeline", text, cv2.CAP_GSTREAMER, live=not FINITE_PIPELINE.search(text))
     if text.startswith("csi://"):
         sensor = text[len("csi://"):]
         if not sensor.isdigit():
@@ -84,9 +118,19 @@ def parse_source(text: str) -> SourceSpec:
     return SourceSpec(path, path)
 
 
-def open_capture(spec: SourceSpec) -> cv2.VideoCapture:
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our one-line errors say it better
-    cap = cv2.VideoCapture(spec.target, spec.api)
+def open_capture(spec: SourceSpec, timeout: float = DEFAULT_OPEN_TIMEOUT) -> cv2.VideoCapture:
+    """cv2.VideoCapture of ``spec``, opened on a watchdog thread: a hang past ``timeout`` seconds
+    is one clear error (the stuck open is abandoned on its daemon thread)."""
+    quiet_opencv()
+    result: list = []
+    opener = threading.Thread(target=lambda: result.append(cv2.VideoCapture(spec.target, spec.api)),
+                              name="reftok-open", daemon=True)
+    opener.start()
+    opener.join(timeout)
+    if not result:
+        raise ReftokError(f"opening {spec.label} timed out after {timeout:g} s (a missing GStreamer element, "
+                          "an unreachable server?); raise it with --open-timeout")
+    cap = result[0]
     if not cap.isOpened():
         cap.release()
         raise ReftokError(f"cannot open {spec.label}" + (": no such camera or it is busy" if "camera" in spec.label
@@ -103,8 +147,11 @@ class FrameSource:
     """
 
     def __init__(self, spec: SourceSpec, queue_size: int = 16, retries: int = 5, backoff: float = 0.5,
-                 opener: Callable[[SourceSpec], cv2.VideoCapture] = open_capture) -> None:
+                 opener: Callable[[SourceSpec], cv2.VideoCapture] = open_capture,
+                 read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
         self.spec = spec
+        self.read_timeout = read_timeout
+        self.stalls = 0
         self.retries = retries
         self.backoff = backoff
         self.opener = opener
@@ -114,7 +161,8 @@ class FrameSource:
         self._stop = threading.Event()
         self._cap = opener(spec)  # fail fast, in the caller's thread, with one clear line
         self.fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0) or 30.0
-        self._thread = threading.Thread(target=self._read, name="reftok-capture", daemon=True)
+        self._generation = 0  # bumped when a stalled reader is abandoned; its late frames are dropped
+        self._thread = threading.Thread(target=self._read, args=(0, self._cap), name="reftok-capture", daemon=True)
         self.error: Exception | None = None
 
     def __enter__(self) -> "FrameSource":
@@ -143,36 +191,59 @@ class FrameSource:
                 pass
             self.queue.put_nowait(item)
 
-    def _reopen(self) -> bool:
-        self._cap.release()
+    def _reopen(self, cap: cv2.VideoCapture | None) -> cv2.VideoCapture | None:
+        if cap is not None:
+            cap.release()
         for attempt in range(self.retries):
             if self._stop.wait(self.backoff * 2**attempt):
-                return False
+                return None
             try:
-                self._cap = self.opener(self.spec)
+                cap = self.opener(self.spec)
                 self.reconnects += 1
-                return True
+                return cap
             except ReftokError:
                 continue
-        return False
+        return None
 
-    def _read(self) -> None:
+    def _read(self, generation: int, cap: cv2.VideoCapture | None) -> None:
         try:
-            while not self._stop.is_set():
-                ok, frame = self._cap.read()
+            while not self._stop.is_set() and generation == self._generation:
+                ok, frame = cap.read() if cap is not None else (False, None)
+                if generation != self._generation:
+                    break  # abandoned while blocked in read(): a newer reader owns the source
                 if ok:
                     self._put(to_rgb(frame, "BGR"))
-                elif not (self.spec.live and self._reopen()):
+                elif not self.spec.live or (cap := self._reopen(cap)) is None:
                     break
         except Exception as exc:  # surfaced to the consumer, never lost in the thread
             self.error = exc
         finally:
-            self._cap.release()
-            self._put(_END)
+            if cap is not None:
+                cap.release()
+            if generation == self._generation:
+                self._put(_END)
+
+    def _restart_stalled(self) -> None:
+        """A live source sent nothing for read_timeout s (a frozen server): abandon the blocked
+        reader and read from a fresh connection on a new thread."""
+        self.stalls += 1
+        self._generation += 1
+        self._thread = threading.Thread(target=self._read, args=(self._generation, None), name="reftok-capture",
+                                        daemon=True)
+        self._thread.start()
 
     def __iter__(self) -> Iterator[np.ndarray]:
         while True:
-            item = self.queue.get()
+            try:
+                item = self.queue.get(timeout=self.read_timeout)
+            except queue.Empty:
+                if not self.spec.live:
+                    raise ReftokError(f"{self.spec.label} delivered no frame for {self.read_timeout:g} s") from None
+                if self.stalls >= self.retries:
+                    raise ReftokError(f"{self.spec.label} stalled {self.stalls} times (no frame for "
+                                      f"{self.read_timeout:g} s each); giving up") from None
+                self._restart_stalled()
+                continue
             if item is _END:
                 if self.error is not None:
                     raise ReftokError(f"reading {self.spec.label} failed: {self.error}")

@@ -29,6 +29,10 @@ class TorchRunner(Runner):
         from reftok_deploy.checkpoint import load_checkpoint
         from reftok_deploy.errors import ReftokError
 
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ReftokError(f"unknown --device {self.device!r}; use cpu, cuda or cuda:N") from None
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ReftokError("--device cuda asked for, but PyTorch sees no CUDA GPU")
         self.model, _ = load_checkpoint(self.checkpoint)

@@ -88,6 +88,80 @@ def test_live_source_that_drops_is_reopened_then_ends_cleanly():
     assert source.reconnects == 1
 
 
+class FrozenCapture(FakeCapture):
+    """Delivers its frames, then blocks in read() like a SIGSTOPped server, until released."""
+
+    def __init__(self, frames):
+        super().__init__(frames)
+        import threading
+
+        self.unfreeze = threading.Event()
+
+    def read(self):
+        if not self.frames:
+            self.unfreeze.wait(5)
+            return False, None
+        return super().read()
+
+    def release(self):
+        self.unfreeze.set()
+
+
+def test_a_frozen_live_source_is_abandoned_and_reopened():
+    clip = moving_still("astronaut", 12, 32)
+    frozen = FrozenCapture(clip[:4])
+    sessions = [frozen, FakeCapture(clip[4:12])]
+
+    def opener(spec):
+        if not sessions:
+            raise ReftokError("cannot open rtsp://x")
+        return sessions.pop(0)
+
+    spec = SourceSpec("rtsp://x", "rtsp://x", live=True)
+    with FrameSource(spec, queue_size=32, retries=3, backoff=0.001, opener=opener, read_timeout=0.3) as source:
+        frames = list(source)
+    assert len(frames) == 12 and np.array_equal(frames[9], clip[9])
+    assert source.stalls == 1
+
+
+def test_a_file_that_stops_delivering_is_one_error():
+    frozen = FrozenCapture(moving_still("astronaut", 3, 32))
+    with FrameSource(SourceSpec("slow.mp4", "slow.mp4"), opener=lambda spec: frozen, read_timeout=0.3) as source:
+        with pytest.raises(ReftokError, match="delivered no frame for 0.3 s"):
+            list(source)
+    frozen.release()
+
+
+def test_an_open_that_hangs_is_cut_by_the_watchdog(monkeypatch):
+    import time
+
+    from reftok_deploy.runtimes import capture
+
+    monkeypatch.setattr(capture.cv2, "VideoCapture", lambda *a: time.sleep(5))
+    started = time.perf_counter()
+    with pytest.raises(ReftokError, match="timed out after 0.2 s"):
+        capture.open_capture(SourceSpec("csi://0", "nvarguscamerasrc ! appsink"), timeout=0.2)
+    assert time.perf_counter() - started < 2
+
+
+def test_capture_works_without_opencv_logging_module(monkeypatch):
+    """Debian's OpenCV 4.6 has no cv2.utils.logging: capture must not need it."""
+    from reftok_deploy.runtimes import capture
+
+    monkeypatch.delattr(capture.cv2.utils, "logging", raising=False)
+    capture.quiet_opencv()
+    assert "OpenCV" in capture.opencv_summary()
+
+
+def test_finite_gstreamer_pipelines_are_not_reopened(monkeypatch):
+    from reftok_deploy.runtimes import capture
+
+    monkeypatch.setattr(capture, "has_gstreamer", lambda: True)
+    assert not parse_source("videotestsrc num-buffers=100 ! videoconvert ! appsink").live
+    assert not parse_source("filesrc location=a.mp4 ! decodebin ! videoconvert ! appsink").live
+    assert parse_source("videotestsrc ! videoconvert ! appsink").live
+
+
 def test_missing_camera_is_one_line_and_exit_2():
     result = invoke(run_main, ["--camera", "7", "--backend", "torch"])
     assert result.exit_code == 2

@@ -85,20 +85,26 @@ def test_hostile_but_well_formed_records_are_refused(stream_bytes):
         parse_bytes(head + record(1, b"\x89PNG not really") + record(3, struct.pack("<I", 1)))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.data())
-def test_fuzzed_streams_never_crash(stream_bytes, data):
-    original, _ = stream_bytes
+def mutate(original: bytes, data, edits: int, cut: int, insert: int) -> bytes:
+    """Up to ``edits`` random byte flips, cuts (<= ``cut`` bytes) and insertions (<= ``insert`` bytes)."""
     blob = bytearray(original)
-    for _ in range(data.draw(st.integers(1, 8))):
+    for _ in range(data.draw(st.integers(1, edits))):
         op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
         pos = data.draw(st.integers(0, max(len(blob) - 1, 0)))
         if op == "flip" and blob:
             blob[pos] ^= data.draw(st.integers(1, 255))
         elif op == "cut":
-            del blob[pos: pos + data.draw(st.integers(1, 64))]
+            del blob[pos:pos + data.draw(st.integers(1, cut))]
         else:
-            blob[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
+            blob[pos:pos] = data.draw(st.binary(min_size=1, max_size=insert))
+    return bytes(blob)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_fuzzed_streams_never_crash(stream_bytes, data):
+    original, _ = stream_bytes
+    blob = mutate(original, data, edits=8, cut=64, insert=16)
     try:
         header, records = parse_bytes(bytes(blob))
     except ReftokError as exc:
@@ -118,3 +124,95 @@ def test_deeply_nested_header_is_refused():
     blob = b"[" * 20000 + b"]" * 20000
     with pytest.raises(ReftokError, match="header"):
         parse_bytes(b"RTOK" + struct.pack("<HI", 1, len(blob)) + blob)
+
+
+def split_records(data: bytes) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """(header bytes, [(kind, payload)]) of a well-formed stream."""
+    head_len = 10 + struct.unpack("<I", data[6:10])[0]
+    records, pos = [], head_len
+    while pos < len(data):
+        kind, length = struct.unpack("<BI", data[pos:pos + 5])
+        records.append((kind, data[pos + 5:pos + 5 + length]))
+        pos += 9 + length
+    return data[:head_len], records
+
+
+def with_header(data: bytes, header: dict) -> bytes:
+    import json
+
+    blob = json.dumps(header).encode()
+    _, records = split_records(data)
+    return b"RTOK" + struct.pack("<HI", 1, len(blob)) + blob + b"".join(record(k, p) for k, p in records)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_crc_consistent_payload_edits_never_crash(stream_bytes, data):
+    """Edits that keep every CRC valid reach the record decoders themselves (PNG, token grids)."""
+    original, _ = stream_bytes
+    head, records = split_records(original)
+    index = data.draw(st.integers(0, len(records) - 1))
+    kind, payload = records[index]
+    records[index] = (kind, mutate(payload, data, edits=6, cut=32, insert=8))
+    try:
+        _, parsed = parse_bytes(head + b"".join(record(k, p) for k, p in records))
+    except ReftokError as exc:
+        assert "\n" not in str(exc)
+        return
+    for item in parsed:  # what is accepted is exactly what the header promises
+        if isinstance(item, Block):
+            assert item.tokens.shape == (2, 3, 5) and item.tokens.max() < 1000
+        else:
+            assert item.shape == (24, 40, 3) and item.dtype == np.uint8
+
+
+HEADER_EDITS = [("width", 0), ("width", -5), ("width", 16385), ("width", "40"), ("width", 40.5), ("height", None),
+                ("fps", "fast"), ("block_frames", 7), ("temporal_factor", 0), ("spatial_factor", 3),
+                ("fsq_levels", [8, 5, 5]), ("fsq_levels", "8,5,5,5"), ("codebook_size", 999), ("model_version", "2"),
+                ("checkpoint_sha256", 5), ("reference_codec", "jpeg"), ("width", True)]
+
+
+@pytest.mark.parametrize("key,value", HEADER_EDITS)
+def test_header_edits_are_refused(stream_bytes, key, value):
+    edited = dict(HEADER, **{key: value}) if value is not None else {k: v for k, v in HEADER.items() if k != key}
+    with pytest.raises(ReftokError, match="header|frame size|block_frames|spatial_factor|fsq_levels|codec"):
+        parse_bytes(with_header(stream_bytes[0], edited))
+
+
+def test_huge_frames_are_refused_before_any_png_is_decoded(stream_bytes):
+    with pytest.raises(ReftokError, match="out of range"):
+        parse_bytes(with_header(stream_bytes[0], dict(HEADER, width=16384, height=16384)))
+    head, _ = split_records(stream_bytes[0])
+    # a CRC-valid PNG record whose IHDR claims 30000x30000: refused from its first 24 bytes
+    bomb = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 30000, 30000) + bytes(40)
+    with pytest.raises(ReftokError, match="not a 40x24 RGB PNG"):
+        parse_bytes(head + record(1, bomb) + record(3, struct.pack("<I", 1)))
+
+
+def test_header_fields_are_checked_against_the_model():
+    from reftok_deploy.model import PRESETS
+    from reftok_deploy.tokenstream import check_header_matches
+
+    cfg = PRESETS["tiny"]
+    good = dict(HEADER, model_version=cfg.model_version)
+    check_header_matches(good, cfg)
+    for key, value in (("block_frames", 16), ("temporal_factor", 2), ("fsq_levels", [8, 5, 5, 5, 8, 8]),
+                       ("model_version", 1), ("spatial_factor", 4)):
+        with pytest.raises(ReftokError, match=key):
+            check_header_matches(dict(good, **{key: value}), cfg)
+
+
+def test_a_cut_off_stream_is_salvaged_up_to_its_last_intact_record(stream_bytes):
+    import io
+
+    from reftok_deploy.tokenstream import iter_records, read_header
+
+    data, frames = stream_bytes
+    cut = data[:-20]  # the last block and the end record are damaged
+    with pytest.raises(ReftokError, match="truncated"):
+        parse_bytes(cut)
+    damage = []
+    fh = io.BytesIO(cut)
+    records = list(iter_records(fh, read_header(fh), "cut.rtok", on_damage=damage.append))
+    assert [type(r).__name__ for r in records] == ["ndarray", "Block", "ndarray", "Block"]
+    assert len(damage) == 1 and "truncated" in damage[0]

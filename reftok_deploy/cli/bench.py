@@ -6,10 +6,10 @@ import json
 
 import click
 
-from reftok_deploy.cli import user_errors
+from reftok_deploy.cli import OneLineCommand, user_errors
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("export_folder", type=click.Path())
 @click.option("--backends", default=None,
               help="Comma list, first is the baseline [default: torch + every onnxruntime precision exported].")

@@ -7,11 +7,11 @@ import json
 import click
 from tqdm import tqdm
 
-from reftok_deploy.cli import user_errors
+from reftok_deploy.cli import OneLineCommand, user_errors
 from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("videos", nargs=-1, type=click.Path())
 @click.option("--suite", is_flag=True,
               help="Also score the built-in suite: static (noiseless, noisy), local motion, screen text, pan, "

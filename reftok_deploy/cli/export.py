@@ -7,10 +7,10 @@ import sys
 
 import click
 
-from reftok_deploy.cli import user_errors
+from reftok_deploy.cli import OneLineCommand, user_errors
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", type=click.Path(), default=None, help="Checkpoint folder [default: shipped RefTok].")
 @click.option("-o", "--out", default="reftok-export", show_default=True, type=click.Path(file_okay=False),
               help="Output folder.")

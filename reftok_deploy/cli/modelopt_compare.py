@@ -21,7 +21,7 @@ import onnx
 
 from reftok_deploy.calibration.feeds import calibration_feeds, decoder_feeds
 from reftok_deploy.calibration.qdq import FeedReader, separate_shared_activation_qdq
-from reftok_deploy.cli import user_errors
+from reftok_deploy.cli import OneLineCommand, user_errors
 from reftok_deploy.graph_regions import token_arithmetic_nodes
 from reftok_deploy.files import AtomicFile
 from reftok_deploy.metrics import clip_psnr
@@ -47,7 +47,7 @@ def modelopt_int8(fp32_path: Path, feeds: list[dict[str, np.ndarray]], method: s
     return out
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--calib-data", multiple=True, required=True, type=click.Path(), help="Calibration videos/stills.")
 @click.option("--calib-size", default=32, show_default=True, type=click.IntRange(1))

@@ -7,10 +7,10 @@ import sys
 
 import click
 
-from reftok_deploy.cli import user_errors
+from reftok_deploy.cli import OneLineCommand, user_errors
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("export_folder", type=click.Path())
 @click.option("--a", "baseline", default="torch", show_default=True, help="Baseline backend.")
 @click.option("--b", "candidate", default="onnxruntime:fp32", show_default=True,

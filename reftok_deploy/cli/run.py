@@ -6,11 +6,12 @@ import json
 
 import click
 
-from reftok_deploy.cli import user_errors
+from reftok_deploy.cli import OneLineCommand, sigterm_as_interrupt, user_errors
 from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
+from reftok_deploy.video import DEFAULT_MAX_PIXELS
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--camera", type=click.IntRange(0), default=None, help="Camera index (e.g. 0).")
 @click.option("--video", type=click.Path(), default=None, help="Video file.")
 @click.option("--source", default=None, help="URI: rtsp://..., file://..., csi://N, v4l2:///dev/videoN, or a GStreamer pipeline.")
@@ -30,10 +31,18 @@ from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
 @click.option("--tokens", "tokens_path", type=click.Path(dir_okay=False), default=None, help="Token stream (.rtok).")
 @click.option("--display/--no-display", default=None, help="Show a window [default: when a display exists].")
 @click.option("--max-frames", type=click.IntRange(1), default=None, help="Stop after this many frames.")
+@click.option("--max-pixels", type=click.IntRange(64), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Largest frame (H x W, after --size) the model is run on; memory grows with it "
+                   "(about 3 GB at 1280x720, 6 GB at 1920x1080).")
+@click.option("--open-timeout", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Seconds opening the source may take (a bad pipeline or a dead server can hang OpenCV).")
+@click.option("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds a live source may go without a frame before it is reconnected.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @user_errors
+@sigterm_as_interrupt()
 def main(camera, video, source, demo, checkpoint, export_folder, backend, device, size, refresh_blocks, cut_threshold,
-         output, tokens_path, display, max_frames, as_json) -> None:
+         output, tokens_path, display, max_frames, max_pixels, open_timeout, read_timeout, as_json) -> None:
     """Encode frames into tokens against unquantised references and decode them back, live.
 
     Shows (or writes with --output) original | reconstruction with fps, block latency,
@@ -47,7 +56,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
 
     from reftok_deploy.checkpoint import config_from_checkpoint, default_checkpoint, read_config, weights_sha256
     from reftok_deploy.errors import ReftokError
-    from reftok_deploy.runtimes.capture import ArraySource, FrameSource, parse_source
+    from reftok_deploy.runtimes.capture import ArraySource, FrameSource, open_capture, opencv_summary, parse_source
     from reftok_deploy.runtimes.codec import FrameCodec
     from reftok_deploy.backends import auto_backend
     from reftok_deploy.manifest import open_export
@@ -71,7 +80,8 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
 
         frames_source = ArraySource("built-in demo clips", [f for clip in demo_clips(256).values() for f in clip])
     else:
-        frames_source = FrameSource(parse_source(str(camera) if camera is not None else (video or source)))
+        frames_source = FrameSource(parse_source(str(camera) if camera is not None else (video or source)),
+                                    opener=lambda spec: open_capture(spec, open_timeout), read_timeout=read_timeout)
     spec = frames_source.spec
     try:
         export = open_export(export_folder) if export_folder is not None else None
@@ -84,6 +94,10 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
         raise
     with frames_source as frames, runner:
         show = display_available() if display is None else display
+        if show and not display_available():
+            raise ReftokError(f"--display needs a display and an OpenCV with a GUI; this is {opencv_summary()}: "
+                              "use the system OpenCV (apt install python3-opencv) or pip install opencv-python "
+                              "instead of opencv-python-headless, or drop --display")
         cfg = config_from_checkpoint(read_config(checkpoint), checkpoint)
         gop = GopEncoder(FrameCodec(runner), cfg.block_frames, refresh_blocks, cut_threshold or None)
         stats = StreamStats(fps_source=frames.fps, codebook_size=math.prod(cfg.fsq_levels))
@@ -92,6 +106,10 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
         if first is None:
             raise ReftokError(f"{spec.label} delivered no frame")
         height, width = (center_square(first, size) if size is not None else first).shape[:2]
+        if height * width > max_pixels:
+            raise ReftokError(f"{spec.label} delivers {width}x{height} frames ({height * width} pixels), more than "
+                              f"--max-pixels {max_pixels}: pass --size N to crop, or raise --max-pixels if memory allows")
+        say(f"capture: {spec.label} at {frames.fps:g} fps through {opencv_summary()}")
         writer = VideoFile(output, frames.fps, (2 * width, height)) if output else None
         header = stream_header(cfg, width, height, frames.fps, weights_sha256(checkpoint))
         tokens = TokenStreamWriter(tokens_path, header) if tokens_path else None

@@ -7,7 +7,7 @@ import math
 
 import click
 
-from reftok_deploy.cli import user_errors
+from reftok_deploy.cli import OneLineCommand, user_errors
 from reftok_deploy.model import PRESETS
 
 
@@ -24,7 +24,7 @@ def parse_levels(text: str) -> tuple[int, ...]:
     return levels
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("data", nargs=-1, type=click.Path())
 @click.option("--out", "run", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoint/ + resume state).")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True, help="Model size.")
@@ -67,6 +67,8 @@ def main(data, run, preset, no_reference, fsq_levels, init_from, loss, steps, ba
 
     if crop % 8:
         raise ReftokError(f"--crop must be a multiple of 8, got {crop}")
+    if lr is not None and not (math.isfinite(lr) and 0 < lr < 1):
+        raise ReftokError(f"--lr must be a positive number below 1, got {lr}")
     cfg = PRESETS[preset].twin() if no_reference else PRESETS[preset]
     if fsq_levels is not None:
         cfg = dataclasses.replace(cfg, fsq_levels=parse_levels(fsq_levels))
