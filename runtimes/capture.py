@@ -4,8 +4,11 @@ Source strings:
 - ``0``, ``1``...              camera index (V4L2 / the platform default)
 - ``path/to/file.mp4`` or ``file:///abs/path.mp4``
 - ``rtsp://host/stream``       (FFmpeg, or GStreamer where OpenCV has it)
-- ``csi://N``                  Jetson CSI camera N via nvarguscamerasrc (needs GStreamer)
-- ``v4l2:///dev/videoN``       V4L2 device (GStreamer pipeline where available, else CAP_V4L2)
+- ``csi://N[?width=&height=&framerate=&flip=]``  Jetson CSI camera N via nvarguscamerasrc (needs
+  GStreamer); flip as jetson-utils names it: none, counterclockwise, rotate-180, clockwise,
+  horizontal, upper-right-diagonal, vertical, upper-left-diagonal
+- ``v4l2:///dev/videoN[?width=&height=&framerate=&codec=raw|mjpeg|h264]``  V4L2 device (GStreamer
+  pipeline where available, decoding MJPEG / H.264 webcams; else OpenCV's CAP_V4L2, raw formats)
 - anything containing ``!``    a raw GStreamer pipeline ending in appsink
 Frames come out as ``[H,W,3]`` uint8 RGB. Live sources that drop or stall (no frame for
 ``read_timeout`` seconds) are reopened with exponential back-off; files and finite GStreamer
@@ -83,10 +86,45 @@ def _needs_gstreamer(label: str) -> None:
                           "(PyPI wheels lack it; use the system OpenCV on Jetson)")
 
 
-def csi_pipeline(sensor: int, width: int = 1280, height: int = 720, fps: int = 30) -> str:
+FLIP_METHODS = {"none": 0, "counterclockwise": 1, "rotate-180": 2, "clockwise": 3, "horizontal": 4,
+                "upper-right-diagonal": 5, "vertical": 6, "upper-left-diagonal": 7}
+V4L2_CODECS = {"raw": "", "mjpeg": "image/jpeg", "h264": "video/x-h264"}
+
+
+def csi_pipeline(sensor: int, width: int = 1280, height: int = 720, fps: int = 30, flip: str = "none") -> str:
     return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={width},height={height},"
-            f"framerate={fps}/1 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
+            f"framerate={fps}/1 ! nvvidconv flip-method={FLIP_METHODS[flip]} ! video/x-raw,format=BGRx ! "
+            "videoconvert ! video/x-raw,format=BGR ! appsink drop=1 max-buffers=2")
+
+
+def v4l2_pipeline(device: str, width: int | None = None, height: int | None = None, fps: int | None = None,
+                  codec: str = "raw") -> str:
+    """v4l2src with the camera's format asked for; MJPEG and H.264 webcams decoded (decodebin)."""
+    caps = ",".join([V4L2_CODECS[codec] or "video/x-raw"] + [f"{k}={v}" for k, v in
+                    (("width", width), ("height", height)) if v] + ([f"framerate={fps}/1"] if fps else []))
+    decode = " ! decodebin" if codec != "raw" else ""
+    return (f"v4l2src device={device} ! {caps}{decode} ! videoconvert ! video/x-raw,format=BGR ! "
             "appsink drop=1 max-buffers=2")
+
+
+def _uri_options(text: str, allowed: dict[str, type | dict]) -> tuple[str, dict]:
+    """'csi://0?width=1920&flip=rotate-180' -> ('csi://0', {'width': 1920, 'flip': 'rotate-180'})."""
+    base, _, query = text.partition("?")
+    options: dict = {}
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        kind = allowed.get(key)
+        if kind is None:
+            raise ReftokError(f"{base}: unknown option {key!r} (known: {', '.join(allowed)})")
+        if isinstance(kind, dict):
+            if value not in kind:
+                raise ReftokError(f"{base}: {key} must be one of {', '.join(kind)}, got {value!r}")
+            options[key] = value
+        elif not value.isdigit() or not 0 < int(value) <= 16384:
+            raise ReftokError(f"{base}: {key} must be a positive integer, got {value!r}")
+        else:
+            options[key] = int(value)
+    return base, options
 
 
 def parse_source(text: str) -> SourceSpec:
@@ -98,19 +136,26 @@ def parse_source(text: str) -> SourceSpec:
         _needs_gstreamer("a GStreamer pipeline")
         return SourceSpec("GStreamer pipeline", text, cv2.CAP_GSTREAMER, live=not FINITE_PIPELINE.search(text))
     if text.startswith("csi://"):
-        sensor = text[len("csi://"):]
+        base, options = _uri_options(text, {"width": int, "height": int, "framerate": int, "flip": FLIP_METHODS})
+        sensor = base[len("csi://"):]
         if not sensor.isdigit():
-            raise ReftokError(f"bad CSI source {text!r}: expected csi://N")
-        _needs_gstreamer(text)
-        return SourceSpec(f"CSI camera {sensor}", csi_pipeline(int(sensor)), cv2.CAP_GSTREAMER, live=True)
+            raise ReftokError(f"bad CSI source {text!r}: expected csi://N[?width=W&height=H&framerate=F&flip=...]")
+        _needs_gstreamer(base)
+        pipeline = csi_pipeline(int(sensor), options.get("width", 1280), options.get("height", 720),
+                                options.get("framerate", 30), options.get("flip", "none"))
+        return SourceSpec(f"CSI camera {sensor}", pipeline, cv2.CAP_GSTREAMER, live=True)
     if text.startswith("v4l2://"):
-        device = text[len("v4l2://"):]
+        base, options = _uri_options(text, {"width": int, "height": int, "framerate": int, "codec": V4L2_CODECS})
+        device = base[len("v4l2://"):]
         match = re.fullmatch(r"/dev/video(\d+)", device)
         if not match:
-            raise ReftokError(f"bad V4L2 source {text!r}: expected v4l2:///dev/videoN")
+            raise ReftokError(f"bad V4L2 source {text!r}: expected v4l2:///dev/videoN[?width=W&height=H&codec=mjpeg]")
         if has_gstreamer():
-            pipeline = f"v4l2src device={device} ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1 max-buffers=2"
+            pipeline = v4l2_pipeline(device, options.get("width"), options.get("height"), options.get("framerate"),
+                                     options.get("codec", "raw"))
             return SourceSpec(f"V4L2 {device}", pipeline, cv2.CAP_GSTREAMER, live=True)
+        if options.get("codec", "raw") != "raw":
+            _needs_gstreamer(f"{base} with codec={options['codec']}")
         return SourceSpec(f"V4L2 {device}", int(match.group(1)), cv2.CAP_V4L2, live=True)
     if text.startswith(("rtsp://", "rtsps://", "http://", "https://")):
         return SourceSpec(text, text, cv2.CAP_FFMPEG, live=True)

@@ -56,6 +56,24 @@ def test_parse_source_forms():
             parse_source(bad)
 
 
+def test_camera_uri_options_follow_jetson_utils(monkeypatch):
+    from reftok_deploy.runtimes import capture
+
+    monkeypatch.setattr(capture, "has_gstreamer", lambda: True)
+    csi = parse_source("csi://1?width=1920&height=1080&framerate=60&flip=rotate-180").target
+    assert "sensor-id=1" in csi and "width=1920,height=1080,framerate=60/1" in csi and "flip-method=2" in csi
+    mjpeg = parse_source("v4l2:///dev/video0?width=640&height=480&framerate=30&codec=mjpeg").target
+    assert "image/jpeg,width=640,height=480,framerate=30/1 ! decodebin" in mjpeg
+    assert "video/x-h264" in parse_source("v4l2:///dev/video0?codec=h264").target
+    for bad, message in (("csi://0?flip=sideways", "flip must be one of"), ("csi://0?width=wide", "positive integer"),
+                         ("v4l2:///dev/video0?codec=vp9", "codec must be one of"), ("csi://0?zoom=2", "unknown option")):
+        with pytest.raises(ReftokError, match=message):
+            parse_source(bad)
+    monkeypatch.setattr(capture, "has_gstreamer", lambda: False)
+    with pytest.raises(ReftokError, match="GStreamer"):
+        parse_source("v4l2:///dev/video0?codec=mjpeg")
+
+
 class FakeCapture:
     """A cv2.VideoCapture stand-in that delivers ``n`` frames and then fails, as a dropped stream does."""
 
