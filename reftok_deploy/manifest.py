@@ -102,11 +102,26 @@ def open_export(folder: str | Path) -> ExportFolder:
     sha = checkpoint.get("weights_sha256") if isinstance(checkpoint, dict) else None
     if not isinstance(sha, str):
         raise ReftokError(f"{folder / MANIFEST} records no checkpoint weights_sha256")
+    for key, entry in manifest["artifacts"].items():
+        if entry.get("format") != "onnx":
+            continue
+        facts = onnx_facts(folder / entry["file"])
+        if (facts["graph"], facts["precision"]) not in ((None, None), (entry.get("graph"), entry.get("precision"))):
+            raise ReftokError(f"{folder}: {entry['file']} is listed as {key} but records itself as "
+                              f"{facts['graph']}.{facts['precision']}")
+        # weights outside the file would escape the hashes above: only what the manifest hashed may be read
+        listed = {e.get("file") for e in manifest["artifacts"].values()}
+        unlisted = [name for name in facts["external"] if name not in listed]
+        if unlisted:
+            raise ReftokError(f"{folder}: {entry['file']} reads external data {unlisted[0]!r} that {MANIFEST} does not "
+                              "hash: re-export")
     return ExportFolder(folder, manifest, Geometry.from_config(manifest["model"]), sha)
 
 
-def onnx_model_version(path: str | Path) -> int | None:
-    """The model version recorded in an ONNX file's metadata_props (None if absent)."""
+def onnx_facts(path: str | Path) -> dict[str, Any]:
+    """What an ONNX file says of itself, read without its weights: ``model_version``, ``graph`` and
+    ``precision`` (from reftok-export's metadata; None where absent), ``external`` (the external-data
+    files its initializers point to)."""
     import onnx
 
     try:
@@ -114,5 +129,17 @@ def onnx_model_version(path: str | Path) -> int | None:
     except Exception as exc:
         raise ReftokError(f"cannot parse ONNX {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     props = {p.key: p.value for p in proto.metadata_props}
-    value = props.get("reftok.model_version")
-    return int(value) if value is not None and value.isdigit() else None
+    version = props.get("reftok.model_version")
+    try:
+        export = json.loads(props.get("reftok.export", "{}"))
+    except json.JSONDecodeError:
+        export = {}
+    external = sorted({entry.value for tensor in proto.graph.initializer for entry in tensor.external_data
+                       if entry.key == "location"})
+    return {"model_version": int(version) if version is not None and version.isdigit() else None,
+            "graph": export.get("graph"), "precision": export.get("precision"), "external": external}
+
+
+def onnx_model_version(path: str | Path) -> int | None:
+    """The model version recorded in an ONNX file's metadata_props (None if absent)."""
+    return onnx_facts(path)["model_version"]

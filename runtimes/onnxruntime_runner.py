@@ -8,7 +8,7 @@ import numpy as np
 
 from reftok_deploy.errors import ReftokError
 from reftok_deploy.runtimes.base import Runner
-from reftok_deploy.spec import FRAMES_IN, FRAMES_OUT, TOKENS, Geometry
+from reftok_deploy.spec import FRAMES_IN, FRAMES_OUT, INPUTS, TOKENS, Geometry
 
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider"}
@@ -43,6 +43,7 @@ def _graph_facts(path: Path) -> tuple[bool, dict[str, int]]:
             facts = {"block_frames": geometry.block_frames, "groups": geometry.groups, **facts}
         except (ValueError, ReftokError):
             pass
+    facts["inputs"] = sorted(v.name for v in model.graph.input)  # type: ignore[assignment]
     return any(node.op_type == "QuantizeLinear" for node in model.graph.node), facts
 
 
@@ -65,6 +66,11 @@ class OnnxRuntimeRunner(Runner):
                  name: str | None = None) -> None:
         self.files = {g: Path(p) for g, p in files.items()}
         facts = {g: _graph_facts(p) for g, p in self.files.items()}
+        for graph, (_, fact) in facts.items():
+            wanted = sorted(spec.name for spec in INPUTS.get(graph, ()))
+            if fact.pop("inputs") != wanted:
+                raise ReftokError(f"{self.files[graph]} is not a RefTok {graph} graph (its inputs are not "
+                                  f"{', '.join(wanted)})")
         self._qdq = {g: qdq for g, (qdq, _) in facts.items()}
         super().__init__(geometry_of_graphs([f for _, f in facts.values()], ", ".join(map(str, self.files.values()))))
         self.provider = provider

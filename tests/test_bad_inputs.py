@@ -98,6 +98,41 @@ def files(tmp_path_factory, tiny_checkpoint):
                 fh.write(b"\0")
         else:
             (folder / "manifest.json").unlink()
+    def relisted(name: str, edit) -> None:
+        """A copy of the export whose files ``edit`` changes, with the manifest's hashes made to match."""
+        import hashlib
+
+        folder = f[name] = root / name
+        shutil.copytree(f["export"], folder)
+        listing = json.loads((folder / "manifest.json").read_text())
+        edit(folder, listing)
+        for entry in listing["artifacts"].values():
+            entry["sha256"] = hashlib.sha256((folder / entry["file"]).read_bytes()).hexdigest()
+        (folder / "manifest.json").write_text(json.dumps(listing))
+
+    def swap(folder, listing):
+        a, b = listing["artifacts"]["encoder.fp32"], listing["artifacts"]["decoder.fp32"]
+        a["file"], b["file"] = b["file"], a["file"]
+
+    def relabel(folder, listing):
+        import onnx
+
+        model = onnx.load(str(folder / "decoder.fp32.onnx"))
+        for prop in model.metadata_props:
+            if prop.key == "reftok.export":
+                prop.value = json.dumps(dict(json.loads(prop.value), precision="fp16"))
+        onnx.save(model, str(folder / "decoder.fp32.onnx"))
+
+    def externalise(folder, listing):
+        import onnx
+
+        model = onnx.load(str(folder / "decoder.fp32.onnx"))
+        onnx.save(model, str(folder / "decoder.fp32.onnx"), save_as_external_data=True, location="weights.bin",
+                  size_threshold=0)
+
+    relisted("ex_swapped", swap)
+    relisted("ex_relabelled", relabel)
+    relisted("ex_external", externalise)
     rtok = root / "good.rtok"
     result = CliRunner().invoke(run_main, ["--video", str(f["video"]), "--checkpoint", str(tiny_checkpoint),
                                            "--backend", "torch", "--tokens", str(rtok), "--size", "64"],
@@ -170,6 +205,11 @@ CASES = [
     ("parity", ["{ex_version}", "--checkpoint", "{ck}"], "manifest format"),
     ("parity", ["{ex_noartifacts}", "--checkpoint", "{ck}"], "lists no artifacts"),
     ("parity", ["{ex_tampered}", "--checkpoint", "{ck}"], "does not match its sha256"),
+    ("parity", ["{ex_swapped}", "--checkpoint", "{ck}"], "records itself as decoder.fp32"),
+    ("parity", ["{ex_relabelled}", "--checkpoint", "{ck}"], "records itself as decoder.fp16"),
+    ("parity", ["{ex_external}", "--checkpoint", "{ck}"], "reads external data 'weights.bin'"),
+    ("run", ["--video", "{video}", "--checkpoint", "{ck}", "--export", "{ex_swapped}", "--backend", "onnxruntime"],
+     "records itself as"),
     ("parity", ["{export}", "--checkpoint", "{ck}", "--b", "bogus"], "unknown backend"),
     ("parity", ["{export}", "--checkpoint", "{ck}", "--b", "onnxruntime:int8"], "has no int8"),
     ("parity", ["{export}", "--checkpoint", "{ck}", "--size", "100"], "multiple of 8"),
