@@ -1,5 +1,6 @@
-"""Capture against real components: the system's OpenCV (GStreamer build), a videotestsrc pipeline,
-and a loopback RTSP server that is killed, frozen (SIGSTOP) and restarted.
+"""Capture and display against real components: the system's OpenCV (GStreamer and Qt build), a
+videotestsrc pipeline, a loopback RTSP server that is killed, frozen (SIGSTOP) and restarted, and
+the side-by-side window on an Xvfb display, read back from the X server.
 
 They run with the system Python (Debian's python3-opencv: the OpenCV Jetson users are told to use)
 on a copy of the capture layer, which needs neither torch nor a pip OpenCV. .ci/run installs the
@@ -47,9 +48,9 @@ def capture_tree(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("syspkg")
     package = root / "reftok_deploy"
     (package / "runtimes").mkdir(parents=True)
-    for name in ("__init__.py", "errors.py", "video.py"):
+    for name in ("__init__.py", "errors.py", "video.py", "files.py"):
         shutil.copy(ROOT / "reftok_deploy" / name, package / name)
-    for name in ("__init__.py", "capture.py"):
+    for name in ("__init__.py", "capture.py", "output.py"):
         shutil.copy(ROOT / "runtimes" / name, package / "runtimes" / name)
     return root
 
@@ -189,3 +190,69 @@ def test_v4l2_pipelines_parse_in_real_gstreamer(capture_tree):
         print(json.dumps(errors))
     """)
     assert report == {"raw": None, "mjpeg": None, "h264": None}, report
+
+
+def read_xwd(data: bytes):
+    """An X window dump (xwd -root, 24/32-bit TrueColor) -> ``[H,W,3]`` uint8 RGB."""
+    import struct
+
+    import numpy as np
+
+    fields = struct.unpack(">25I", data[:100])
+    header_size, width, height, byte_order = fields[0], fields[4], fields[5], fields[7]
+    bits_per_pixel, bytes_per_line, ncolors = fields[11], fields[12], fields[19]
+    assert bits_per_pixel in (24, 32), f"xwd with {bits_per_pixel} bits per pixel"
+    size = bits_per_pixel // 8
+    start = header_size + 12 * ncolors
+    rows = np.frombuffer(data[start:start + bytes_per_line * height], np.uint8).reshape(height, bytes_per_line)
+    pixels = rows[:, :size * width].reshape(height, width, size)
+    # byte_order 0 (LSBFirst): B, G, R[, X] in memory; 1 (MSBFirst): [X,] R, G, B
+    return pixels[:, :, [2, 1, 0]] if byte_order == 0 else pixels[:, :, [size - 3, size - 2, size - 1]]
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None or shutil.which("xwd") is None,
+                    reason="Xvfb or xwd missing (apt install xvfb x11-apps)")
+def test_display_window_under_xvfb_shows_both_halves(capture_tree, tmp_path):
+    """The side-by-side window of reftok-run, drawn by the system OpenCV (Qt) on a virtual display,
+    read back from the X server: original on the left, reconstruction on the right."""
+    import numpy as np
+
+    display = f":{90 + os.getpid() % 9}"
+    server = subprocess.Popen(["Xvfb", display, "-screen", "0", "1600x900x24", "-nolisten", "tcp"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+        env = dict(os.environ, DISPLAY=display, QT_QPA_PLATFORM="xcb")
+        script = textwrap.dedent("""
+            import json, subprocess, sys, time
+            import cv2, numpy as np
+            from reftok_deploy.runtimes.output import display_available, side_by_side
+            ok = display_available()
+            left = np.zeros((120, 160, 3), np.uint8); left[:] = (220, 30, 30)     # red original
+            right = np.zeros((120, 160, 3), np.uint8); right[:] = (30, 30, 220)   # blue reconstruction
+            canvas = side_by_side(left, right, ["RefTok test"])
+            cv2.namedWindow("reftok-run", cv2.WINDOW_AUTOSIZE)
+            cv2.moveWindow("reftok-run", 0, 0)
+            end = time.time() + 2.0
+            while time.time() < end:
+                cv2.imshow("reftok-run", canvas[:, :, ::-1])
+                cv2.waitKey(50)
+            dump = subprocess.run(["xwd", "-root", "-silent"], capture_output=True).stdout
+            open(sys.argv[1], "wb").write(dump)
+            cv2.destroyAllWindows()
+            print(json.dumps({"display_available": ok}))
+        """)
+        shot = tmp_path / "screen.xwd"
+        result = subprocess.run([SYSTEM_PYTHON, "-c", script, str(shot)], capture_output=True, text=True, timeout=60,
+                                cwd=capture_tree, env=dict(env, PYTHONPATH=str(capture_tree)))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert json.loads(result.stdout.strip().splitlines()[-1])["display_available"]
+        screen = read_xwd(shot.read_bytes()).astype(int)
+        red = (screen[:, :, 0] > 180) & (screen[:, :, 2] < 80)
+        blue = (screen[:, :, 2] > 180) & (screen[:, :, 0] < 80)
+        assert red.sum() > 5000 and blue.sum() > 5000, (red.sum(), blue.sum())
+        red_x, blue_x = np.nonzero(red)[1].mean(), np.nonzero(blue)[1].mean()
+        assert blue_x - red_x > 100, (red_x, blue_x)  # original left, reconstruction right, side by side
+    finally:
+        server.kill()
+        server.wait(10)
