@@ -190,6 +190,8 @@ CASES = [
     ("eval", ["{video}", "--checkpoint", "{ck_badjson}", "--no-twin"], "not valid JSON"),
     ("eval", ["{video}", "--checkpoint", "{ck_badweights}", "--no-twin"], "does not match the sha256"),
     ("eval", ["{video}", "--size", "12x"], "Invalid value for '--size'"),
+    ("eval", ["{video}", "--size", "100000"], "Invalid value for '--size'"),
+    ("run", ["--video", "{video}", "--size", "100000"], "Invalid value for '--size'"),
     # reftok-export
     ("export", ["--checkpoint", "{root}/none", "-o", "{out}/e"], "checkpoint not found"),
     ("export", ["--checkpoint", "{ck}", "-o", "{out}/e", "--int8"], "--int8 needs --calib-data"),

@@ -15,7 +15,7 @@ from reftok_deploy.cli import OneLineCommand, user_errors
               help="Comma list, first is the baseline [default: torch + every onnxruntime precision exported].")
 @click.option("--checkpoint", type=click.Path(), default=None, help="For torch [default: the manifest's].")
 @click.option("--video", "videos", multiple=True, type=click.Path(), help="Real videos [default: built-in clips].")
-@click.option("--size", default=256, show_default=True, type=click.IntRange(8), help="Centre crop (multiple of 8).")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(8, 4096), help="Centre crop (multiple of 8).")
 @click.option("--gops", default=2, show_default=True, type=click.IntRange(1), help="GOPs per clip.")
 @click.option("--repeats", default=5, show_default=True, type=click.IntRange(1))
 @click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads for torch and onnxruntime.")

@@ -22,7 +22,7 @@ from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
 @click.option("--no-twin", is_flag=True, help="Evaluate RefTok alone.")
 @click.option("--x264/--no-x264", "with_x264", default=None,
               help="x264 at RefTok's tokens-only bits (references free) [default: on where imageio-ffmpeg is installed].")
-@click.option("--size", default=256, show_default=True, type=click.IntRange(16),
+@click.option("--size", default=256, show_default=True, type=click.IntRange(16, 4096),
               help="Frames are resized (short side) and centre-cropped to SIZE x SIZE.")
 @click.option("--max-gops", type=click.IntRange(1), default=None, help="Score at most this many GOPs per clip.")
 @click.option("--refresh-blocks", default=1, show_default=True, type=click.IntRange(1),

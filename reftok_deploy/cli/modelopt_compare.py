@@ -54,7 +54,7 @@ def modelopt_int8(fp32_path: Path, feeds: list[dict[str, np.ndarray]], method: s
 @click.option("--method", type=click.Choice(["max", "entropy"]), default="max", show_default=True,
               help="modelopt's calibration method.")
 @click.option("--video", "videos", multiple=True, required=True, type=click.Path(), help="Held-out videos.")
-@click.option("--size", default=256, show_default=True, type=click.IntRange(8))
+@click.option("--size", default=256, show_default=True, type=click.IntRange(8, 4096))
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--repeats", default=7, show_default=True, type=click.IntRange(1))
 @user_errors

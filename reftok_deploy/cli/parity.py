@@ -18,7 +18,7 @@ from reftok_deploy.cli import OneLineCommand, user_errors
 @click.option("--checkpoint", type=click.Path(), default=None,
               help="Checkpoint for the torch backend [default: the one recorded in the manifest].")
 @click.option("--video", "videos", multiple=True, type=click.Path(), help="Real videos [default: built-in clips].")
-@click.option("--size", default=256, show_default=True, type=click.IntRange(8), help="Centre crop (multiple of 8).")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(8, 4096), help="Centre crop (multiple of 8).")
 @click.option("--max-gops", default=4, show_default=True, type=click.IntRange(1), help="GOPs per clip.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (torch and onnxruntime backends).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
