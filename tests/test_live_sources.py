@@ -256,3 +256,81 @@ def test_display_window_under_xvfb_shows_both_halves(capture_tree, tmp_path):
     finally:
         server.kill()
         server.wait(10)
+
+
+@pytest.fixture(scope="module")
+def system_venv(tmp_path_factory) -> Path:
+    """A venv on the system Python that sees Debian's OpenCV (--system-site-packages), with torch and
+    this package: how a Jetson / GStreamer box installs reftok-deploy (README). numpy stays < 2 because
+    Debian's cv2 is built against numpy 1.x."""
+    import torch
+
+    venv = tmp_path_factory.mktemp("sysvenv") / "venv"
+    steps = [[SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", str(venv)],
+             [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+              f"torch=={torch.__version__.split('+')[0]}", "numpy<2", "-e", str(ROOT)]]
+    for step in steps:
+        result = subprocess.run(step, capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            pytest.skip(f"cannot make a system-OpenCV venv here: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    check = subprocess.run([str(venv / "bin" / "python"), "-c", "import cv2, torch; print(cv2.__file__)"],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0 and check.stdout.startswith("/usr/lib/python3"), check.stderr[-2000:]
+    return venv
+
+
+def test_reftok_run_end_to_end_on_the_system_opencv(system_venv, tmp_path):
+    """reftok-run on a real GStreamer pipeline through Debian's OpenCV, then its stream replayed."""
+    pipeline = ("videotestsrc num-buffers=40 pattern=ball ! video/x-raw,width=96,height=64 ! videoconvert ! "
+                "video/x-raw,format=BGR ! appsink")
+    run = subprocess.run([str(system_venv / "bin" / "reftok-run"), "--source", pipeline, "--backend", "torch", "--json",
+                          "--output", str(tmp_path / "side.mp4"), "--tokens", str(tmp_path / "t.rtok")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout)
+    assert summary["frames"] == 40 and summary["source"] == "GStreamer pipeline" and summary["reconnects"] == 0
+    assert "GStreamer yes" in run.stderr and "/usr/lib/python3" in run.stderr  # the start-up line names the OpenCV
+    replay = subprocess.run([str(system_venv / "bin" / "reftok-decode"), str(tmp_path / "t.rtok"), "--backend", "torch",
+                             "--json"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    assert json.loads(replay.stdout)["reconstruction_sha256"] == summary["reconstruction_sha256"]
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None or shutil.which("xwd") is None,
+                    reason="Xvfb or xwd missing (apt install xvfb x11-apps)")
+def test_reftok_run_display_under_xvfb(system_venv, tmp_path):
+    """reftok-run --display on a virtual display: the window holds both halves (a solid red source,
+    so the original and its reconstruction are both red blocks side by side)."""
+    import numpy as np
+
+    display = f":{80 + os.getpid() % 9}"
+    server = subprocess.Popen(["Xvfb", display, "-screen", "0", "1600x900x24", "-nolisten", "tcp"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, DISPLAY=display, QT_QPA_PLATFORM="xcb")
+    pipeline = ("videotestsrc is-live=true num-buffers=150 pattern=red ! video/x-raw,width=160,height=128,framerate=30/1 "
+                "! videoconvert ! video/x-raw,format=BGR ! appsink")
+    try:
+        time.sleep(1.5)
+        run = subprocess.Popen([str(system_venv / "bin" / "reftok-run"), "--source", pipeline, "--backend", "torch",
+                                "--display", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env, cwd=tmp_path)
+        shot = b""
+        deadline = time.time() + 120
+        while run.poll() is None and time.time() < deadline:
+            time.sleep(1.0)
+            grab = subprocess.run(["xwd", "-root", "-silent", "-display", display], capture_output=True, timeout=30)
+            screen = read_xwd(grab.stdout).astype(int)
+            red = (screen[:, :, 0] > 150) & (screen[:, :, 1] < 90) & (screen[:, :, 2] < 90)
+            if red.sum() > 1.5 * 160 * 128:
+                shot = grab.stdout
+                break
+        out, err = run.communicate(timeout=120)
+    finally:
+        server.kill()
+        server.wait(10)
+    assert run.returncode == 0, err[-3000:]
+    assert shot, "no window with both halves appeared"
+    screen = read_xwd(shot).astype(int)
+    red = (screen[:, :, 0] > 150) & (screen[:, :, 1] < 90) & (screen[:, :, 2] < 90)
+    xs = np.nonzero(red)[1]
+    assert xs.max() - xs.min() > 1.8 * 160, (xs.min(), xs.max())  # two frames wide: original | reconstruction
