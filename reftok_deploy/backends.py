@@ -41,16 +41,25 @@ def auto_backend(export: ExportFolder | None, checkpoint: str | Path, device: st
     """
     import onnxruntime as ort
 
-    from reftok_deploy.engines import gpu_name, tensorrt_version
+    from reftok_deploy.engines import check_engine, gpu_name, tensorrt_version
 
     if export is not None and tensorrt_version() and gpu_name():
         engines = export.engines()
+        here = {"tensorrt": tensorrt_version(), "gpu": gpu_name()}
+
+        def usable(entry) -> bool:  # listed, and built for this GPU and TensorRT
+            return (isinstance(entry, dict) and isinstance(entry.get("key"), dict) and isinstance(entry.get("file"), str)
+                    and check_engine(export.path / entry["file"], dict(entry["key"], **here)) is None)
+
         for precision in ("int8", "fp16", "fp32"):
-            if f"encoder.{precision}" in engines and f"decoder.{precision}" in engines:
+            if usable(engines.get(f"encoder.{precision}")) and usable(engines.get(f"decoder.{precision}")):
                 return f"tensorrt:{precision}", export, f"TensorRT {precision} engines on {gpu_name()}"
     providers = ort.get_available_providers()
     if device.startswith("cuda") and "CUDAExecutionProvider" in providers:
-        return "onnxruntime:fp32", export or cached_export(checkpoint, say), "onnxruntime CUDA execution provider"
+        try:
+            return "onnxruntime:fp32", export or cached_export(checkpoint, say), "onnxruntime CUDA execution provider"
+        except (ReftokError, OSError) as exc:
+            return "torch", None, f"PyTorch eager (no ONNX export available: {exc})"
     try:
         export = export or cached_export(checkpoint, say)
     except (ReftokError, OSError) as exc:

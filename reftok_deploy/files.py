@@ -44,13 +44,20 @@ class AtomicFile:
         return os.fdopen(fd, mode)
 
     def commit(self) -> Path:
-        fd = os.open(self.tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         try:
-            os.fsync(fd)
-            os.fchmod(fd, 0o644)
-        finally:
-            os.close(fd)
-        os.replace(self.tmp, self.path)
+            fd = os.open(self.tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                os.fsync(fd)
+                try:  # mkstemp made it 0600; give it what a plain open() would (vfat/CIFS refuse: keep theirs)
+                    os.fchmod(fd, 0o666 & ~_umask())
+                except (OSError, AttributeError):
+                    pass
+            finally:
+                os.close(fd)
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
         _fsync_folder(self.path.parent)
         return self.path
 
@@ -65,6 +72,12 @@ class AtomicFile:
             self.commit()
         else:
             self.discard()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -56,8 +56,10 @@ def read_manifest(folder: str | Path, verify_files: bool = True) -> dict[str, An
     if version != MODEL_VERSION:
         raise ReftokError(f"{folder} was exported from model version {version!r}; this reftok-deploy runs version {MODEL_VERSION}")
     artifacts = manifest.get("artifacts")
-    if not isinstance(artifacts, dict):
+    if not isinstance(artifacts, dict) or not all(isinstance(e, dict) for e in artifacts.values()):
         raise ReftokError(f"{path} lists no artifacts")
+    if not isinstance(manifest.get("precisions", []), list) or not isinstance(manifest.get("tensorrt") or {}, dict):
+        raise ReftokError(f"{path}: 'precisions' must be a list and 'tensorrt' an object")
     if verify_files:
         for key, entry in artifacts.items():
             file = folder / str(entry.get("file", ""))
@@ -133,6 +135,8 @@ def onnx_facts(path: str | Path) -> dict[str, Any]:
     try:
         export = json.loads(props.get("reftok.export", "{}"))
     except json.JSONDecodeError:
+        export = {}
+    if not isinstance(export, dict):
         export = {}
     external = sorted({entry.value for tensor in proto.graph.initializer for entry in tensor.external_data
                        if entry.key == "location"})

@@ -108,9 +108,13 @@ class TokenStreamWriter:
             self._out = AtomicFile(self.path, suffix=".partial")
         except OSError as exc:
             raise ReftokError(f"cannot write token stream {self.path}: {exc.strerror or exc}") from None
-        self._fh: BinaryIO = self._out.open()
-        blob = json.dumps(self.header, sort_keys=True).encode()
-        self._fh.write(MAGIC + struct.pack("<HI", VERSION, len(blob)) + blob)
+        try:
+            self._fh: BinaryIO = self._out.open()
+            blob = json.dumps(self.header, sort_keys=True).encode()
+            self._fh.write(MAGIC + struct.pack("<HI", VERSION, len(blob)) + blob)
+        except BaseException:
+            self._out.discard()
+            raise
 
     def _record(self, kind: int, payload: bytes) -> None:
         self._fh.write(struct.pack("<BI", kind, len(payload)) + payload + struct.pack("<I", zlib.crc32(payload)))

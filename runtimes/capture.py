@@ -196,7 +196,8 @@ class FrameSource:
                  read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
         self.spec = spec
         self.read_timeout = read_timeout
-        self.stalls = 0
+        self.stalls = 0  # stalls seen (reported)
+        self._stalled_in_a_row = 0
         self.retries = retries
         self.backoff = backoff
         self.opener = opener
@@ -205,7 +206,8 @@ class FrameSource:
         self.dropped = 0
         self._stop = threading.Event()
         self._cap = opener(spec)  # fail fast, in the caller's thread, with one clear line
-        self.fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0) or 30.0
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = fps if 0.0 < fps <= 1000.0 else 30.0  # RTSP may report 0, NaN or 90000
         self._generation = 0  # bumped when a stalled reader is abandoned; its late frames are dropped
         self._thread = threading.Thread(target=self._read, args=(0, self._cap), name="reftok-capture", daemon=True)
         self.error: Exception | None = None
@@ -236,12 +238,12 @@ class FrameSource:
                 pass
             self.queue.put_nowait(item)
 
-    def _reopen(self, cap: cv2.VideoCapture | None) -> cv2.VideoCapture | None:
+    def _reopen(self, cap: cv2.VideoCapture | None, generation: int) -> cv2.VideoCapture | None:
         if cap is not None:
             cap.release()
         for attempt in range(self.retries):
-            if self._stop.wait(self.backoff * 2**attempt):
-                return None
+            if self._stop.wait(self.backoff * 2**attempt) or generation != self._generation:
+                return None  # closing, or a newer reader owns the source
             try:
                 cap = self.opener(self.spec)
                 self.reconnects += 1
@@ -258,10 +260,11 @@ class FrameSource:
                     break  # abandoned while blocked in read(): a newer reader owns the source
                 if ok:
                     self._put(to_rgb(frame, "BGR"))
-                elif not self.spec.live or (cap := self._reopen(cap)) is None:
+                elif not self.spec.live or (cap := self._reopen(cap, generation)) is None:
                     break
         except Exception as exc:  # surfaced to the consumer, never lost in the thread
-            self.error = exc
+            if generation == self._generation:
+                self.error = exc
         finally:
             if cap is not None:
                 cap.release()
@@ -272,6 +275,7 @@ class FrameSource:
         """A live source sent nothing for read_timeout s (a frozen server): abandon the blocked
         reader and read from a fresh connection on a new thread."""
         self.stalls += 1
+        self._stalled_in_a_row += 1
         self._generation += 1
         self._thread = threading.Thread(target=self._read, args=(self._generation, None), name="reftok-capture",
                                         daemon=True)
@@ -284,8 +288,9 @@ class FrameSource:
             except queue.Empty:
                 if not self.spec.live:
                     raise ReftokError(f"{self.spec.label} delivered no frame for {self.read_timeout:g} s") from None
-                if self.stalls >= self.retries:
-                    raise ReftokError(f"{self.spec.label} stalled {self.stalls} times (no frame for "
+                if self._stalled_in_a_row >= self.retries:
+                    raise ReftokError(f"{self.spec.label} stalled {self._stalled_in_a_row} times in a row (no frame "
+                                      f"for "
                                       f"{self.read_timeout:g} s each); giving up") from None
                 self._restart_stalled()
                 continue
@@ -293,6 +298,7 @@ class FrameSource:
                 if self.error is not None:
                     raise ReftokError(f"reading {self.spec.label} failed: {self.error}")
                 return
+            self._stalled_in_a_row = 0  # a 24/7 stream may stall now and then: give up on a run of them
             yield item
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ def _graph_facts(path: Path) -> tuple[bool, dict[str, int]]:
         try:
             geometry = Geometry.from_config(json.loads(props["reftok.model_config"]))
             facts = {"block_frames": geometry.block_frames, "groups": geometry.groups, **facts}
-        except (ValueError, ReftokError):
+        except (ValueError, TypeError, AttributeError, ReftokError):  # not a config object: ignore it
             pass
     facts["inputs"] = sorted(v.name for v in model.graph.input)  # type: ignore[assignment]
     return any(node.op_type == "QuantizeLinear" for node in model.graph.node), facts

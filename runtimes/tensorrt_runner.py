@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from reftok_deploy.errors import ReftokError
+from reftok_deploy.files import sha256_file
 from reftok_deploy.runtimes.base import Runner
 from reftok_deploy.manifest import ExportFolder
 
@@ -36,19 +37,26 @@ class TensorRTRunner(Runner):
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
         engines = self.export.engines()
+        runners: dict = {}
         for graph in ("encoder", "decoder"):
             entry = engines.get(f"{graph}.{self.precision}")
             if entry is None:
                 raise ReftokError(f"{self.folder} has no {self.precision} TensorRT engine for the {graph}: "
                                   f"run reftok-export --{self.precision} on this machine")
+            if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and "/" not in entry["file"]
+                    and isinstance(entry.get("key"), dict)):
+                raise ReftokError(f"{self.folder}: the manifest's {graph}.{self.precision} engine entry is malformed")
             path = self.folder / entry["file"]
             # The key of this machine: an engine from another GPU or TensorRT is foreign.
             stale = check_engine(path, dict(entry["key"], tensorrt=tensorrt_version(), gpu=gpu_name()))
             if stale:
                 raise ReftokError(f"refusing {path}: {stale}; rebuild with reftok-export --{self.precision}")
+            if entry.get("sha256") != sha256_file(path):
+                raise ReftokError(f"{path} does not match its sha256 in the manifest: rebuild with reftok-export")
             runner = TrtRunner(EngineFromBytes(BytesFromPath(str(path))))
             runner.activate()
-            self.runners[graph] = runner
+            runners[graph] = runner
+        self.runners = runners  # both graphs or neither: a half-loaded runner would look loaded
 
     def _run(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.runners[graph].infer(feed)

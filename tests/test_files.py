@@ -101,3 +101,24 @@ def test_stale_staging_folders_of_dead_exports_are_removed(tmp_path):
         (folder / "encoder.fp32.onnx").write_bytes(b"x" * 100)
     removed = remove_stale_staging(tmp_path)
     assert sorted(removed) == sorted([dead, old_style]) and live.is_dir() and not dead.exists()
+
+
+def test_a_failed_commit_leaves_no_temp_and_modes_follow_the_umask(tmp_path, monkeypatch):
+    import os
+
+    from reftok_deploy import files
+
+    def refuse(*args):
+        raise PermissionError("read-only target")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(files.os, "replace", refuse)
+        with pytest.raises(PermissionError):
+            atomic_write_bytes(tmp_path / "a.bin", b"data")
+    assert list(tmp_path.iterdir()) == []
+    old = os.umask(0o077)
+    try:
+        atomic_write_bytes(tmp_path / "private.bin", b"data")
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "private.bin").stat().st_mode & 0o777) == oct(0o600)

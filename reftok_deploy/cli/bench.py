@@ -46,7 +46,9 @@ def main(export_folder, backends, checkpoint, videos, size, gops, repeats, threa
     if threads:
         torch.set_num_threads(threads)
     specs = backends.split(",") if backends else ["torch"] + [f"onnxruntime:{p}" for p in export.precisions]
-    checkpoint = checkpoint or manifest["checkpoint"]["path"]
+    checkpoint = checkpoint or manifest["checkpoint"].get("path")
+    if not isinstance(checkpoint, str):
+        raise ReftokError(f"{export_folder}: its manifest records no checkpoint path: pass --checkpoint")
     block = export.geometry.block_frames
     clips = {str(v): read_video(v, size=size) for v in videos} or demo_clips(size, block_frames=block)
     feeds = [f for _, f in gop_feeds(clips, block, gops)]

@@ -41,7 +41,9 @@ def main(export_folder, baseline, candidate, checkpoint, videos, size, max_gops,
     export = open_export(export_folder)
     manifest = export.manifest
     if checkpoint is None:
-        checkpoint = manifest["checkpoint"]["path"]
+        checkpoint = manifest["checkpoint"].get("path")
+        if not isinstance(checkpoint, str):
+            raise ReftokError(f"{export_folder}: its manifest records no checkpoint path: pass --checkpoint")
         weights = f"{checkpoint}/model.safetensors"
         try:
             matches = sha256_file(weights) == manifest["checkpoint"]["weights_sha256"]

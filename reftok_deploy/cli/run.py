@@ -111,8 +111,13 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
                               f"--max-pixels {max_pixels}: pass --size N to crop, or raise --max-pixels if memory allows")
         say(f"capture: {spec.label} at {frames.fps:g} fps through {opencv_summary()}")
         writer = VideoFile(output, frames.fps, (2 * width, height)) if output else None
-        header = stream_header(cfg, width, height, frames.fps, weights_sha256(checkpoint))
-        tokens = TokenStreamWriter(tokens_path, header) if tokens_path else None
+        try:
+            header = stream_header(cfg, width, height, frames.fps, weights_sha256(checkpoint))
+            tokens = TokenStreamWriter(tokens_path, header) if tokens_path else None
+        except BaseException:
+            if writer:
+                writer.abort()
+            raise
 
         def sink(original, recon, lines):
             canvas = side_by_side(original, recon, lines)
