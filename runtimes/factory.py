@@ -1,4 +1,4 @@
-"""Backend specs ('torch', 'onnxruntime:fp32', 'tensorrt:fp16', ...) -> Runner instances."""
+"""Backend specs ('torch', 'onnxruntime:fp32', 'openvino:int8', 'tensorrt:fp16', ...) -> Runner instances."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from reftok_deploy.runtimes.base import Runner
 from reftok_deploy.manifest import ExportFolder
 from reftok_deploy.spec import GRAPH_NAMES
 
-ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch", "ov": "openvino"}
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -19,7 +19,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
     backend = ALIASES.get(backend, backend)
     precision = precision or ("fp32" if backend != "tensorrt" else "fp16")
     if backend not in BACKENDS or precision not in ("fp32", "fp16", "int8") or (backend == "torch" and precision != "fp32"):
-        raise ReftokError(f"unknown backend {spec!r}: use torch, onnxruntime:fp32|fp16|int8 or tensorrt:fp32|fp16|int8")
+        raise ReftokError(f"unknown backend {spec!r}: use torch, onnxruntime:fp32|fp16|int8, openvino:fp32|fp16|int8 "
+                          "or tensorrt:fp32|fp16|int8")
     return backend, precision
 
 
@@ -67,6 +68,12 @@ def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path |
             raise ReftokError(f"{path} is an ONNX of model version {version}; this reftok-deploy runs "
                               f"version {MODEL_VERSION}: re-export it")
         files[graph] = path
+    if backend == "openvino":
+        from reftok_deploy.runtimes.openvino_runner import OpenVinoRunner
+
+        # The graph holds the precision (FP32, mixed FP16, Q/DQ INT8); OpenVINO computes at f32 so its own
+        # bf16 default cannot change results.
+        return OpenVinoRunner(files, export.geometry, hint="f32", threads=threads, name=f"openvino-{precision}")
     # --device cuda / tensorrt select onnxruntime's CUDA or TensorRT execution provider.
     provider = {"cuda": "cuda", "tensorrt": "tensorrt"}.get(device.split(":")[0], "cpu")
     runner = OnnxRuntimeRunner(files, provider=provider, threads=threads, name=f"onnxruntime-{precision}")

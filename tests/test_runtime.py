@@ -373,3 +373,22 @@ def test_a_command_reads_and_hashes_the_manifest_once(tmp_path, tiny_checkpoint,
     assert result.exit_code == 0, result.output
     assert len(reads) == 1, reads
     assert hashes and max(hashes.values()) == 1, hashes
+
+
+def test_openvino_runs_the_exported_graphs_like_pytorch(tiny_checkpoint, export_dir):
+    pytest.importorskip("openvino")
+    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.manifest import open_export
+    from reftok_deploy.runtimes.factory import make_runner
+
+    rng = np.random.default_rng(1)
+    reference = rng.uniform(-1, 1, (1, 3, 32, 40)).astype(np.float32)
+    frames = np.clip(reference[:, :, None] + rng.normal(0, 0.2, (1, 3, 8, 32, 40)), -1, 1).astype(np.float32)
+    with make_runner("torch", None, tiny_checkpoint) as torch_runner, \
+            make_runner("openvino:fp32", open_export(export_dir), tiny_checkpoint) as ov_runner:
+        assert ov_runner.name == "openvino-fp32" and ov_runner.geometry == torch_runner.geometry
+        tokens = torch_runner.encode(reference, frames)
+        assert (ov_runner.encode(reference, frames) == tokens).mean() >= 0.999
+        assert np.abs(ov_runner.decode(reference, tokens) - torch_runner.decode(reference, tokens)).max() < 1e-3
+        with pytest.raises(ReftokError, match="must be int32"):
+            ov_runner.decode(reference, tokens.astype(np.int64))

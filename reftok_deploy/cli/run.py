@@ -19,7 +19,7 @@ from reftok_deploy.video import DEFAULT_MAX_PIXELS
 @click.option("--checkpoint", type=click.Path(), default=None, help="Checkpoint folder [default: shipped RefTok].")
 @click.option("--export", "export_folder", type=click.Path(), default=None, help="reftok-export folder (ONNX/engines).")
 @click.option("--backend", default="auto", show_default=True,
-              help="auto | torch | onnxruntime[:fp32|fp16|int8] | tensorrt[:fp16|int8|fp32].")
+              help="auto | torch | onnxruntime[:fp32|fp16|int8] | openvino[:fp32|fp16|int8] | tensorrt[:fp16|int8|fp32].")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (torch / onnxruntime).")
 @click.option("--size", type=click.IntRange(8, 4096), default=None, help="Centre-crop frames to SIZE x SIZE first.")
 @click.option("--refresh-blocks", default=1, show_default=True, type=click.IntRange(1),
