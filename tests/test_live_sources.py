@@ -307,17 +307,20 @@ def test_reftok_run_display_under_xvfb(system_venv, tmp_path):
     server = subprocess.Popen(["Xvfb", display, "-screen", "0", "1600x900x24", "-nolisten", "tcp"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = dict(os.environ, DISPLAY=display, QT_QPA_PLATFORM="xcb")
-    pipeline = ("videotestsrc is-live=true num-buffers=150 pattern=red ! video/x-raw,width=160,height=128,framerate=30/1 "
+    # a source longer than the run (--max-frames ends it), so the window stays up while a slow, busy
+    # machine loads the model and decodes the first block
+    pipeline = ("videotestsrc is-live=true num-buffers=1800 pattern=red ! video/x-raw,width=160,height=128,framerate=30/1 "
                 "! videoconvert ! video/x-raw,format=BGR ! appsink")
     try:
         time.sleep(1.5)
         run = subprocess.Popen([str(system_venv / "bin" / "reftok-run"), "--source", pipeline, "--backend", "torch",
-                                "--display", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                "--display", "--json", "--max-frames", "120"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
                                env=env, cwd=tmp_path)
         shot = b""
         deadline = time.time() + 120
         while run.poll() is None and time.time() < deadline:
-            time.sleep(1.0)
+            time.sleep(0.3)
             grab = subprocess.run(["xwd", "-root", "-silent", "-display", display], capture_output=True, timeout=30)
             screen = read_xwd(grab.stdout).astype(int)
             red = (screen[:, :, 0] > 150) & (screen[:, :, 1] < 90) & (screen[:, :, 2] < 90)
