@@ -75,20 +75,25 @@ def token_arithmetic_nodes(model: onnx.ModelProto) -> list[str]:
         for out in node.output:
             stack.extend(consumers.get(out, []))
     # Sampling ops and their whole non-compute input chain (grid coordinates, Range, the reference expand).
+    keep |= _non_compute_ancestors(nodes, [j for j, n in enumerate(nodes) if n.op_type in FP32_SAMPLING_OPS])
+    return [nodes[j].name for j in sorted(keep)]
+
+
+def _non_compute_ancestors(nodes: list[onnx.NodeProto], starts: list[int]) -> set[int]:
+    """Indices of ``starts`` and every node they read from, stopping at compute ops (not included)."""
     producer = {out: j for j, n in enumerate(nodes) for out in n.output}
-    stack = [j for j, n in enumerate(nodes) if n.op_type in FP32_SAMPLING_OPS]
-    visited: set[int] = set()
+    found: set[int] = set()
+    stack = list(starts)
     while stack:
         j = stack.pop()
-        if j in visited:
+        if j in found:
             continue
-        visited.add(j)
-        keep.add(j)
+        found.add(j)
         for name in nodes[j].input:
             k = producer.get(name)
             if k is not None and nodes[k].op_type not in COMPUTE_OPS:
                 stack.append(k)
-    return [nodes[j].name for j in sorted(keep)]
+    return found
 
 
 MATCHING_OPS = {"Softmax"}
@@ -104,21 +109,10 @@ def cost_volume_nodes(model: onnx.ModelProto) -> list[str]:
     cells (measured: INT8 tokens 35 % equal to FP32, -0.8 dB, with the volume quantised).
     """
     nodes = list(model.graph.node)
-    producer = {out: j for j, n in enumerate(nodes) for out in n.output}
     consumers = consumers_of(model.graph)
     ids = {id(n): i for i, n in enumerate(nodes)}
-    keep: set[int] = set()
     starts = [j for j, n in enumerate(nodes) if n.op_type in MATCHING_OPS]
-    stack = list(starts)
-    while stack:  # upstream, to the convs that make the features
-        j = stack.pop()
-        if j in keep:
-            continue
-        keep.add(j)
-        for name in nodes[j].input:
-            k = producer.get(name)
-            if k is not None and nodes[k].op_type not in COMPUTE_OPS:
-                stack.append(k)
+    keep = _non_compute_ancestors(nodes, starts)  # upstream, to the convs that make the features
     stack = list(starts)
     seen: set[int] = set()
     while stack:  # downstream, to the convs that read the displacements

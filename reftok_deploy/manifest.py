@@ -80,6 +80,7 @@ class ExportFolder:
     manifest: dict[str, Any]
     geometry: Geometry
     checkpoint_sha256: str
+    onnx_versions: dict[str, int | None]  # model version each ONNX artefact records, by manifest key
 
     @property
     def precisions(self) -> list[str]:
@@ -104,20 +105,22 @@ def open_export(folder: str | Path) -> ExportFolder:
     sha = checkpoint.get("weights_sha256") if isinstance(checkpoint, dict) else None
     if not isinstance(sha, str):
         raise ReftokError(f"{folder / MANIFEST} records no checkpoint weights_sha256")
+    listed = {e.get("file") for e in manifest["artifacts"].values()}
+    versions: dict[str, int | None] = {}
     for key, entry in manifest["artifacts"].items():
         if entry.get("format") != "onnx":
             continue
         facts = onnx_facts(folder / entry["file"])
+        versions[key] = facts["model_version"]
         if (facts["graph"], facts["precision"]) not in ((None, None), (entry.get("graph"), entry.get("precision"))):
             raise ReftokError(f"{folder}: {entry['file']} is listed as {key} but records itself as "
                               f"{facts['graph']}.{facts['precision']}")
         # weights outside the file would escape the hashes above: only what the manifest hashed may be read
-        listed = {e.get("file") for e in manifest["artifacts"].values()}
         unlisted = [name for name in facts["external"] if name not in listed]
         if unlisted:
             raise ReftokError(f"{folder}: {entry['file']} reads external data {unlisted[0]!r} that {MANIFEST} does not "
                               "hash: re-export")
-    return ExportFolder(folder, manifest, Geometry.from_config(manifest["model"]), sha)
+    return ExportFolder(folder, manifest, Geometry.from_config(manifest["model"]), sha, versions)
 
 
 def onnx_facts(path: str | Path) -> dict[str, Any]:
@@ -143,7 +146,3 @@ def onnx_facts(path: str | Path) -> dict[str, Any]:
     return {"model_version": int(version) if version is not None and version.isdigit() else None,
             "graph": export.get("graph"), "precision": export.get("precision"), "external": external}
 
-
-def onnx_model_version(path: str | Path) -> int | None:
-    """The model version recorded in an ONNX file's metadata_props (None if absent)."""
-    return onnx_facts(path)["model_version"]

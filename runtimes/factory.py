@@ -47,7 +47,6 @@ def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path |
         return TorchRunner(checkpoint, device=device)
     if export is None:
         raise ReftokError(f"backend {spec} needs an export folder (run reftok-export first)")
-    from reftok_deploy.manifest import onnx_model_version
     from reftok_deploy.spec import MODEL_VERSION
 
     _same_checkpoint(export, checkpoint)
@@ -63,7 +62,7 @@ def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path |
         if path is None:
             flag = {"fp16": "--fp16", "int8": "--int8 --calib-data ..."}.get(precision, "")
             raise ReftokError(f"{export.path} has no {precision} {graph}: re-run reftok-export {flag}".rstrip())
-        version = onnx_model_version(path)
+        version = export.onnx_versions.get(f"{graph}.{precision}")  # read when the folder was opened
         if version != MODEL_VERSION:
             raise ReftokError(f"{path} is an ONNX of model version {version}; this reftok-deploy runs "
                               f"version {MODEL_VERSION}: re-export it")
