@@ -1,14 +1,29 @@
 """Backend choice for the commands: an export of the checkpoint made on demand, and ``--backend auto``.
 
 Application layer: it uses both the exporter and the runtimes (neither imports the other).
+
+``--backend auto`` chooses by measurement, not by a rule: every backend available here is checked for
+parity against PyTorch (the tolerances of its precision, :data:`reftok_deploy.spec.TOLERANCES`) and
+timed on the same GOPs of the built-in clips, round-robin; the fastest one that passed is used. CPUs
+differ (onnxruntime's INT8 was 1.15x its FP32 on one x86 box and 1.64x on another; OpenVINO's INT8 is
+fast only with VNNI/AMX), so the result is cached per machine in the export folder
+(:data:`AUTO_FILE`), keyed by CPU/GPU, threads, device and library versions.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Any, Callable
 
 from reftok_deploy.errors import ReftokError
-from reftok_deploy.manifest import ExportFolder, open_export
+from reftok_deploy.manifest import MANIFEST, ExportFolder, open_export, tool_versions
+
+AUTO_FILE = "auto-backend.json"
+PROBE_SIZE = 256  # frames of the built-in clips, centre-cropped
+PROBE_GOPS = 2
+PROBE_REPEATS = 3
 
 
 def cached_export(checkpoint: str | Path, say=lambda _: None) -> ExportFolder:
@@ -32,36 +47,160 @@ def cached_export(checkpoint: str | Path, say=lambda _: None) -> ExportFolder:
     return open_export(folder)
 
 
-def auto_backend(export: ExportFolder | None, checkpoint: str | Path, device: str,
-                 say=lambda _: None) -> tuple[str, ExportFolder | None, str]:
-    """Pick the fastest backend available here -> (spec, opened export folder, reason).
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
+    import platform
 
-    Order: TensorRT engines > onnxruntime CUDA > onnxruntime CPU > PyTorch eager (measured on
-    the 2-core CPU with reftok-bench: onnxruntime FP32 1.38x PyTorch eager at 2 threads, 1.30x at 1).
-    """
-    import onnxruntime as ort
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def candidate_specs(export: ExportFolder, device: str) -> list[str]:
+    """Every backend spec that could run ``export`` here (PyTorch first: it is the parity baseline)."""
     from reftok_deploy.engines import check_engine, gpu_name, tensorrt_version
 
-    if export is not None and tensorrt_version() and gpu_name():
-        engines = export.engines()
+    specs = ["torch"]
+    specs += [f"onnxruntime:{p}" for p in export.precisions]
+    if device == "cpu" and _importable("openvino"):
+        specs += [f"openvino:{p}" for p in export.precisions]
+    if tensorrt_version() and gpu_name():
         here = {"tensorrt": tensorrt_version(), "gpu": gpu_name()}
+        engines = export.engines()
 
         def usable(entry) -> bool:  # listed, and built for this GPU and TensorRT
             return (isinstance(entry, dict) and isinstance(entry.get("key"), dict) and isinstance(entry.get("file"), str)
                     and check_engine(export.path / entry["file"], dict(entry["key"], **here)) is None)
 
-        for precision in ("int8", "fp16", "fp32"):
-            if usable(engines.get(f"encoder.{precision}")) and usable(engines.get(f"decoder.{precision}")):
-                return f"tensorrt:{precision}", export, f"TensorRT {precision} engines on {gpu_name()}"
-    providers = ort.get_available_providers()
-    if device.startswith("cuda") and "CUDAExecutionProvider" in providers:
+        specs += [f"tensorrt:{p}" for p in ("fp32", "fp16", "int8")
+                  if usable(engines.get(f"encoder.{p}")) and usable(engines.get(f"decoder.{p}"))]
+    return specs
+
+
+def measurement_key(export: ExportFolder, device: str, threads: int | None) -> dict[str, Any]:
+    """What a cached measurement is valid for: this machine, these libraries, this export."""
+    from reftok_deploy.engines import gpu_name
+
+    manifest = (export.path / MANIFEST).read_bytes()
+    versions = tool_versions()
+    if _importable("openvino"):
+        from importlib import metadata
+
+        versions["openvino"] = metadata.version("openvino")
+    return {"cpu": cpu_name(), "gpu": gpu_name() if device != "cpu" else None, "device": device,
+            "threads": threads, "versions": versions, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+            "probe": {"size": PROBE_SIZE, "gops": PROBE_GOPS, "repeats": PROBE_REPEATS}}
+
+
+def measure_backends(export: ExportFolder, checkpoint: str | Path, specs: list[str], device: str,
+                     threads: int | None, say: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, Any]]:
+    """Parity against PyTorch, then round-robin timing of those that passed -> per spec
+    ``{"parity": bool, "failures": [...], "total_ms": float | None}``."""
+    from reftok_deploy.bench import bench
+    from reftok_deploy.data import demo_clips
+    from reftok_deploy.parity import compare, gop_feeds
+    from reftok_deploy.runtimes.factory import make_runner, parse_spec
+    from reftok_deploy.spec import TOLERANCES
+
+    block = export.geometry.block_frames
+    feeds = list(gop_feeds(demo_clips(PROBE_SIZE, block_frames=block), block, 1))[:PROBE_GOPS]
+    results: dict[str, dict[str, Any]] = {}
+    passed = []
+    baseline = make_runner("torch", export, checkpoint, device=device, threads=threads)
+    baseline.load()
+    try:
+        for spec in specs:
+            runner = baseline if spec == "torch" else make_runner(spec, export, checkpoint, device=device, threads=threads)
+            try:
+                runner.load()
+                failures = [] if runner is baseline else compare(baseline, runner, feeds,
+                                                                 TOLERANCES[parse_spec(spec)[1]]).failures
+            except ReftokError as exc:
+                failures = [str(exc)]
+            results[spec] = {"parity": not failures, "failures": failures, "total_ms": None}
+            if failures:
+                say(f"auto: {spec} skipped: parity failed ({failures[0]})")
+                if runner is not baseline:
+                    runner.close()
+            else:
+                passed.append((spec, runner))
+        timing = bench([r for _, r in passed], [f for _, f in feeds], repeats=PROBE_REPEATS)
+        for spec, runner in passed:
+            results[spec]["total_ms"] = round(timing["backends"][runner.name]["total_ms"], 2)
+    finally:
+        for _, runner in passed:
+            runner.close()
+        baseline.close()
+    return results
+
+
+def _read_cached(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("key") != key or not isinstance(record.get("results"), dict):
+        return None
+    return record
+
+
+def choose(results: dict[str, dict[str, Any]]) -> str:
+    """The fastest spec whose parity passed."""
+    timed = {spec: r["total_ms"] for spec, r in results.items() if r.get("parity") and isinstance(r.get("total_ms"), (int, float))}
+    if not timed:
+        raise ReftokError("no backend passed parity with PyTorch here")
+    return min(timed, key=timed.get)
+
+
+def measured_choice(export: ExportFolder, checkpoint: str | Path, device: str, threads: int | None,
+                    say: Callable[[str], None] = lambda _: None) -> tuple[str, str]:
+    """(spec, reason): the cached measurement for this machine, or a new one (seconds), saved beside the export."""
+    from reftok_deploy.files import atomic_write_bytes
+
+    path = export.path / AUTO_FILE
+    key = measurement_key(export, device, threads)
+    record = _read_cached(path, key)
+    origin = f"cached in {path}"
+    if record is None:
+        specs = candidate_specs(export, device)
+        say(f"auto: measuring {', '.join(specs)} on {PROBE_GOPS} GOPs at {PROBE_SIZE}x{PROBE_SIZE} "
+            "(once per machine and export)")
+        record = {"key": key, "results": measure_backends(export, checkpoint, specs, device, threads, say)}
         try:
-            return "onnxruntime:fp32", export or cached_export(checkpoint, say), "onnxruntime CUDA execution provider"
+            atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+            origin = f"measured now, saved to {path}"
+        except OSError as exc:
+            origin = f"measured now, not saved ({exc.strerror or exc})"
+    results = record["results"]
+    spec = choose(results)
+    timed = sorted((r["total_ms"], s) for s, r in results.items() if r.get("parity") and r.get("total_ms"))
+    failed = [s for s, r in results.items() if not r.get("parity")]
+    table = ", ".join(f"{s} {ms:.0f}" for ms, s in timed)
+    return spec, (f"fastest that passed parity here, ms per GOP: {table}"
+                  + (f"; failed parity: {', '.join(failed)}" if failed else "") + f"; {origin}")
+
+
+def auto_backend(export: ExportFolder | None, checkpoint: str | Path, device: str,
+                 say=lambda _: None, threads: int | None = None) -> tuple[str, ExportFolder | None, str]:
+    """Pick the fastest backend that passes parity here -> (spec, opened export folder, reason).
+
+    Without an export folder, an FP32 export of the checkpoint is made once in the user cache; where
+    that fails, PyTorch eager is used."""
+    if export is None:
+        try:
+            export = cached_export(checkpoint, say)
         except (ReftokError, OSError) as exc:
             return "torch", None, f"PyTorch eager (no ONNX export available: {exc})"
-    try:
-        export = export or cached_export(checkpoint, say)
-    except (ReftokError, OSError) as exc:
-        return "torch", None, f"PyTorch eager (no ONNX export available: {exc})"
-    return "onnxruntime:fp32", export, "onnxruntime CPU (faster than PyTorch eager here)"
+    spec, why = measured_choice(export, checkpoint, device, threads, say)
+    return spec, export, why

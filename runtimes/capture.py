@@ -204,6 +204,7 @@ class FrameSource:
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.reconnects = 0
         self.dropped = 0
+        self.read_seconds = 0.0  # time the reader spent in read() and colour conversion (the capture stage)
         self._stop = threading.Event()
         self._cap = opener(spec)  # fail fast, in the caller's thread, with one clear line
         fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -255,11 +256,14 @@ class FrameSource:
     def _read(self, generation: int, cap: cv2.VideoCapture | None) -> None:
         try:
             while not self._stop.is_set() and generation == self._generation:
+                start = time.perf_counter()
                 ok, frame = cap.read() if cap is not None else (False, None)
                 if generation != self._generation:
                     break  # abandoned while blocked in read(): a newer reader owns the source
                 if ok:
-                    self._put(to_rgb(frame, "BGR"))
+                    frame = to_rgb(frame, "BGR")
+                    self.read_seconds += time.perf_counter() - start
+                    self._put(frame)
                 elif not self.spec.live or (cap := self._reopen(cap, generation)) is None:
                     break
         except Exception as exc:  # surfaced to the consumer, never lost in the thread

@@ -44,7 +44,7 @@ def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path |
 
         if checkpoint is None:
             raise ReftokError("the torch backend needs a checkpoint")
-        return TorchRunner(checkpoint, device=device)
+        return TorchRunner(checkpoint, device=device, threads=threads)
     if export is None:
         raise ReftokError(f"backend {spec} needs an export folder (run reftok-export first)")
     from reftok_deploy.spec import MODEL_VERSION

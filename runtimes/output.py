@@ -57,15 +57,27 @@ def display_available() -> bool:
         return False
 
 
-def side_by_side(original: np.ndarray, recon: np.ndarray, lines: list[str]) -> np.ndarray:
-    """``[H,2W,3]`` uint8 RGB: original | reconstruction, text lines on a dark band at the top left."""
+def side_by_side(original: np.ndarray, recon: np.ndarray, lines: list[str],
+                 labels: tuple[str, str] = ("original", "reconstruction")) -> np.ndarray:
+    """``[H,2W,3]`` uint8 RGB: original | reconstruction, text lines on a dark band at the top left and
+    each half's label at its bottom left."""
     canvas = np.concatenate([original, recon], axis=1)
     scale = float(np.clip(canvas.shape[1] / 1280, 0.4, 1.0))
     line_height = int(32 * scale) + 2
-    width = max(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for line in lines) + 10 if lines else 0
-    band = canvas[: line_height * len(lines) + 6, :width]
+    _draw_lines(canvas, lines, 0, line_height, scale)
+    half = original.shape[1]
+    for x, label in zip((0, half), labels):
+        _draw_lines(canvas[:, x:x + half], [label], max(canvas.shape[0] - line_height - 6, 0), line_height, scale)
+    return canvas
+
+
+def _draw_lines(canvas: np.ndarray, lines: list[str], top: int, line_height: int, scale: float) -> None:
+    """White text on a darkened band starting ``top`` pixels down, in place."""
+    if not lines:
+        return
+    width = max(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for line in lines) + 10
+    band = canvas[top: top + line_height * len(lines) + 6, :width]
     band[:] = (band * 0.35).astype(np.uint8)
     for i, line in enumerate(lines):
-        cv2.putText(canvas, line, (5, line_height * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+        cv2.putText(canvas, line, (5, top + line_height * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
                     cv2.LINE_AA)
-    return canvas

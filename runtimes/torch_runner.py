@@ -14,12 +14,13 @@ from reftok_deploy.spec import FRAMES_IN, FRAMES_OUT, REFERENCE, TOKENS, Geometr
 class TorchRunner(Runner):
     """Runs the checkpoint's model; geometry from its ``config.json``."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu") -> None:
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", threads: int | None = None) -> None:
         from reftok_deploy.checkpoint import read_config
 
         super().__init__(Geometry.from_config(read_config(checkpoint)["model"]))
         self.checkpoint = Path(checkpoint)
         self.device = device
+        self.threads = threads  # PyTorch's intra-op threads are per process: set when loaded
         self.model = None
         self.name = f"torch-{device}"
 
@@ -35,6 +36,8 @@ class TorchRunner(Runner):
             raise ReftokError(f"unknown --device {self.device!r}; use cpu, cuda or cuda:N") from None
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ReftokError("--device cuda asked for, but PyTorch sees no CUDA GPU")
+        if self.threads:
+            torch.set_num_threads(self.threads)
         self.model, _ = load_checkpoint(self.checkpoint)
         self.model.to(self.device)
 

@@ -331,7 +331,7 @@ def test_dropped_live_source_keeps_the_output_playable(tmp_path, tiny_checkpoint
                                                               retries=2, backoff=0.001, opener=opener) as source:
         writer = VideoFile(out, 10.0, (64, 32))
         stats = encode_stream(source, GopEncoder(FrameCodec(runner), 8), StreamStats(10.0, 1000),
-                              sink=lambda o, r, lines: writer.write(side_by_side(o, r, lines)))
+                              sink=lambda o, r, lines, labels: writer.write(side_by_side(o, r, lines, labels)))
         writer.close()
     cap = cv2.VideoCapture(str(out))
     assert stats.frames == 14 and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 14
@@ -392,3 +392,50 @@ def test_openvino_runs_the_exported_graphs_like_pytorch(tiny_checkpoint, export_
         assert np.abs(ov_runner.decode(reference, tokens) - torch_runner.decode(reference, tokens)).max() < 1e-3
         with pytest.raises(ReftokError, match="must be int32"):
             ov_runner.decode(reference, tokens.astype(np.int64))
+
+
+def test_threaded_stage_passes_items_errors_and_stops_with_its_consumer():
+    import threading
+    import time
+
+    from reftok_deploy.runtimes.pipeline import threaded
+
+    assert list(threaded(lambda: iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("model failed")
+
+    items = threaded(failing)
+    assert next(items) == 1
+    with pytest.raises(ValueError, match="model failed"):
+        next(items)
+    produced, started = [], threading.Event()
+
+    def endless():
+        started.set()
+        for i in range(10**9):
+            produced.append(i)
+            yield i
+
+    stream = threaded(endless, depth=2)
+    assert next(stream) == 0
+    stream.close()  # the consumer stops early (Ctrl-C, an output error)
+    count = len(produced)
+    time.sleep(0.3)
+    assert len(produced) <= count + 1 and count <= 4  # bounded queue, worker stopped
+
+
+def test_run_reports_stage_times_rates_with_references_and_the_full_sha(tmp_path, tiny_checkpoint, clip_file):
+    result = invoke(run_main, ["--video", clip_file, "--checkpoint", tiny_checkpoint, "--backend", "torch",
+                               "--size", "64", "--json", "--no-display", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    stages = summary["stage_ms_per_frame"]
+    assert stages["model"] > 0 and stages["capture"] > 0 and stages["output"] >= 0
+    assert summary["model_fps"] > 0 and summary["total_kbps"] > summary["token_kbps"] > 0
+    assert summary["total_kbps"] == pytest.approx(summary["token_kbps"] + summary["reference_kbps"], abs=0.01)
+    text = invoke(run_main, ["--video", clip_file, "--checkpoint", tiny_checkpoint, "--backend", "torch",
+                             "--size", "64", "--no-display"])
+    assert f"reconstruction sha256 {summary['reconstruction_sha256']}" in text.stdout
+    assert "with the reference frames" in text.stdout

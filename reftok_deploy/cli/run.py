@@ -21,6 +21,7 @@ from reftok_deploy.video import DEFAULT_MAX_PIXELS
 @click.option("--backend", default="auto", show_default=True,
               help="auto | torch | onnxruntime[:fp32|fp16|int8] | openvino[:fp32|fp16|int8] | tensorrt[:fp16|int8|fp32].")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (torch / onnxruntime).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the model [default: the runtime's].")
 @click.option("--size", type=click.IntRange(8, 4096), default=None, help="Centre-crop frames to SIZE x SIZE first.")
 @click.option("--refresh-blocks", default=1, show_default=True, type=click.IntRange(1),
               help="New reference after this many blocks.")
@@ -41,7 +42,7 @@ from reftok_deploy.video import DEFAULT_MAX_PIXELS
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @user_errors
 @sigterm_as_interrupt()
-def main(camera, video, source, demo, checkpoint, export_folder, backend, device, size, refresh_blocks, cut_threshold,
+def main(camera, video, source, demo, checkpoint, export_folder, backend, device, threads, size, refresh_blocks, cut_threshold,
          output, tokens_path, display, max_frames, max_pixels, open_timeout, read_timeout, as_json) -> None:
     """Encode frames into tokens against unquantised references and decode them back, live.
 
@@ -86,9 +87,9 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
     try:
         export = open_export(export_folder) if export_folder is not None else None
         if backend == "auto":
-            backend, export, why = auto_backend(export, checkpoint, device, say)
+            backend, export, why = auto_backend(export, checkpoint, device, say, threads=threads)
             say(f"backend: {backend} ({why})")
-        runner = make_runner(backend, export, checkpoint, device=device)
+        runner = make_runner(backend, export, checkpoint, device=device, threads=threads)
     except BaseException:
         frames_source.close()
         raise
@@ -119,8 +120,8 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
                 writer.abort()
             raise
 
-        def sink(original, recon, lines):
-            canvas = side_by_side(original, recon, lines)
+        def sink(original, recon, lines, labels):
+            canvas = side_by_side(original, recon, lines, labels)
             if writer:
                 writer.write(canvas)
             if show:
@@ -141,6 +142,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
         for handle in (writer, tokens):
             if handle:
                 handle.close()
+        stats.capture_seconds = float(getattr(frames, "read_seconds", 0.0))
         summary = dict(stats.summary(), backend=runner.name, source=spec.label, size=[height, width],
                        scene_changes=gop.scene_changes, dropped=frames.dropped, reconnects=frames.reconnects,
                        output=output, tokens=tokens_path)
@@ -149,5 +151,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
     else:
         click.echo(f"{stats.frames} frames ({stats.references} references, {stats.blocks} blocks) "
                    f"from {spec.label} on {runner.name}: PSNR {summary['psnr_db']:.2f} dB, tokens "
-                   f"{summary['token_kbps']:.1f} kbit/s, {summary['fps']:.1f} fps"
+                   f"{summary['token_kbps']:.1f} kbit/s ({summary['total_kbps']:.0f} kbit/s with the reference "
+                   f"frames), {summary['fps']:.1f} fps end to end (model alone {summary['model_fps'] or 0:.1f} fps)"
                    + (f"; wrote {output}" if output else "") + (f", {tokens_path}" if tokens_path else ""))
+        click.echo(f"reconstruction sha256 {summary['reconstruction_sha256']}")

@@ -1,0 +1,65 @@
+"""One stage of the live path in its own thread: a generator run by a worker, read through a bounded queue.
+
+reftok-run chains three threads: capture (:class:`reftok_deploy.runtimes.capture.FrameSource`, which drops
+the oldest frame of a live source when full), the model (:func:`threaded`, nothing dropped: every block's
+tokens are kept) and output (overlay, video, window, token stream) in the caller's thread, which must own
+the window. A full queue makes the stage before it wait, so a slow output slows the model instead of
+losing tokens, and a live source then drops frames at capture.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def threaded(produce: Callable[[], Iterator[T]], depth: int = 16, name: str = "reftok-stage") -> Iterator[T]:
+    """Yield what ``produce()`` yields, computed in a worker thread ``depth`` items ahead.
+
+    An exception in the worker is raised here, in the consumer's thread, with its traceback. When the
+    consumer stops early (an error, Ctrl-C, ``close()``), the worker is told to stop at its next item.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in produce():
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:  # noqa: BLE001 (handed to the consumer, which re-raises it)
+            put(_Failure(exc))
+
+    worker = threading.Thread(target=work, name=name, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5.0)

@@ -1,0 +1,57 @@
+"""--backend auto: chosen by parity and a measurement on this machine, cached beside the export."""
+
+import json
+
+import pytest
+
+import reftok_deploy.backends as backends
+from reftok_deploy.errors import ReftokError
+from reftok_deploy.manifest import open_export
+from reftok_deploy.spec import TOLERANCES, Tolerance
+
+
+@pytest.fixture()
+def export_copy(tmp_path, tiny_checkpoint, monkeypatch):
+    from reftok_deploy.export.pipeline import ExportOptions, run_export
+
+    monkeypatch.setattr(backends, "PROBE_SIZE", 64)
+    out = tmp_path / "export"
+    run_export(tiny_checkpoint, out, ExportOptions(dynamo=False, tensorrt="skip"))
+    return open_export(out)
+
+
+def test_auto_measures_once_then_reads_the_cache(export_copy, tiny_checkpoint, monkeypatch):
+    said = []
+    spec, export, why = backends.auto_backend(export_copy, tiny_checkpoint, "cpu", said.append)
+    record = json.loads((export_copy.path / backends.AUTO_FILE).read_text())
+    results = record["results"]
+    assert {"torch", "onnxruntime:fp32"} <= set(results) and all(r["parity"] for r in results.values())
+    fastest = min(results, key=lambda s: results[s]["total_ms"])
+    assert spec == fastest and export is export_copy and "measured now" in why
+    assert record["key"]["cpu"] == backends.cpu_name() and any("auto: measuring" in line for line in said)
+
+    def no_measuring(*_a, **_k):
+        raise AssertionError("measured again although a valid measurement is cached")
+
+    monkeypatch.setattr(backends, "measure_backends", no_measuring)
+    again, _, why = backends.auto_backend(export_copy, tiny_checkpoint, "cpu")
+    assert again == spec and "cached in" in why
+    # another thread count is another measurement
+    with pytest.raises(AssertionError, match="measured again"):
+        backends.auto_backend(export_copy, tiny_checkpoint, "cpu", threads=1)
+
+
+def test_auto_never_picks_a_backend_that_failed_parity(export_copy, tiny_checkpoint, monkeypatch):
+    monkeypatch.setitem(TOLERANCES, "fp32", Tolerance(min_token_agreement=1.01, max_abs_frames=0.0,
+                                                      max_psnr_delta_db=0.0))
+    spec, _, why = backends.auto_backend(export_copy, tiny_checkpoint, "cpu")
+    results = json.loads((export_copy.path / backends.AUTO_FILE).read_text())["results"]
+    assert spec == "torch" and results["onnxruntime:fp32"]["parity"] is False
+    assert results["onnxruntime:fp32"]["total_ms"] is None and "failed parity: onnxruntime:fp32" in why
+
+
+def test_choose_refuses_when_nothing_passed():
+    with pytest.raises(ReftokError, match="no backend passed"):
+        backends.choose({"onnxruntime:fp32": {"parity": False, "total_ms": None}})
+    assert backends.choose({"a": {"parity": True, "total_ms": 5.0}, "b": {"parity": True, "total_ms": 3.0},
+                            "c": {"parity": False, "total_ms": 1.0}}) == "b"
