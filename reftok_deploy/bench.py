@@ -61,3 +61,55 @@ def bench(runners: list[Runner], feeds: list[Feed], repeats: int = 5, warmup: in
             row[f"speedup_{key[:-3]}"] = base[key] / row[key]
     return {"baseline": results[0].name, "repeats": repeats, "gops": len(feeds), "frames_per_gop": frames,
             "backends": table}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256' -> (256, 256); '640x480' -> (480, 640) as (height, width); both multiples of 8."""
+    from reftok_deploy.errors import ReftokError
+
+    parts = text.lower().split("x")
+    try:
+        width, height = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    except ValueError:
+        raise ReftokError(f"--size {text!r}: give N or WIDTHxHEIGHT, e.g. 256 or 640x480") from None
+    if len(parts) > 2 or not (8 <= width <= 4096 and 8 <= height <= 4096) or width % 8 or height % 8:
+        raise ReftokError(f"--size {text!r}: width and height must each be a multiple of 8, between 8 and 4096")
+    return height, width
+
+
+def matmul_peak_gflops(seconds: float = 1.0, n: int = 1024) -> float:
+    """This machine's float32 matrix-multiply rate (GFLOP/s) with PyTorch's current thread count:
+    the best of repeated ``n x n`` products over about ``seconds`` (a practical peak to compare with)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def end_to_end(runner: Runner, frames: list[np.ndarray], block_frames: int, codebook_size: int,
+               fps: float = 30.0) -> dict[str, Any]:
+    """What reftok-run does with ``frames`` ``[H,W,3]`` uint8 RGB: GOPs, encode, decode, overlay and an
+    MP4 written to a temporary folder -> its summary (end-to-end fps, model-only fps, stage times)."""
+    import tempfile
+    from pathlib import Path
+
+    from reftok_deploy.runtimes.codec import FrameCodec
+    from reftok_deploy.runtimes.gop import GopEncoder
+    from reftok_deploy.runtimes.output import VideoFile, side_by_side
+    from reftok_deploy.runtimes.stream import StreamStats, encode_stream
+
+    height, width = frames[0].shape[:2]
+    with tempfile.TemporaryDirectory(prefix="reftok-bench-") as tmp:
+        writer = VideoFile(Path(tmp) / "run.mp4", fps, (2 * width, height))
+        stats = StreamStats(fps_source=fps, codebook_size=codebook_size)
+        encode_stream(frames, GopEncoder(FrameCodec(runner), block_frames), stats, label=runner.name,
+                      sink=lambda o, r, lines, labels: writer.write(side_by_side(o, r, lines, labels)))
+        writer.close()
+    return stats.summary()

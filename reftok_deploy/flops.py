@@ -17,11 +17,14 @@ from reftok_deploy.model import CORRELATION_RADII, PRESETS, RefTok
 
 
 @torch.no_grad()
-def gop_flops(model: RefTok, size: int = 256) -> dict[str, float]:
-    """GFLOP per GOP at ``size x size``: encoder, decoder, total, and the cost volume's multiply-adds."""
+def gop_flops(model: RefTok, size: int | tuple[int, int] = 256) -> dict[str, float]:
+    """GFLOP per GOP at ``size x size`` (or ``(height, width)``): encoder, decoder, total, and the cost
+    volume's multiply-adds. Every term is proportional to the pixel count (all layers are convolutions
+    over the full frame or fixed fractions of it)."""
     t = model.cfg.block_frames
-    reference = torch.zeros(1, 3, size, size)
-    frames = torch.zeros(1, 3, t, size, size)
+    height, width = (size, size) if isinstance(size, int) else size
+    reference = torch.zeros(1, 3, height, width)
+    frames = torch.zeros(1, 3, t, height, width)
     with FlopCounterMode(display=False) as counter:
         tokens = model.encode(reference, frames)
     encoder = counter.get_total_flops() / 1e9
@@ -32,7 +35,7 @@ def gop_flops(model: RefTok, size: int = 256) -> dict[str, float]:
     if model.cfg.reference:
         m = model.cfg.motion_channels
         for scale, radius in zip((4, 8), CORRELATION_RADII):
-            correlation += 2 * t * m * (2 * radius + 1) ** 2 * (size // scale) ** 2 / 1e9
+            correlation += 2 * t * m * (2 * radius + 1) ** 2 * (height // scale) * (width // scale) / 1e9
     return {"encoder": encoder, "decoder": decoder, "cost_volume": correlation,
             "total": encoder + decoder + correlation}
 

@@ -57,6 +57,19 @@ def resize_short_side(frame: np.ndarray, short: int) -> np.ndarray:
     return cv2.resize(frame, size, interpolation=interp)
 
 
+def center_crop(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize ``[H,W,3]`` (aspect kept) until it covers ``width x height``, then crop the centre
+    ``[height,width,3]``. A smaller frame is scaled up."""
+    h, w = frame.shape[:2]
+    scale = max(width / w, height / h)
+    if (round(w * scale), round(h * scale)) != (w, h):
+        size = (max(width, round(w * scale)), max(height, round(h * scale)))
+        frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    h, w = frame.shape[:2]
+    top, left = (h - height) // 2, (w - width) // 2
+    return np.ascontiguousarray(frame[top : top + height, left : left + width])
+
+
 def center_square(frame: np.ndarray, size: int) -> np.ndarray:
     """Resize the short side to ``size`` and crop the centre ``[size,size,3]``."""
     frame = resize_short_side(frame, size)

@@ -338,13 +338,24 @@ def test_dropped_live_source_keeps_the_output_playable(tmp_path, tiny_checkpoint
 
 
 def test_bench_prints_ratios_side_by_side(export_dir, tiny_checkpoint):
-    result = invoke(bench_main, [export_dir, "--checkpoint", tiny_checkpoint, "--size", "64", "--gops", "1",
-                                 "--repeats", "2", "--json"])
+    result = invoke(bench_main, [export_dir, "--checkpoint", tiny_checkpoint, "--size", "64", "--size", "80x48",
+                                 "--gops", "1", "--repeats", "2", "--json"])  # --gops: the old spelling still works
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    rows = report["backends"]
+    assert report["matmul_peak_gflops"] > 0 and report["cpu"] and set(report["sizes"]) == {"64x64", "80x48"}
+    square, wide = report["sizes"]["64x64"], report["sizes"]["80x48"]
+    assert wide["gflop_per_gop"] == pytest.approx(square["gflop_per_gop"] * 80 * 48 / 64**2)
+    rows = square["backends"]
     assert set(rows) == {"torch-cpu", "onnxruntime-fp32"} and rows["torch-cpu"]["speedup_total"] == 1.0
     assert rows["onnxruntime-fp32"]["encode_ms"] > 0 and rows["onnxruntime-fp32"]["psnr_db"] > 0
+    assert 0 < rows["onnxruntime-fp32"]["gflop_per_s"] == pytest.approx(
+        square["gflop_per_gop"] / rows["onnxruntime-fp32"]["total_ms"] * 1000)
+    e2e = wide["end_to_end"]
+    assert e2e["backend"] in rows and e2e["fps"] > 0 and e2e["model_fps"] > 0 and e2e["frames"] == 9 * wide["gops"]
+    text = invoke(bench_main, [export_dir, "--checkpoint", tiny_checkpoint, "--size", "64", "--max-gops", "1",
+                               "--repeats", "1", "--model-only"])
+    assert text.exit_code == 0 and "GFLOP/s" in text.stdout and "end to end" not in text.stdout
+    assert "--gops" not in invoke(bench_main, ["--help"]).stdout
 
 
 @pytest.mark.parametrize("command", ["parity", "bench", "run"])

@@ -1,4 +1,4 @@
-"""reftok-bench: encode/decode throughput and latency per backend and precision, side by side."""
+"""reftok-bench: encode/decode speed per backend and precision at the sizes users run, side by side."""
 
 from __future__ import annotations
 
@@ -7,40 +7,55 @@ import json
 import click
 
 from reftok_deploy.cli import OneLineCommand, user_errors
+from reftok_deploy.cli.options import (checkpoint_option, json_option, max_gops_option, threads_option, verbose_option,
+                                       videos_option)
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("export_folder", type=click.Path())
 @click.option("--backends", default=None,
               help="Comma list, first is the baseline [default: torch + every onnxruntime precision exported].")
-@click.option("--checkpoint", type=click.Path(), default=None, help="For torch [default: the manifest's].")
-@click.option("--video", "videos", multiple=True, type=click.Path(), help="Real videos [default: built-in clips].")
-@click.option("--size", default=256, show_default=True, type=click.IntRange(8, 4096), help="Centre crop (multiple of 8).")
-@click.option("--gops", default=2, show_default=True, type=click.IntRange(1), help="GOPs per clip.")
-@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1))
-@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads for torch and onnxruntime.")
+@checkpoint_option("For the torch backend [default: the one recorded in the manifest].")
+@videos_option("Real videos [default: built-in clips]; repeat for several.")
+@click.option("--size", "sizes", multiple=True, default=("256",), show_default=True, metavar="N|WxH",
+              help="Frame size: N (short side resized to N, centre N x N) or WIDTHxHEIGHT (resized to cover, "
+                   "centre crop), multiples of 8; repeat for several, e.g. --size 256 --size 640x480 --size 1280x720.")
+@max_gops_option(2, "GOPs per clip.", hidden_aliases=("--gops",))
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1), help="Timed rounds (medians).")
+@click.option("--end-to-end/--model-only", default=True, show_default=True,
+              help="Also run the fastest backend through reftok-run's whole path (GOPs, overlay, MP4 writing).")
+@threads_option
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
+@verbose_option
 @user_errors
-def main(export_folder, backends, checkpoint, videos, size, gops, repeats, threads, device, as_json) -> None:
+def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, end_to_end, threads, device,
+         as_json) -> None:
     """Time encode and decode of each backend on the same real GOPs in one run (round-robin,
-    medians) and print ms per GOP, frames/s and speed-ups against the first backend."""
+    medians) and print ms per GOP, frames/s, GFLOP/s against this machine's measured matrix-multiply
+    rate, speed-ups against the first backend and, with --end-to-end, reftok-run's fps beside the
+    model-only fps."""
+    import math
     import os
+
+    import numpy as np
 
     # PyTorch's OpenMP threads otherwise spin after each call and slow the backend timed next.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from reftok_deploy.bench import bench
+    from reftok_deploy.backends import cpu_name
+    from reftok_deploy.bench import bench, end_to_end as run_end_to_end, matmul_peak_gflops, parse_size
+    from reftok_deploy.checkpoint import load_checkpoint
     from reftok_deploy.data import demo_clips
     from reftok_deploy.errors import ReftokError
+    from reftok_deploy.flops import gop_flops
     from reftok_deploy.manifest import open_export
     from reftok_deploy.parity import gop_feeds
     from reftok_deploy.runtimes.factory import make_runner
-    from reftok_deploy.video import read_video
+    from reftok_deploy.video import center_crop, read_video
 
-    if size % 8:
-        raise ReftokError(f"--size must be a multiple of 8, got {size}")
+    shapes = [parse_size(s) for s in sizes]
     export = open_export(export_folder)
     manifest = export.manifest
     if threads:
@@ -50,23 +65,58 @@ def main(export_folder, backends, checkpoint, videos, size, gops, repeats, threa
     if not isinstance(checkpoint, str):
         raise ReftokError(f"{export_folder}: its manifest records no checkpoint path: pass --checkpoint")
     block = export.geometry.block_frames
-    clips = {str(v): read_video(v, size=size) for v in videos} or demo_clips(size, block_frames=block)
-    feeds = [f for _, f in gop_feeds(clips, block, gops)]
+    model, _ = load_checkpoint(checkpoint)
+    gflop_256 = gop_flops(model, 256)["total"]  # every term scales with the pixel count
+    codebook = math.prod(model.cfg.fsq_levels)
+    del model
+    peak = matmul_peak_gflops()
+    source = {str(v): read_video(v) for v in videos}
     runners = [make_runner(s.strip(), export, checkpoint, device=device, threads=threads) for s in specs]
     for runner in runners:
         runner.load()
+    report = {"cpu": cpu_name(), "threads": threads or torch.get_num_threads(), "matmul_peak_gflops": round(peak, 1),
+              "baseline": runners[0].name, "sizes": {}}
     try:
-        result = bench(runners, feeds, repeats=repeats)
+        for height, width in shapes:
+            if source:
+                clips = {n: np.stack([center_crop(f, width, height) for f in c]) for n, c in source.items()}
+            else:
+                clips = {n: np.stack([center_crop(f, width, height) for f in c])
+                         for n, c in demo_clips(max(height, width), gops=max_gops, block_frames=block).items()}
+            feeds = [f for _, f in gop_feeds(clips, block, max_gops)]
+            result = bench(runners, feeds, repeats=repeats)
+            gflop = gflop_256 * height * width / 256**2
+            for row in result["backends"].values():
+                row["gflop_per_s"] = gflop / (row["total_ms"] / 1000)
+                row["of_matmul_peak"] = row["gflop_per_s"] / peak
+            entry = {"gflop_per_gop": gflop, **result}
+            if end_to_end:
+                fastest = min(runners, key=lambda r: result["backends"][r.name]["total_ms"])
+                frames = [f for clip in clips.values() for f in clip[: max_gops * (block + 1)]]
+                summary = run_end_to_end(fastest, frames, block, codebook)
+                entry["end_to_end"] = {"backend": fastest.name, "fps": summary["fps"], "model_fps": summary["model_fps"],
+                                       "frames": summary["frames"], "stage_ms_per_frame": summary["stage_ms_per_frame"]}
+            report["sizes"][f"{width}x{height}"] = entry
     finally:
         for runner in runners:
             runner.close()
-    result.update(size=size, threads=threads or torch.get_num_threads(), clips=sorted(clips))
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json.dumps(report, indent=2))
         return
-    click.echo(f"{result['gops']} GOPs of {result['frames_per_gop']} frames at {size}x{size}, "
-               f"{repeats} repeats, {result['threads']} thread(s); ratios vs {result['baseline']}")
-    click.echo(f"{'backend':<22}{'enc ms':>9}{'dec ms':>9}{'fps':>8}{'enc x':>8}{'dec x':>8}{'total x':>9}{'PSNR':>8}")
-    for name, r in result["backends"].items():
-        click.echo(f"{name:<22}{r['encode_ms']:>9.1f}{r['decode_ms']:>9.1f}{r['fps_encode_decode']:>8.1f}"
-                   f"{r['speedup_encode']:>8.2f}{r['speedup_decode']:>8.2f}{r['speedup_total']:>9.2f}{r['psnr_db']:>8.2f}")
+    click.echo(f"{report['cpu']}, {report['threads']} thread(s): float32 matmul {peak:.0f} GFLOP/s; "
+               f"{repeats} repeats, ratios vs {report['baseline']}")
+    for size, entry in report["sizes"].items():
+        click.echo(f"\n{size}: {entry['gops']} GOPs of {entry['frames_per_gop']} frames, {entry['gflop_per_gop']:.1f} "
+                   "GFLOP per GOP")
+        click.echo(f"{'backend':<20}{'enc ms':>9}{'dec ms':>9}{'fps':>8}{'GFLOP/s':>9}{'of peak':>9}{'total x':>9}"
+                   f"{'PSNR':>8}")
+        for name, r in entry["backends"].items():
+            click.echo(f"{name:<20}{r['encode_ms']:>9.1f}{r['decode_ms']:>9.1f}{r['fps_encode_decode']:>8.1f}"
+                       f"{r['gflop_per_s']:>9.1f}{100 * r['of_matmul_peak']:>8.0f}%{r['speedup_total']:>9.2f}"
+                       f"{r['psnr_db']:>8.2f}")
+        if "end_to_end" in entry:
+            e2e = entry["end_to_end"]
+            click.echo(f"end to end (reftok-run's path, {e2e['backend']}, {e2e['frames']} frames): {e2e['fps']:.1f} fps; "
+                       f"its model stage alone {e2e['model_fps']:.1f} fps "
+                       f"({100 * e2e['fps'] / e2e['model_fps']:.0f} %)")
+

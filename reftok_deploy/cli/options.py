@@ -1,0 +1,98 @@
+"""Options every command spells the same way (one vocabulary, checked by tests/test_cli_vocabulary.py).
+
+- ``-o/--output``  what a command writes (a folder for train and export, a file for run and decode)
+- ``--video``      input videos (repeatable where a command takes several)
+- ``--checkpoint`` a checkpoint folder, or the run folder reftok-train wrote (its ``checkpoint/`` is used)
+- ``--max-gops``   at most this many GOPs per clip
+- ``--threads``    CPU threads for the model
+- ``--json``       print the command's report as one JSON document
+- ``-v/--verbose`` show the libraries' own messages (quiet by default)
+
+Old spellings (``--out``, ``--gops``) still work for one release and are hidden from ``--help``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+LIBRARY_LOGGERS = ("torch", "onnx", "onnxscript", "onnxruntime", "onnx_ir", "polygraphy", "openvino", "numba")
+
+
+class HiddenAliasOption(click.Option):
+    """An option whose old spellings are accepted but left out of ``--help``."""
+
+    def __init__(self, *args: Any, hidden_aliases: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hidden_aliases = tuple(hidden_aliases)
+
+    def get_help_record(self, ctx: click.Context):
+        shown, self.opts = self.opts, [o for o in self.opts if o not in self.hidden_aliases]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = shown
+
+
+def output_option(help: str, hidden_aliases: tuple[str, ...] = (), **kwargs: Any) -> Callable:
+    return click.option("-o", "--output", *hidden_aliases, "output", cls=HiddenAliasOption,
+                        hidden_aliases=hidden_aliases, help=help, **kwargs)
+
+
+def max_gops_option(default: int | None, help: str = "At most this many GOPs per clip.",
+                    hidden_aliases: tuple[str, ...] = ()) -> Callable:
+    return click.option("--max-gops", *hidden_aliases, "max_gops", cls=HiddenAliasOption, hidden_aliases=hidden_aliases,
+                        type=click.IntRange(1), default=default, show_default=default is not None, help=help)
+
+
+def threads_option(func: Callable) -> Callable:
+    return click.option("--threads", type=click.IntRange(1), default=None,
+                        help="CPU threads for the model [default: the runtime's own choice].")(func)
+
+
+def json_option(help: str = "Print the report as one JSON document.") -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def videos_option(help: str = "A video file; repeat for several.") -> Callable:
+    return click.option("--video", "videos", multiple=True, type=click.Path(), help=help)
+
+
+def _resolve_checkpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A run folder written by reftok-train (``RUN/checkpoint/config.json``) means its checkpoint."""
+    if value is None:
+        return None
+    path = Path(value)
+    if not (path / "config.json").is_file() and (path / "checkpoint" / "config.json").is_file():
+        return str(path / "checkpoint")
+    return value
+
+
+def checkpoint_option(help: str = "Checkpoint folder, or a reftok-train run folder [default: shipped RefTok].") -> Callable:
+    return click.option("--checkpoint", type=click.Path(), default=None, callback=_resolve_checkpoint, help=help)
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Quiet by default: the libraries' warnings and log lines are hidden unless ``-v``; with ``-v`` they
+    and this package's debug log (e.g. ONNX Runtime's calibration progress) are shown."""
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+        logging.getLogger("reftok_deploy").setLevel(logging.DEBUG)
+        return
+    warnings.filterwarnings("ignore")
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _verbose_callback(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    quiet_libraries(value)
+    return value
+
+
+def verbose_option(func: Callable) -> Callable:
+    return click.option("-v", "--verbose", is_flag=True, is_eager=True, expose_value=False, callback=_verbose_callback,
+                        help="Show the libraries' own warnings and log messages (hidden by default).")(func)
