@@ -23,8 +23,11 @@ STILL_GOPS = 4  # distinct camera paths drawn per still
 
 
 def calibration_feeds(paths: list[str | Path], count: int, size: int = 256, block_frames: int = 8,
-                      seed: int = 0, progress: bool = True) -> list[Feed]:
-    """Draw ``count`` encoder feeds from the videos/stills under ``paths`` (files or folders)."""
+                      seed: int = 0, progress: bool = True, warn=None) -> list[Feed]:
+    """Draw ``count`` encoder feeds from the videos/stills under ``paths`` (files or folders).
+
+    Where the data holds fewer GOPs than ``count``, all of them are used and ``warn`` (if given) is
+    told in one line; without ``warn`` that is an error."""
     if size % 8:
         raise ReftokError(f"calibration size must be a multiple of 8, got {size}")
     videos, images = list_media(paths)
@@ -42,7 +45,12 @@ def calibration_feeds(paths: list[str | Path], count: int, size: int = 256, bloc
         still = read_image(path)
         pool += [("still", (still, int(rng.integers(1 << 31)))) for _ in range(STILL_GOPS)]
     if count > len(pool):
-        raise ReftokError(f"--calib-size {count} is larger than the {len(pool)} GOPs the calibration data holds")
+        message = (f"--calib-size {count} is larger than the {len(pool)} GOPs the calibration data holds "
+                   f"(a video gives one GOP per {block_frames + 1} frames, a still {STILL_GOPS})")
+        if warn is None:
+            raise ReftokError(message)
+        warn(f"warning: {message}: calibrating on {len(pool)}")
+        count = len(pool)
     chosen = sorted(rng.choice(len(pool), size=count, replace=False).tolist())
     feeds = []
     for index in tqdm(chosen, desc="calibration feeds", unit="GOP", disable=not progress, leave=False):

@@ -113,15 +113,65 @@ def run_export(checkpoint: str | Path, out: str | Path, options: ExportOptions, 
     check_writable_folder(out)
     remove_stale_staging(out)
     staging = Path(tempfile.mkdtemp(dir=out, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+    previous = _previous_manifest(out)
     try:
         manifest = _export_into(staging, out, model, ck_config, checkpoint, options, progress)
         for file in sorted(staging.iterdir()):
             file.replace(out / file.name)
+        kept = merge_previous(manifest, previous, out)
+        if kept:
+            progress(f"kept the {', '.join(kept)} artefacts already in {out} (same checkpoint, files unchanged)")
         manifest["wall_seconds"] = round(time.perf_counter() - started, 1)
         write_manifest(out, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _previous_manifest(out: Path) -> dict[str, Any] | None:
+    """The manifest already in ``out`` (None where there is none or it cannot be read)."""
+    from reftok_deploy.manifest import read_manifest
+
+    try:
+        return read_manifest(out, verify_files=False)
+    except ReftokError:
+        return None
+
+
+def merge_previous(manifest: dict[str, Any], previous: dict[str, Any] | None, out: Path) -> list[str]:
+    """Carry over the precisions an earlier export of the same checkpoint and model wrote into ``out`` and
+    this one did not (``--fp16`` then ``--int8`` gives all three), where every file of that precision is
+    still there unchanged. Updates ``manifest`` in place; returns the precisions kept."""
+    if (not previous or previous.get("checkpoint", {}).get("weights_sha256") != manifest["checkpoint"]["weights_sha256"]
+            or previous.get("model") != manifest["model"]):
+        return []
+    kept = []
+    for precision in previous.get("precisions", []):
+        if precision in manifest["precisions"] or not isinstance(precision, str):
+            continue
+        keys = [f"{g}.{precision}" for g in GRAPH_NAMES]
+        entries = [previous["artifacts"].get(k) for k in keys]
+        if not all(isinstance(e, dict) and isinstance(e.get("file"), str) and (out / e["file"]).is_file()
+                   and sha256_file(out / e["file"]) == e.get("sha256") for e in entries):
+            continue
+        kept.append(precision)
+        for key, entry in zip(keys, entries):
+            manifest["artifacts"][key] = entry
+            if key in (previous.get("preflight") or {}):
+                manifest["preflight"][key] = previous["preflight"][key]
+        report = ((previous.get("validation") or {}).get("reports") or {}).get(precision)
+        if report is not None and "validation" in manifest:
+            manifest["validation"]["reports"][precision] = report
+        if precision == "int8" and previous.get("calibration"):
+            manifest["calibration"] = previous["calibration"]
+        old_engines = ((previous.get("tensorrt") or {}).get("engines") or {})
+        for key in keys:
+            engine = old_engines.get(key)
+            if isinstance(engine, dict) and isinstance(engine.get("file"), str) and (out / engine["file"]).is_file():
+                manifest["tensorrt"].setdefault("engines", {})[key] = engine
+    order = ("fp32", "fp16", "int8")
+    manifest["precisions"] = sorted(set(manifest["precisions"]) | set(kept), key=order.index)
+    return kept
 
 
 def _export_into(folder: Path, final: Path, model, ck_config: dict, checkpoint: Path, options: ExportOptions,

@@ -96,6 +96,8 @@ def compare(baseline: Runner, candidate: Runner, feeds: Iterable[tuple[str, Feed
     t = tolerance
     if report.token_agreement < t.min_token_agreement:
         report.failures.append(f"token agreement {report.token_agreement:.5f} < {t.min_token_agreement}")
+    if report.mean_abs_frames > t.max_mean_abs_frames:
+        report.failures.append(f"decoded frames mean abs error {report.mean_abs_frames:.3g} > {t.max_mean_abs_frames:g}")
     if report.max_abs_frames > t.max_abs_frames:
         report.failures.append(f"decoded frames max abs error {report.max_abs_frames:.3g} > {t.max_abs_frames:g}")
     if abs(report.psnr_delta_db) > t.max_psnr_delta_db:

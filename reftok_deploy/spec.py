@@ -78,17 +78,23 @@ def fixed_dims(spec: TensorSpec, geometry: Geometry) -> tuple[int | str, ...]:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Parity thresholds of one precision against PyTorch FP32 (frames in [-1,1], PSNR in dB)."""
+    """Parity thresholds of one precision against PyTorch FP32 (frames in [-1,1], PSNR in dB).
+
+    INT8 moves tokens across FSQ boundaries and single pixels a long way by design, so it is held to
+    what a viewer sees: the end-to-end PSNR and the mean decoder error (a broken graph, e.g. a runtime
+    misreading the Q/DQ pairs, measured 5e-2 mean abs and -13 dB; a sound one 3e-3 and -0.1 dB)."""
 
     min_token_agreement: float
     max_abs_frames: float
     max_psnr_delta_db: float
+    max_mean_abs_frames: float = float("inf")
 
 
 TOLERANCES = {
-    "fp32": Tolerance(min_token_agreement=0.999, max_abs_frames=1e-3, max_psnr_delta_db=0.05),
-    "fp16": Tolerance(min_token_agreement=0.98, max_abs_frames=5e-2, max_psnr_delta_db=0.2),
-    "int8": Tolerance(min_token_agreement=0.0, max_abs_frames=float("inf"), max_psnr_delta_db=0.5),
+    "fp32": Tolerance(min_token_agreement=0.999, max_abs_frames=1e-3, max_psnr_delta_db=0.05, max_mean_abs_frames=1e-4),
+    "fp16": Tolerance(min_token_agreement=0.98, max_abs_frames=5e-2, max_psnr_delta_db=0.2, max_mean_abs_frames=5e-3),
+    "int8": Tolerance(min_token_agreement=0.0, max_abs_frames=float("inf"), max_psnr_delta_db=0.5,
+                      max_mean_abs_frames=1e-2),
 }
 PRECISIONS = tuple(TOLERANCES)
 GRAPH_NAMES = ("encoder", "decoder")

@@ -140,8 +140,8 @@ def test_bad_calibration_input_leaves_no_files(tmp_path, tiny_checkpoint, calib_
                                         *FAST]), "no readable video or image")
     one_line_error(invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--int8", "--calib-data",
                                         tmp_path / "nope", *FAST]), "not found")
-    one_line_error(invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--int8", "--calib-data", calib_dir,
-                                        *FAST[:-1], "100"]), "larger than")
+    one_line_error(invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--fp16", "stray.avi", *FAST]),
+                   "unexpected argument 'stray.avi'")
     assert not out.exists() or list(out.iterdir()) == []
 
 
@@ -175,3 +175,51 @@ def test_calibration_methods_give_different_ranges(tmp_path, int8_export, calib_
     minmax, entropy = activation_scales("minmax"), activation_scales("entropy")
     assert len(minmax) == len(entropy) and minmax != entropy
     assert sum(e < m - 1e-9 for e, m in zip(entropy, minmax)) > len(minmax) // 4  # entropy clips ranges
+
+
+def test_calibration_caches_get_the_mode_of_every_other_artefact(int8_export):
+    """ONNX Runtime writes its cache with mkstemp (0600); the export's files all follow the umask."""
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in int8_export.iterdir() if p.is_file()}
+    assert len([n for n in modes if n.endswith(".calib.json")]) == 2, modes
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
+def test_int8_as_the_readme_shows_it_then_fp16_into_the_same_folder_keeps_all_three(tmp_path, tiny_checkpoint, calib_dir):
+    from reftok_deploy.manifest import open_export
+
+    out = tmp_path / "export"
+    video, still = calib_dir / "a.avi", calib_dir / "still.png"
+    # several paths after one --calib-data, and more GOPs asked for than the data holds (2 + 4): clamped, one warning
+    fast = [a for a in FAST if a not in ("--calib-size", "4")]
+    first = invoke(export_main, ["--checkpoint", tiny_checkpoint, "--output", out, "--int8", "--calib-data", video, still,
+                                 "--calib-size", "32", *fast])
+    assert first.exit_code in (0, 1), first.output
+    warnings = [line for line in first.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "--calib-size 32 is larger than the 6 GOPs" in warnings[0], first.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precisions"] == ["fp32", "int8"] and manifest["calibration"]["feeds"] == 6
+    assert "limit -0.5 dB" in first.stdout and "mean abs" in first.stdout  # says what was checked
+    second = invoke(export_main, ["--checkpoint", tiny_checkpoint, "--out", out, "--fp16", *fast])  # old spelling
+    assert second.exit_code in (0, 1), second.output
+    assert "kept the int8 artefacts" in second.stderr
+    export = open_export(out)  # every listed file hashed against the merged manifest
+    assert export.precisions == ["fp32", "fp16", "int8"]
+    assert set(export.manifest["validation"]["reports"]) == {"fp32", "fp16", "int8"}
+    assert export.manifest["calibration"]["feeds"] == 6
+    for precision in export.precisions:
+        result = invoke(parity_main, [out, "--b", f"onnxruntime:{precision}", "--size", "64", "--max-gops", "1", "--json"])
+        report = json.loads(result.stdout)
+        assert report["candidate"] == f"onnxruntime-{precision}" and result.exit_code == (0 if report["ok"] else 1)
+    # another checkpoint into the same folder: nothing stale is kept
+    from reftok_deploy.checkpoint import save_checkpoint
+    from reftok_deploy.model import PRESETS, RefTok
+
+    other = save_checkpoint(RefTok(PRESETS["tiny"]).eval(), tmp_path / "other")
+    third = invoke(export_main, ["--checkpoint", other, "-o", out, *fast])
+    assert third.exit_code in (0, 1), third.output
+    assert open_export(out).precisions == ["fp32"]

@@ -8,16 +8,20 @@ import sys
 import click
 
 from reftok_deploy.cli import OneLineCommand, user_errors
+from reftok_deploy.cli.options import (checkpoint_option, json_option, max_gops_option, output_option, threads_option,
+                                       verbose_option)
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--checkpoint", type=click.Path(), default=None, help="Checkpoint folder [default: shipped RefTok].")
-@click.option("-o", "--out", default="reftok-export", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder.")
+@checkpoint_option()
+@output_option("Output folder; exporting into an earlier export of the same checkpoint keeps its other precisions.",
+               hidden_aliases=("--out",), default="reftok-export", show_default=True, type=click.Path(file_okay=False))
 @click.option("--fp16", is_flag=True, help="Also write the mixed-precision FP16 ONNX (and FP16 engines).")
 @click.option("--int8", is_flag=True, help="Also write the INT8 Q/DQ ONNX calibrated on --calib-data.")
-@click.option("--calib-data", multiple=True, type=click.Path(), help="Videos/stills/folders for INT8 calibration.")
-@click.option("--calib-size", default=32, show_default=True, type=click.IntRange(1), help="Calibration GOPs.")
+@click.option("--calib-data", multiple=True, type=click.Path(), metavar="PATH [PATH...]",
+              help="Videos, stills or folders of them for INT8 calibration; several paths may follow one flag.")
+@click.option("--calib-size", default=32, show_default=True, type=click.IntRange(1),
+              help="Calibration GOPs (a video gives one per 9 frames, a still 4); fewer data: all of it is used.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="percentile",
               show_default=True)
 @click.option("--trt-implicit-int8", is_flag=True,
@@ -26,16 +30,19 @@ from reftok_deploy.cli import OneLineCommand, user_errors
 @click.option("--opset", default=18, show_default=True, type=click.IntRange(18, 22))
 @click.option("--validate-data", multiple=True, type=click.Path(), help="Videos to validate on [default: built-in real stills under motion].")
 @click.option("--validate-size", default=256, show_default=True, type=click.IntRange(8), help="Centre crop for validation (multiple of 8).")
-@click.option("--max-gops", default=2, show_default=True, type=click.IntRange(1), help="Validation GOPs per clip.")
+@max_gops_option(2, "Validation GOPs per clip.")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch.")
 @click.option("--tensorrt", type=click.Choice(["auto", "skip", "require"]), default="auto", show_default=True,
               help="Build engines when TensorRT and a GPU exist (auto), never, or fail without them.")
 @click.option("--profile", default="1x64x64:1x256x256:4x1088x1920", show_default=True,
               help="TensorRT profile BxHxW min:opt:max.")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@threads_option
+@json_option("Print the manifest as JSON.")
+@verbose_option
+@click.argument("more_calib_data", nargs=-1, type=click.Path(), metavar="")
 @user_errors
-def main(checkpoint, out, fp16, int8, calib_data, calib_size, calib_method, trt_implicit_int8, exporter, opset, validate_data,
-         validate_size, max_gops, no_validate, tensorrt, profile, as_json) -> None:
+def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, trt_implicit_int8, exporter, opset, validate_data,
+         validate_size, max_gops, no_validate, tensorrt, profile, threads, as_json, more_calib_data) -> None:
     """Export the encoder (reference, frames) -> tokens and the decoder (reference, tokens) -> frames.
 
     Writes {encoder,decoder}.{fp32,fp16,int8}.onnx and manifest.json, checks each graph
@@ -50,6 +57,13 @@ def main(checkpoint, out, fp16, int8, calib_data, calib_size, calib_method, trt_
     from reftok_deploy.validation import validate_folder
     from reftok_deploy.video import read_video
 
+    if more_calib_data and not calib_data:
+        raise ReftokError(f"unexpected argument {more_calib_data[0]!r} (see reftok-export --help)")
+    calib_data = tuple(calib_data) + tuple(more_calib_data)  # --calib-data A B C: click binds A, the rest arrive here
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     if validate_size % 8:
         raise ReftokError(f"--validate-size must be a multiple of 8, got {validate_size}")
     if int8 and not calib_data:
@@ -66,20 +80,37 @@ def main(checkpoint, out, fp16, int8, calib_data, calib_size, calib_method, trt_
         from reftok_deploy.checkpoint import read_config
 
         block = read_config(checkpoint)["model"]["block_frames"]
-        options.calib_feeds = calibration_feeds(list(calib_data), calib_size, size=validate_size, block_frames=block)
+        options.calib_feeds = calibration_feeds(list(calib_data), calib_size, size=validate_size, block_frames=block,
+                                                warn=lambda line: click.echo(line, err=True))
         options.calib_method = calib_method
         options.trt_implicit_int8 = trt_implicit_int8
     say = (lambda msg: click.echo(msg, err=True))
-    manifest = run_export(checkpoint, out, options, progress=say)
+    manifest = run_export(checkpoint, output, options, progress=say)
     if as_json:
         click.echo(json.dumps(manifest, indent=2, default=float))
     else:
-        _summary(out, manifest)
+        _summary(output, manifest)
     failed = [f"pre-flight {k}: {e}" for k, r in manifest["preflight"].items() for e in r["errors"]]
     failed += manifest.get("validation", {}).get("failures", [])
     if failed:
         click.echo(f"error: {len(failed)} check(s) failed: " + "; ".join(failed), err=True)
         sys.exit(1)
+
+
+def describe_checks(report: dict) -> str:
+    """Each measured figure of a parity report beside the limit it was held to ("not limited" where none)."""
+    tol = report.get("tolerance", {})
+
+    def limit(key: str, text: str) -> str:
+        value = tol.get(key)
+        unlimited = value is None or value == float("inf") or (key == "min_token_agreement" and value <= 0)
+        return "not limited" if unlimited else text.format(value)
+
+    return (f"PSNR {report['psnr_candidate_db']:.2f} dB ({report['psnr_delta_db']:+.3f} dB, "
+            f"{limit('max_psnr_delta_db', 'limit -{:g} dB')}), decoder mean abs {report['decoder_mean_abs']:.1e} "
+            f"({limit('max_mean_abs_frames', 'limit {:.0e}')}), max abs {report['decoder_max_abs']:.1e} "
+            f"({limit('max_abs_frames', 'limit {:.0e}')}), tokens {100 * report['token_agreement']:.2f} % equal "
+            f"({limit('min_token_agreement', 'limit {:.1%}')})")
 
 
 def _summary(out: str, manifest: dict) -> None:
@@ -89,9 +120,8 @@ def _summary(out: str, manifest: dict) -> None:
         click.echo(f"TensorRT pre-flight {key}: {'ok' if report['ok'] else 'FAILED'}"
                    + "".join(f"\n  warning: {w}" for w in report["warnings"]))
     for precision, r in manifest.get("validation", {}).get("reports", {}).items():
-        click.echo(f"onnxruntime {precision} vs PyTorch on {r['feeds']} GOPs: tokens {100 * r['token_agreement']:.3f} % "
-                   f"equal, decoder max abs {r['decoder_max_abs']:.2e}, PSNR {r['psnr_candidate_db']:.2f} dB "
-                   f"({r['psnr_delta_db']:+.3f} dB) {'ok' if r['ok'] else 'FAILED'}")
+        click.echo(f"onnxruntime {precision} vs PyTorch on {r['feeds']} GOPs: {describe_checks(r)}: "
+                   f"{'ok' if r['ok'] else 'FAILED'}")
     trt = manifest["tensorrt"]
     if trt["status"] == "built":
         click.echo("TensorRT engines: " + ", ".join(e["file"] for e in trt["engines"].values()))

@@ -8,6 +8,7 @@ import math
 import click
 
 from reftok_deploy.cli import OneLineCommand, user_errors
+from reftok_deploy.cli.options import json_option, output_option, threads_option, verbose_option
 from reftok_deploy.model import PRESETS
 
 
@@ -26,7 +27,8 @@ def parse_levels(text: str) -> tuple[int, ...]:
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("data", nargs=-1, type=click.Path())
-@click.option("--out", "run", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoint/ + resume state).")
+@output_option("Run folder (checkpoint/ + resume state).", hidden_aliases=("--out",), required=True,
+               type=click.Path(file_okay=False))
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True, help="Model size.")
 @click.option("--no-reference", is_flag=True, help="Train the reference-free twin (ablation baseline).")
 @click.option("--fsq-levels", default=None, metavar="L1,L2,...",
@@ -49,8 +51,8 @@ def parse_levels(text: str) -> tuple[int, ...]:
               help="Weight of the flow teacher (decoded motion vs true/DIS flow, L1 in pixels).")
 @click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--no-builtin-stills", is_flag=True, help="Do not add scikit-image's bundled photographs.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
+@threads_option
 @click.option("--device", default="cpu", show_default=True, help="Where the model trains: cpu, cuda or cuda:N.")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
               help="Processes making training batches (use several to keep a GPU busy); 0 = in the training "
@@ -58,9 +60,11 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop with a checkpoint after this much training time; the learning rate then decays "
                    "by time or by --steps, whichever is further along.")
+@json_option("Print the checkpoint folder and its training record as JSON.")
+@verbose_option
 @user_errors
-def main(data, run, preset, no_reference, fsq_levels, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, checkpoint_every, no_builtin_stills,
-         resume, threads, device, workers, max_minutes) -> None:
+def main(data, output, preset, no_reference, fsq_levels, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, checkpoint_every, no_builtin_stills,
+         resume, threads, device, workers, max_minutes, as_json) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
     from reftok_deploy.errors import ReftokError
     from reftok_deploy.train import PRESET_LR, Recipe, train
@@ -77,6 +81,13 @@ def main(data, run, preset, no_reference, fsq_levels, init_from, loss, steps, ba
     recipe = Recipe(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
                     reference_dropout=reference_dropout, flow_weight=flow_weight, loss=loss,
                     builtin_stills=not no_builtin_stills, max_minutes=max_minutes)
-    folder = train(cfg, list(data), run, recipe, resume=resume, threads=threads, init_from=init_from,
+    folder = train(cfg, list(data), output, recipe, resume=resume, threads=threads, init_from=init_from,
                    device=device, workers=workers)
-    click.echo(f"checkpoint: {folder}")
+    if as_json:
+        import json
+
+        from reftok_deploy.checkpoint import read_config
+
+        click.echo(json.dumps({"checkpoint": str(folder), "training": read_config(folder).get("training")}, indent=2))
+    else:
+        click.echo(f"checkpoint: {folder}")
