@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
-import sys
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from reftok_deploy.errors import ReftokError
+from reftok_deploy.files import atomic_write_bytes
 from reftok_deploy.graph_regions import cost_volume_nodes, sampling_head_convs, token_arithmetic_nodes, topological_sort
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -30,6 +33,24 @@ METHODS = ("minmax", "entropy", "percentile")
 # CPU thread, against 1.4x with Q/DQ around every Clip) and matches TensorRT's placement
 # (Q/DQ on conv inputs, activations fused into the conv).
 QUANTIZED_OPS = ["Conv", "Add", "Concat", "DepthToSpace", "SpaceToDepth", "Reshape", "Transpose"]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _onnxruntime_chatter_to_debug_log() -> Iterator[None]:
+    """ONNX Runtime's calibrators print() their progress ("Collecting tensor data ...",
+    "Percentile : (0.01,99.99)", tensor and bin counts) on stdout: keep those lines off the
+    console and hand them to this module's logger at DEBUG level (``-v`` shows them).
+    Errors are exceptions, not prints, and pass through untouched."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        for line in buffer.getvalue().splitlines():
+            if line.strip():
+                log.debug("onnxruntime: %s", line)
 
 
 class FeedReader:
@@ -78,28 +99,35 @@ def quantize_qdq(fp32: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], meth
                         "percentile": CalibrationMethod.Percentile}[method]
     with tempfile.TemporaryDirectory(prefix="reftok-qdq-") as tmp:
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        # ONNX Runtime writes its cache with mkstemp + rename (mode 0600): it writes a private copy
+        # here, and the cache beside the export is written like every other artefact (AtomicFile,
+        # umask-following mode).
+        ranges = Path(tmp) / "calib.json"
+        if cache.exists():
+            shutil.copyfile(cache, ranges)  # a private working copy, not an artefact
         onnx.save(fp32, str(source))
-        if method == "entropy" and not cache.exists():
-            _entropy_ranges(source, feeds, cache, Path(tmp))
-        # ONNX Runtime prints calibration progress on stdout and advice through logging; keep stdout for results.
+        # ONNX Runtime prints calibration progress on stdout and advice through logging; keep both off the console.
         root = logging.getLogger()
         level = root.level
-        try:
-            root.setLevel(logging.ERROR)
-            with contextlib.redirect_stdout(sys.stderr):
+        with _onnxruntime_chatter_to_debug_log():  # logs what it caught after the root level is restored
+            try:
+                root.setLevel(logging.ERROR)
+                if method == "entropy" and not ranges.exists():
+                    _entropy_ranges(source, feeds, ranges, Path(tmp))
                 quantize_static(
                     str(source), str(target), FeedReader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
                     nodes_to_exclude=token_arithmetic_nodes(fp32) + sampling_head_convs(fp32) + cost_volume_nodes(fp32),
                     op_types_to_quantize=QUANTIZED_OPS,
-                    calibration_cache_path=str(cache),
+                    calibration_cache_path=str(ranges),
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                    "CalibPercentile": 99.99, "CalibMovingAverage": False})
-        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
-            raise ReftokError(f"INT8 quantisation failed ({type(exc).__name__}: {exc}); "
-                              f"if {cache.name} is from elsewhere, delete it") from None
-        finally:
-            root.setLevel(level)
+            except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+                raise ReftokError(f"INT8 quantisation failed ({type(exc).__name__}: {exc}); "
+                                  f"if {cache.name} is from elsewhere, delete it") from None
+            finally:
+                root.setLevel(level)
+        atomic_write_bytes(cache, ranges.read_bytes())
         return separate_shared_activation_qdq(onnx.load(str(target)))
 
 

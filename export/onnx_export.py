@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,22 @@ from reftok_deploy.spec import INPUTS, OUTPUTS, TensorSpec, fixed_dims
 from reftok_deploy.model import RefTok
 
 OPSET = 18  # the dynamo exporter's floor; parsed by TensorRT 8.6+ and every current onnxruntime
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    """The dynamo exporter's op registry warns "torchvision is not installed. Skipping torchvision::nms"
+    (and roi_align, roi_pool, deform_conv2d) on every export: RefTok uses no torchvision op, so the
+    notice says nothing here. Only that message is dropped; every other record of the logger passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+
+def _quiet_torchvision_notice() -> None:
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    if not any(isinstance(f, _NoTorchvisionNotice) for f in logger.filters):
+        logger.addFilter(_NoTorchvisionNotice())
+
 
 def example_inputs(model: RefTok, graph: str, batch: int = 1, height: int = 64, width: int = 64,
                    seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -53,6 +70,7 @@ def export_graph(model: RefTok, graph: str, path: str | Path, dynamo: bool = Tru
     in_specs, out_specs = INPUTS[graph], OUTPUTS[graph]
     names = dict(input_names=[s.name for s in in_specs], output_names=[s.name for s in out_specs])
     if dynamo:
+        _quiet_torchvision_notice()
         axes = _dynamic_axes(in_specs, model)
         dynamic = dict(dynamic_shapes={name: axes[name] for name in names["input_names"]})
     else:

@@ -58,3 +58,55 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     command = 'bash tests/setup.sh && .venv/bin/python -m pytest -q -m "not slow and not gpu"'
     assert command in readme and command in ci
+
+
+def cuda_distributions(dists) -> list[str]:
+    """Names (with versions) of the distributions in ``dists`` that belong to a CUDA install:
+    ``nvidia-*`` libraries, triton, or a torch built for CUDA (``+cu`` version, or requiring nvidia-*)."""
+    import re
+
+    found = []
+    for dist in dists:
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        version = dist.version or ""
+        requires = [r for r in (dist.requires or []) if "extra ==" not in r]
+        if name.startswith("nvidia-") or name in ("triton", "pytorch-triton"):
+            found.append(f"{name} {version}")
+        elif name == "torch" and ("+cu" in version or any(re.match(r"nvidia[-_]", r.lower()) for r in requires)):
+            found.append(f"torch {version} (a CUDA build)")
+    return sorted(found)
+
+
+def test_setup_venv_has_no_cuda_packages():
+    """README's CPU install (tests/setup.sh for this repo's .venv) leaves no nvidia-* package behind."""
+    from importlib.metadata import distributions
+
+    venv = ROOT / ".venv"
+    if Path(sys.prefix).resolve() != venv.resolve():
+        pytest.skip(f"not running in {venv} made by tests/setup.sh (running in {sys.prefix})")
+    found = cuda_distributions(distributions())
+    assert not found, f"CUDA packages in a CPU venv (install torch from PyTorch's CPU index first): {', '.join(found)}"
+
+
+def test_cuda_distributions_are_named():
+    class Dist:
+        def __init__(self, name, version, requires=None):
+            self.metadata, self.version, self.requires = {"Name": name}, version, requires
+
+    cpu = [Dist("torch", "2.13.0+cpu", ["filelock", 'optree>=0.13.0; extra == "optree"']), Dist("numpy", "2.1.0")]
+    assert cuda_distributions(cpu) == []
+    cuda = cpu + [Dist("nvidia-cublas-cu12", "12.8.4.1"), Dist("nvidia_cudnn_cu12", "9.1"), Dist("triton", "3.5.0"),
+                  Dist("torch", "2.13.0", ['nvidia-cuda-runtime-cu12==12.8.90; platform_system == "Linux"']),
+                  Dist("torch", "2.13.0+cu128")]
+    assert cuda_distributions(cuda) == ["nvidia-cublas-cu12 12.8.4.1", "nvidia-cudnn-cu12 9.1",
+                                        "torch 2.13.0 (a CUDA build)", "torch 2.13.0+cu128 (a CUDA build)",
+                                        "triton 3.5.0"]
+
+
+def test_license_ships_in_the_wheel(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    licenses = [n for n in names if ".dist-info/" in n and n.rsplit("/", 1)[-1] == "LICENSE"]
+    assert licenses, names
+    text = zipfile.ZipFile(wheel).read(licenses[0]).decode()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert text == (ROOT / "LICENSE").read_text()

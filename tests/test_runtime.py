@@ -351,7 +351,7 @@ def test_bench_prints_ratios_side_by_side(export_dir, tiny_checkpoint):
     assert 0 < rows["onnxruntime-fp32"]["gflop_per_s"] == pytest.approx(
         square["gflop_per_gop"] / rows["onnxruntime-fp32"]["total_ms"] * 1000)
     e2e = wide["end_to_end"]
-    assert e2e["backend"] in rows and e2e["fps"] > 0 and e2e["model_fps"] > 0 and e2e["frames"] == 9 * wide["gops"]
+    assert e2e["backend"] in rows and e2e["fps"] > 0 and e2e["model_fps"] > 0 and e2e["frame_count"] == 9 * wide["gops"]
     text = invoke(bench_main, [export_dir, "--checkpoint", tiny_checkpoint, "--size", "64", "--max-gops", "1",
                                "--repeats", "1", "--model-only"])
     assert text.exit_code == 0 and "GFLOP/s" in text.stdout and "end to end" not in text.stdout

@@ -95,7 +95,7 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
                 frames = [f for clip in clips.values() for f in clip[: max_gops * (block + 1)]]
                 summary = run_end_to_end(fastest, frames, block, codebook)
                 entry["end_to_end"] = {"backend": fastest.name, "fps": summary["fps"], "model_fps": summary["model_fps"],
-                                       "frames": summary["frames"], "stage_ms_per_frame": summary["stage_ms_per_frame"]}
+                                       "frame_count": summary.get("frames"), "stage_ms_per_frame": summary["stage_ms_per_frame"]}
             report["sizes"][f"{width}x{height}"] = entry
     finally:
         for runner in runners:
@@ -116,7 +116,7 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
                        f"{r['psnr_db']:>8.2f}")
         if "end_to_end" in entry:
             e2e = entry["end_to_end"]
-            click.echo(f"end to end (reftok-run's path, {e2e['backend']}, {e2e['frames']} frames): {e2e['fps']:.1f} fps; "
+            click.echo(f"end to end (reftok-run's path, {e2e['backend']}, {e2e['frame_count']} frames): {e2e['fps']:.1f} fps; "
                        f"its model stage alone {e2e['model_fps']:.1f} fps "
                        f"({100 * e2e['fps'] / e2e['model_fps']:.0f} %)")
 
