@@ -32,8 +32,10 @@ class BenchResult:
                 "fps_encode_decode": frames_per_gop / (enc + dec), "psnr_db": self.psnr}
 
 
-def bench(runners: list[Runner], feeds: list[Feed], repeats: int = 5, warmup: int = 1) -> dict[str, Any]:
-    """Time every runner on every feed; returns per-backend medians and ratios to ``runners[0]``."""
+def bench(runners: list[Runner], feeds: list[Feed], repeats: int = 5, warmup: int = 1,
+          progress=lambda: None) -> dict[str, Any]:
+    """Time every runner on every feed; returns per-backend medians and ratios to ``runners[0]``.
+    ``progress()`` is called after each runner's warm-up and after each timed round."""
     results = [BenchResult(r.name) for r in runners]
     tokens: dict[int, list[np.ndarray]] = {}
     for i, runner in enumerate(runners):
@@ -42,6 +44,7 @@ def bench(runners: list[Runner], feeds: list[Feed], repeats: int = 5, warmup: in
         results[i].psnr = float(np.mean([clip_psnr(f[FRAMES_IN.name], d) for f, d in zip(feeds, decoded)]))
         for _ in range(warmup):
             runner.decode(feeds[0][REFERENCE.name], runner.encode(feeds[0][REFERENCE.name], feeds[0][FRAMES_IN.name]))
+        progress()
     for _ in range(repeats):
         for i, runner in enumerate(runners):
             enc = dec = 0.0
@@ -53,6 +56,7 @@ def bench(runners: list[Runner], feeds: list[Feed], repeats: int = 5, warmup: in
                 enc, dec = enc + middle - start, dec + time.perf_counter() - middle
             results[i].encode_s.append(enc / len(feeds))
             results[i].decode_s.append(dec / len(feeds))
+        progress()
     frames = feeds[0][FRAMES_IN.name].shape[0] * feeds[0][FRAMES_IN.name].shape[2]
     table = {r.name: r.summary(frames) for r in results}
     base = table[results[0].name]

@@ -176,7 +176,7 @@ CASES = [
     ("train", ["{data}", "--out", "{out}/run", "--init-from", "{root}/none", *FAST_TRAIN], "checkpoint not found"),
     ("train", ["{data}", "--out", "{out}/run", "--preset", "huge"], "Invalid value for '--preset'"),
     ("train", ["{data}", "--out", "{out}/run", "--bogus"], "No such option"),
-    ("train", ["{data}"], "Missing option '--out'"),
+    ("train", ["{data}"], "Missing option '-o' / '--output'."),
     # reftok-eval
     ("eval", [], "--demo"),
     ("eval", ["{root}/none.mp4", "--checkpoint", "{ck}", "--no-twin"], "video not found"),

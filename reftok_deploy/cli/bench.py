@@ -76,6 +76,9 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
         runner.load()
     report = {"cpu": cpu_name(), "threads": threads or torch.get_num_threads(), "matmul_peak_gflops": round(peak, 1),
               "baseline": runners[0].name, "sizes": {}}
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(shapes) * (len(runners) + repeats), desc="benchmarking", unit="round", disable=None, leave=False)
     try:
         for height, width in shapes:
             if source:
@@ -84,7 +87,8 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
                 clips = {n: np.stack([center_crop(f, width, height) for f in c])
                          for n, c in demo_clips(max(height, width), gops=max_gops, block_frames=block).items()}
             feeds = [f for _, f in gop_feeds(clips, block, max_gops)]
-            result = bench(runners, feeds, repeats=repeats)
+            bar.set_description_str(f"benchmarking {width}x{height}")
+            result = bench(runners, feeds, repeats=repeats, progress=bar.update)
             gflop = gflop_256 * height * width / 256**2
             for row in result["backends"].values():
                 row["gflop_per_s"] = gflop / (row["total_ms"] / 1000)
@@ -98,6 +102,7 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
                                        "frame_count": summary.get("frames"), "stage_ms_per_frame": summary["stage_ms_per_frame"]}
             report["sizes"][f"{width}x{height}"] = entry
     finally:
+        bar.close()
         for runner in runners:
             runner.close()
     if as_json:

@@ -5,23 +5,27 @@ from __future__ import annotations
 import json
 
 import click
+from tqdm import tqdm
 
 from reftok_deploy.cli import OneLineCommand, user_errors
+from reftok_deploy.cli.options import checkpoint_option, json_option, output_option, threads_option, verbose_option
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("stream", type=click.Path())
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Reconstructed video (.mp4/.avi).")
-@click.option("--checkpoint", type=click.Path(), default=None, help="Checkpoint folder [default: shipped RefTok].")
+@output_option("Reconstructed video (.mp4/.avi).", type=click.Path(dir_okay=False), default=None)
+@checkpoint_option()
 @click.option("--export", "export_folder", type=click.Path(), default=None, help="reftok-export folder.")
 @click.option("--backend", default="auto", show_default=True, help="Same choices as reftok-run.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (torch / onnxruntime).")
+@threads_option
 @click.option("--salvage", is_flag=True,
               help="Decode a damaged or cut-off stream (no end record, e.g. after a crash) up to its last "
                    "intact record, with a warning, instead of refusing it.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option("Print the summary as JSON.")
+@verbose_option
 @user_errors
-def main(stream, output, checkpoint, export_folder, backend, device, salvage, as_json) -> None:
+def main(stream, output, checkpoint, export_folder, backend, device, threads, salvage, as_json) -> None:
     """Decode STREAM (written by reftok-run --tokens) with the checkpoint it was made with.
 
     Prints reconstruction_sha256: equal to reftok-run's for the same backend when the
@@ -46,15 +50,17 @@ def main(stream, output, checkpoint, export_folder, backend, device, salvage, as
         check_header_matches(header, config_from_checkpoint(read_config(checkpoint), checkpoint), str(stream))
         export = open_export(export_folder) if export_folder is not None else None
         if backend == "auto":
-            backend, export, why = auto_backend(export, checkpoint, device, say)
+            backend, export, why = auto_backend(export, checkpoint, device, say, threads=threads)
             say(f"backend: {backend} ({why})")
-        runner = make_runner(backend, export, checkpoint, device=device)
+        runner = make_runner(backend, export, checkpoint, device=device, threads=threads)
         writer = VideoFile(output, header["fps"], (header["width"], header["height"])) if output else None
         frames = 0
+        bar = tqdm(desc="decoding", unit="frame", disable=None, leave=False)  # on a terminal only
 
         def on_frame(frame):
             nonlocal frames
             frames += 1
+            bar.update()
             if writer:
                 writer.write(frame)
 
@@ -65,6 +71,8 @@ def main(stream, output, checkpoint, export_folder, backend, device, salvage, as
             if writer:
                 writer.abort()
             raise
+        finally:
+            bar.close()
     if damage and frames == 0:
         if writer:
             writer.abort()

@@ -8,23 +8,34 @@ import click
 from tqdm import tqdm
 
 from reftok_deploy.cli import OneLineCommand, user_errors
+from reftok_deploy.cli.options import (resolve_checkpoint, checkpoint_option, json_option, max_gops_option,
+                                       threads_option, verbose_option, videos_option)
 from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
 
 
+class _LegacyVideos(click.Argument):
+    """Videos given as plain arguments (the spelling before --video): accepted, not shown in usage."""
+
+    def get_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return []
+
+
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("videos", nargs=-1, type=click.Path())
+@click.argument("legacy_videos", nargs=-1, type=click.Path(), cls=_LegacyVideos)
+@videos_option("A video to score; repeat for several.")
 @click.option("--suite", is_flag=True,
               help="Also score the built-in suite: static (noiseless, noisy), local motion, screen text, pan, "
                    "zoom, fast object, cut; generated from scikit-image stills training never sees.")
 @click.option("--demo", is_flag=True, help="Also score built-in clips (scikit-image photographs under camera motion).")
-@click.option("--checkpoint", type=click.Path(), default=None, help="RefTok checkpoint folder [default: shipped].")
-@click.option("--twin", "twin_path", type=click.Path(), default=None, help="Twin checkpoint folder [default: shipped].")
+@checkpoint_option("RefTok checkpoint folder, or a reftok-train run folder [default: shipped].")
+@click.option("--twin", "twin_path", type=click.Path(), default=None, callback=resolve_checkpoint,
+              help="Twin checkpoint folder, or a reftok-train run folder [default: shipped].")
 @click.option("--no-twin", is_flag=True, help="Evaluate RefTok alone.")
 @click.option("--x264/--no-x264", "with_x264", default=None,
               help="x264 at RefTok's tokens-only bits (references free) [default: on where imageio-ffmpeg is installed].")
 @click.option("--size", default=256, show_default=True, type=click.IntRange(16, 4096),
               help="Frames are resized (short side) and centre-cropped to SIZE x SIZE.")
-@click.option("--max-gops", type=click.IntRange(1), default=None, help="Score at most this many GOPs per clip.")
+@max_gops_option(None, "Score at most this many GOPs per clip [default: all].")
 @click.option("--refresh-blocks", default=1, show_default=True, type=click.IntRange(1),
               help="New reference after this many blocks (as reftok-run).")
 @click.option("--cut-threshold", default=DEFAULT_CUT_THRESHOLD, show_default=True, type=click.FloatRange(0),
@@ -32,11 +43,13 @@ from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
 @click.option("--grid", "grid_dir", type=click.Path(file_okay=False), default=None,
               help="Save a PNG per clip: original | RefTok | twin | copy the reference, frames 1, 4, 8.")
 @click.option("--batch", default=4, show_default=True, type=click.IntRange(1), help="GOPs per forward pass.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+@threads_option
+@json_option("Print one JSON document instead of a table.")
+@verbose_option
 @user_errors
-def main(videos, suite, demo, checkpoint, twin_path, no_twin, with_x264, size, max_gops, refresh_blocks, cut_threshold,
-         grid_dir, batch, as_json) -> None:
-    """Score VIDEO files (and/or --suite / --demo clips) with the GOPs reftok-run forms.
+def main(legacy_videos, videos, suite, demo, checkpoint, twin_path, no_twin, with_x264, size, max_gops, refresh_blocks, cut_threshold,
+         grid_dir, batch, threads, as_json) -> None:
+    """Score --video files (and/or --suite / --demo clips) with the GOPs reftok-run forms.
 
     PSNR/SSIM are averaged over the block frames (uint8, RGB; references are exact and not
     scored); bpp counts the tokens alone and the tokens plus the PNG references.
@@ -51,8 +64,13 @@ def main(videos, suite, demo, checkpoint, twin_path, no_twin, with_x264, size, m
     from reftok_deploy.video import read_video
     from reftok_deploy import x264
 
+    videos = tuple(videos) + tuple(legacy_videos)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     if not videos and not demo and not suite:
-        raise ReftokError("give at least one VIDEO, or --suite / --demo for the built-in clips")
+        raise ReftokError("give at least one --video PATH, or --suite / --demo for the built-in clips")
     if with_x264 and not x264.available():
         raise ReftokError("--x264 needs imageio-ffmpeg: pip install imageio-ffmpeg")
     if with_x264 is None:
@@ -67,7 +85,7 @@ def main(videos, suite, demo, checkpoint, twin_path, no_twin, with_x264, size, m
     if demo:
         sources += list(demo_clips(size, block_frames=reftok.cfg.block_frames).items())
     clips = []
-    for name, frames in tqdm(sources, desc="evaluating", unit="clip", disable=as_json or len(sources) < 2):
+    for name, frames in tqdm(sources, desc="evaluating", unit="clip", disable=None):  # a bar on a terminal only
         if frames is None:
             frames = read_video(name, size=size)
         grid = None

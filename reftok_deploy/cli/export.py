@@ -84,8 +84,19 @@ def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, t
                                                 warn=lambda line: click.echo(line, err=True))
         options.calib_method = calib_method
         options.trt_implicit_int8 = trt_implicit_int8
-    say = (lambda msg: click.echo(msg, err=True))
-    manifest = run_export(checkpoint, output, options, progress=say)
+    from tqdm import tqdm
+
+    # Each phase is one line on stderr; on a terminal a status line also shows the phase and the time so far.
+    status = tqdm(total=None, bar_format="{desc} [{elapsed}]", disable=None, leave=False)
+
+    def say(msg: str) -> None:
+        status.set_description_str(msg)
+        tqdm.write(msg, file=sys.stderr)
+
+    try:
+        manifest = run_export(checkpoint, output, options, progress=say)
+    finally:
+        status.close()
     if as_json:
         click.echo(json.dumps(manifest, indent=2, default=float))
     else:

@@ -37,6 +37,9 @@ class HiddenAliasOption(click.Option):
         finally:
             self.opts = shown
 
+    def get_error_hint(self, ctx: click.Context) -> str:
+        return " / ".join(f"'{o}'" for o in self.opts if o not in self.hidden_aliases)
+
 
 def output_option(help: str, hidden_aliases: tuple[str, ...] = (), **kwargs: Any) -> Callable:
     return click.option("-o", "--output", *hidden_aliases, "output", cls=HiddenAliasOption,
@@ -62,7 +65,7 @@ def videos_option(help: str = "A video file; repeat for several.") -> Callable:
     return click.option("--video", "videos", multiple=True, type=click.Path(), help=help)
 
 
-def _resolve_checkpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+def resolve_checkpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A run folder written by reftok-train (``RUN/checkpoint/config.json``) means its checkpoint."""
     if value is None:
         return None
@@ -73,7 +76,7 @@ def _resolve_checkpoint(ctx: click.Context, param: click.Parameter, value: str |
 
 
 def checkpoint_option(help: str = "Checkpoint folder, or a reftok-train run folder [default: shipped RefTok].") -> Callable:
-    return click.option("--checkpoint", type=click.Path(), default=None, callback=_resolve_checkpoint, help=help)
+    return click.option("--checkpoint", type=click.Path(), default=None, callback=resolve_checkpoint, help=help)
 
 
 def quiet_libraries(verbose: bool) -> None:

@@ -8,22 +8,27 @@ import sys
 import click
 
 from reftok_deploy.cli import OneLineCommand, user_errors
+from reftok_deploy.cli.options import (checkpoint_option, json_option, max_gops_option, threads_option, verbose_option,
+                                       videos_option)
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("export_folder", type=click.Path())
 @click.option("--a", "baseline", default="torch", show_default=True, help="Baseline backend.")
 @click.option("--b", "candidate", default="onnxruntime:fp32", show_default=True,
-              help="Candidate: torch | onnxruntime:fp32|fp16|int8 | tensorrt:fp32|fp16|int8.")
-@click.option("--checkpoint", type=click.Path(), default=None,
-              help="Checkpoint for the torch backend [default: the one recorded in the manifest].")
-@click.option("--video", "videos", multiple=True, type=click.Path(), help="Real videos [default: built-in clips].")
-@click.option("--size", default=256, show_default=True, type=click.IntRange(8, 4096), help="Centre crop (multiple of 8).")
-@click.option("--max-gops", default=4, show_default=True, type=click.IntRange(1), help="GOPs per clip.")
+              help="Candidate: torch | onnxruntime:fp32|fp16|int8 | openvino:fp32|fp16|int8 | tensorrt:fp32|fp16|int8.")
+@checkpoint_option("Checkpoint (or reftok-train run folder) for the torch backend [default: the one recorded in "
+                   "the manifest].")
+@videos_option("Real videos [default: built-in clips]; repeat for several.")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(8, 4096),
+              help="Short side resized to SIZE, then the centre SIZE x SIZE (a multiple of 8).")
+@max_gops_option(4, "GOPs per clip.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (torch and onnxruntime backends).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@threads_option
+@json_option("Print the report as JSON.")
+@verbose_option
 @user_errors
-def main(export_folder, baseline, candidate, checkpoint, videos, size, max_gops, device, as_json) -> None:
+def main(export_folder, baseline, candidate, checkpoint, videos, size, max_gops, device, threads, as_json) -> None:
     """Compare backend --b against --a on EXPORT_FOLDER: token agreement, decoder error
     (both decoders on --a's tokens) and end-to-end PSNR against the source frames,
     with the tolerances of --b's precision. Exit 1 when a tolerance is exceeded."""
@@ -51,7 +56,7 @@ def main(export_folder, baseline, candidate, checkpoint, videos, size, max_gops,
             raise ReftokError(f"the checkpoint recorded in the manifest is gone ({checkpoint}): pass --checkpoint") from None
         if not matches:
             raise ReftokError(f"{checkpoint} changed since the export: pass --checkpoint or re-export")
-    runners = [make_runner(spec, export, checkpoint, device=device) for spec in (baseline, candidate)]
+    runners = [make_runner(spec, export, checkpoint, device=device, threads=threads) for spec in (baseline, candidate)]
     block = export.geometry.block_frames
     clips = {str(v): read_video(v, size=size) for v in videos} or demo_clips(size, block_frames=block)
     with runners[0] as a, runners[1] as b:

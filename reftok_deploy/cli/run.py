@@ -7,6 +7,7 @@ import json
 import click
 
 from reftok_deploy.cli import OneLineCommand, sigterm_as_interrupt, user_errors
+from reftok_deploy.cli.options import checkpoint_option, json_option, output_option, threads_option, verbose_option
 from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
 from reftok_deploy.video import DEFAULT_MAX_PIXELS
 
@@ -16,19 +17,21 @@ from reftok_deploy.video import DEFAULT_MAX_PIXELS
 @click.option("--video", type=click.Path(), default=None, help="Video file.")
 @click.option("--source", default=None, help="URI: rtsp://..., file://..., csi://N, v4l2:///dev/videoN, or a GStreamer pipeline.")
 @click.option("--demo", is_flag=True, help="Built-in clips (scikit-image photographs under camera motion).")
-@click.option("--checkpoint", type=click.Path(), default=None, help="Checkpoint folder [default: shipped RefTok].")
+@checkpoint_option()
 @click.option("--export", "export_folder", type=click.Path(), default=None, help="reftok-export folder (ONNX/engines).")
 @click.option("--backend", default="auto", show_default=True,
               help="auto | torch | onnxruntime[:fp32|fp16|int8] | openvino[:fp32|fp16|int8] | tensorrt[:fp16|int8|fp32].")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (torch / onnxruntime).")
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the model [default: the runtime's].")
-@click.option("--size", type=click.IntRange(8, 4096), default=None, help="Centre-crop frames to SIZE x SIZE first.")
+@threads_option
+@click.option("--size", type=click.IntRange(8, 4096), default=None,
+              help="Resize the short side to SIZE, then keep the centre SIZE x SIZE (smaller frames are scaled up).")
 @click.option("--refresh-blocks", default=1, show_default=True, type=click.IntRange(1),
               help="New reference after this many blocks.")
 @click.option("--cut-threshold", default=DEFAULT_CUT_THRESHOLD, show_default=True, type=click.FloatRange(0),
               help="Scene-cut score above which a frame starts a new reference, before it is encoded "
                    "(as reftok-eval); 0 disables.")
-@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Side-by-side video (.mp4/.avi).")
+@output_option("Side-by-side video (.mp4/.avi): original | reconstruction with the figures.",
+               type=click.Path(dir_okay=False), default=None)
 @click.option("--tokens", "tokens_path", type=click.Path(dir_okay=False), default=None, help="Token stream (.rtok).")
 @click.option("--display/--no-display", default=None, help="Show a window [default: when a display exists].")
 @click.option("--max-frames", type=click.IntRange(1), default=None, help="Stop after this many frames.")
@@ -39,7 +42,8 @@ from reftok_deploy.video import DEFAULT_MAX_PIXELS
               help="Seconds opening the source may take (a bad pipeline or a dead server can hang OpenCV).")
 @click.option("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Seconds a live source may go without a frame before it is reconnected.")
-@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@json_option("Print the run summary as JSON (with per-stage times).")
+@verbose_option
 @user_errors
 @sigterm_as_interrupt()
 def main(camera, video, source, demo, checkpoint, export_folder, backend, device, threads, size, refresh_blocks, cut_threshold,
