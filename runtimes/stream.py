@@ -14,11 +14,10 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from reftok_deploy.metrics import png_bits
 from reftok_deploy.runtimes.codec import FrameCodec
 from reftok_deploy.runtimes.gop import BlockEvent, GopEncoder, ReferenceEvent
 from reftok_deploy.runtimes.pipeline import threaded
-from reftok_deploy.tokenstream import Block, TokenStreamWriter
+from reftok_deploy.tokenstream import Block, TokenStreamWriter, reference_png
 from reftok_deploy.video import center_square
 
 # sink(original, reconstruction, overlay lines, (left label, right label)); frames [H,W,3] uint8 RGB.
@@ -111,10 +110,11 @@ def encode_stream(frames: Iterable[np.ndarray], gop: GopEncoder, stats: StreamSt
         if isinstance(event, ReferenceEvent):
             stats.references += 1
             stats.frames += 1
-            stats.reference_bits += png_bits(event.frame)
+            png = reference_png(event.frame)  # the bytes .rtok stores: the rate counts what is sent
+            stats.reference_bits += 8 * len(png)
             stats.digest.update(event.frame.tobytes())
             if tokens:
-                tokens.write_reference(event.frame)
+                tokens.write_reference(event.frame, png=png)
             if sink:
                 sink(event.frame, event.frame, stats.overlay(label), ("original", "reference (sent unquantised)"))
             return

@@ -23,7 +23,8 @@ from reftok_deploy.cli.options import (checkpoint_option, json_option, max_gops_
 @max_gops_option(2, "GOPs per clip.", hidden_aliases=("--gops",))
 @click.option("--repeats", default=5, show_default=True, type=click.IntRange(1), help="Timed rounds (medians).")
 @click.option("--end-to-end/--model-only", default=True, show_default=True,
-              help="Also run the fastest backend through reftok-run's whole path (GOPs, overlay, MP4 writing).")
+              help="Also run the fastest backend whose PSNR is within its precision's tolerance of the "
+                   "baseline's through reftok-run's whole path (GOPs, overlay, MP4 writing).")
 @threads_option
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @json_option()
@@ -36,12 +37,9 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
     rate, speed-ups against the first backend and, with --end-to-end, reftok-run's fps beside the
     model-only fps."""
     import math
-    import os
 
     import numpy as np
 
-    # PyTorch's OpenMP threads otherwise spin after each call and slow the backend timed next.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from reftok_deploy.backends import cpu_name
@@ -52,7 +50,8 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
     from reftok_deploy.flops import gop_flops
     from reftok_deploy.manifest import open_export
     from reftok_deploy.parity import gop_feeds
-    from reftok_deploy.runtimes.factory import make_runner
+    from reftok_deploy.runtimes.factory import make_runner, parse_spec
+    from reftok_deploy.spec import TOLERANCES
     from reftok_deploy.video import center_crop, read_video
 
     shapes = [parse_size(s) for s in sizes]
@@ -95,7 +94,11 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
                 row["of_matmul_peak"] = row["gflop_per_s"] / peak
             entry = {"gflop_per_gop": gflop, **result}
             if end_to_end:
-                fastest = min(runners, key=lambda r: result["backends"][r.name]["total_ms"])
+                # the fastest whose end-to-end PSNR is within its precision's tolerance of the baseline's
+                base_psnr = result["backends"][runners[0].name]["psnr_db"]
+                eligible = [r for r, spec in zip(runners, specs) if result["backends"][r.name]["psnr_db"]
+                            >= base_psnr - TOLERANCES[parse_spec(spec.strip())[1]].max_psnr_delta_db]
+                fastest = min(eligible, key=lambda r: result["backends"][r.name]["total_ms"])
                 frames = [f for clip in clips.values() for f in clip[: max_gops * (block + 1)]]
                 summary = run_end_to_end(fastest, frames, block, codebook)
                 entry["end_to_end"] = {"backend": fastest.name, "fps": summary["fps"], "model_fps": summary["model_fps"],
