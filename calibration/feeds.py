@@ -35,7 +35,7 @@ def calibration_feeds(paths: list[str | Path], count: int, size: int = 256, bloc
         raise ReftokError(f"no readable video or image in {', '.join(map(str, paths))}")
     rng = np.random.default_rng(seed)
     pool: list[tuple[str, object]] = []
-    for path in tqdm(videos, desc="reading calibration videos", unit="video", disable=not progress, leave=False):
+    for path in tqdm(videos, desc="reading calibration videos", unit="video", disable=None if progress else True, leave=False):
         try:
             frames = read_video(path, size=size)
             pool += [("video", (g.reference, g.padded(block_frames))) for g in plan_gops(frames, block_frames)]
@@ -53,7 +53,7 @@ def calibration_feeds(paths: list[str | Path], count: int, size: int = 256, bloc
         count = len(pool)
     chosen = sorted(rng.choice(len(pool), size=count, replace=False).tolist())
     feeds = []
-    for index in tqdm(chosen, desc="calibration feeds", unit="GOP", disable=not progress, leave=False):
+    for index in tqdm(chosen, desc="calibration feeds", unit="GOP", disable=None if progress else True, leave=False):
         kind, item = pool[index]
         if kind == "video":
             ref, block = item

@@ -81,8 +81,9 @@ class Tolerance:
     """Parity thresholds of one precision against PyTorch FP32 (frames in [-1,1], PSNR in dB).
 
     INT8 moves tokens across FSQ boundaries and single pixels a long way by design, so it is held to
-    what a viewer sees: the end-to-end PSNR and the mean decoder error (a broken graph, e.g. a runtime
-    misreading the Q/DQ pairs, measured 5e-2 mean abs and -13 dB; a sound one 3e-3 and -0.1 dB)."""
+    what a viewer sees: the end-to-end PSNR and the mean decoder error (a broken graph, OpenVINO
+    misreading our Q/DQ pairs, measured 0.07-0.14 mean abs and -8 to -13 dB; sound ones 3e-3 to 1e-2
+    and -0.1 to -0.5 dB, the last with 8 calibration GOPs)."""
 
     min_token_agreement: float
     max_abs_frames: float
@@ -94,7 +95,7 @@ TOLERANCES = {
     "fp32": Tolerance(min_token_agreement=0.999, max_abs_frames=1e-3, max_psnr_delta_db=0.05, max_mean_abs_frames=1e-4),
     "fp16": Tolerance(min_token_agreement=0.98, max_abs_frames=5e-2, max_psnr_delta_db=0.2, max_mean_abs_frames=5e-3),
     "int8": Tolerance(min_token_agreement=0.0, max_abs_frames=float("inf"), max_psnr_delta_db=0.5,
-                      max_mean_abs_frames=1e-2),
+                      max_mean_abs_frames=3e-2),
 }
 PRECISIONS = tuple(TOLERANCES)
 GRAPH_NAMES = ("encoder", "decoder")

@@ -223,3 +223,10 @@ def test_int8_as_the_readme_shows_it_then_fp16_into_the_same_folder_keeps_all_th
     third = invoke(export_main, ["--checkpoint", other, "-o", out, *fast])
     assert third.exit_code in (0, 1), third.output
     assert open_export(out).precisions == ["fp32"]
+
+
+def test_every_codebook_id_decodes_exactly_in_the_int8_graph(int8_export, tiny_model, tmp_path):
+    from tests.test_export import codes_for_every_id
+
+    graph = onnx.load(str(int8_export / "decoder.int8.onnx"))
+    assert np.array_equal(codes_for_every_id(graph, tmp_path, "int8"), tiny_model.fsq.codebook.numpy())

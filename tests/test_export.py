@@ -266,39 +266,38 @@ def test_motion_compensated_decoder_exports_and_matches_pytorch(tiny_model, tmp_
     assert np.abs(half - want).max() < 0.05
 
 
+def codes_for_every_id(graph: onnx.ModelProto, folder, name: str) -> np.ndarray:
+    """Run every id 0..999 through the part of an exported decoder that unpacks ids -> codes ``[1000, 4]``
+    (cut out of the graph from ``tokens`` to the one Gather on the constant codebook table)."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    tables = {i.name for i in graph.graph.initializer if list(i.dims) == [1000, 4]}
+    tables |= {n.output[0] for n in graph.graph.node if n.op_type == "Constant" and n.attribute
+               and list(numpy_helper.to_array(n.attribute[0].t).shape) == [1000, 4]}
+    for node in graph.graph.node:  # a table a precision pass wrapped in a Cast (or Q/DQ) is still the table
+        if node.op_type in ("Cast", "DequantizeLinear") and node.input[0] in tables:
+            tables.add(node.output[0])
+    lookups = [n for n in graph.graph.node if n.op_type == "Gather" and n.input[0] in tables]
+    assert len(lookups) == 1, "the decoder unpacks ids with one Gather on the codebook table"
+    del graph.graph.value_info[:]
+    file, sub = folder / f"{name}.onnx", folder / f"{name}.codes.onnx"
+    onnx.save(graph, str(file))
+    onnx.utils.extract_model(str(file), str(sub), ["tokens"], [lookups[0].output[0]])
+    ids = np.arange(1000, dtype=np.int32).reshape(1, 2, 20, 25)
+    got = ort.InferenceSession(str(sub)).run(None, {"tokens": ids})[0]
+    assert got.dtype == np.float32, (name, got.dtype)
+    return got.reshape(-1, 4)
+
+
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 def test_every_codebook_id_decodes_exactly_in_fp32_and_fp16_graphs(exported, tiny_model, exporter, tmp_path):
     """Ids become codes by a lookup in a constant table: exact in every precision of the graph."""
-    import onnxruntime as ort
-
     from reftok_deploy.export.precision import to_mixed_fp16
-
-    from onnx import numpy_helper
-
-    def codebook_lookup(graph: onnx.ModelProto) -> str:
-        """Output name of the one Gather whose data is a constant [1000, 4] table (initializer or Constant)."""
-        tables = {i.name for i in graph.graph.initializer if list(i.dims) == [1000, 4]}
-        tables |= {n.output[0] for n in graph.graph.node if n.op_type == "Constant" and n.attribute
-                   and list(numpy_helper.to_array(n.attribute[0].t).shape) == [1000, 4]}
-        for node in graph.graph.node:  # a table the FP16 conversion wrapped in a Cast is still the table
-            if node.op_type == "Cast" and node.input[0] in tables:
-                tables.add(node.output[0])
-        lookups = [n for n in graph.graph.node if n.op_type == "Gather" and n.input[0] in tables]
-        assert len(lookups) == 1, "the decoder unpacks ids with one Gather on the codebook table"
-        return lookups[0].output[0]
 
     path = exported(exporter)["decoder"]
     fp32 = onnx.load(str(path))
     assert not [n for n in fp32.graph.node if n.op_type == "Floor"], "no float id arithmetic left"
     want = tiny_model.fsq.codebook.numpy()
-    ids = np.arange(1000, dtype=np.int32).reshape(1, 2, 20, 25)
     for name, graph in (("fp32", fp32), ("fp16", to_mixed_fp16(onnx.load(str(path))))):
-        del graph.graph.value_info[:]
-        target = codebook_lookup(graph)
-        file = tmp_path / f"{name}.onnx"
-        onnx.save(graph, str(file))
-        sub = tmp_path / f"{name}.codes.onnx"
-        onnx.utils.extract_model(str(file), str(sub), ["tokens"], [target])
-        got = ort.InferenceSession(str(sub)).run(None, {"tokens": ids})[0]
-        assert got.dtype == np.float32, (name, got.dtype)
-        assert np.array_equal(got.reshape(-1, 4), want[ids.reshape(-1)]), name
+        assert np.array_equal(codes_for_every_id(graph, tmp_path, name), want), name
