@@ -32,6 +32,8 @@ def test_dynamo_export_logs_no_torchvision_notice(tiny_model, tmp_path):
     more ops) per graph; RefTok uses no torchvision op. Only that notice is dropped, at its logger (a handler
     there sees what would reach the console: pytest's capture cannot see torch's own stderr handler)."""
     logger, catch = logging.getLogger(NOTICE_LOGGER), Catch()
+    level = logger.level
+    logger.setLevel(logging.DEBUG)  # an in-process command run before this test may have quietened torch's loggers
     logger.addHandler(catch)
     try:
         export_graph(tiny_model, "decoder", tmp_path / "decoder.onnx", dynamo=True)
@@ -41,6 +43,7 @@ def test_dynamo_export_logs_no_torchvision_notice(tiny_model, tmp_path):
         logger.warning("some other exporter warning")
     finally:
         logger.removeHandler(catch)
+        logger.setLevel(level)
     assert catch.messages == ["some other exporter warning"]
 
 
