@@ -33,7 +33,7 @@ def test_dynamo_export_logs_no_torchvision_notice(tiny_model, tmp_path):
     there sees what would reach the console: pytest's capture cannot see torch's own stderr handler)."""
     logger, catch = logging.getLogger(NOTICE_LOGGER), Catch()
     level = logger.level
-    logger.setLevel(logging.DEBUG)  # an in-process command run before this test may have quietened torch's loggers
+    logger.setLevel(logging.WARNING)  # as on a console; an in-process command run before this test may have quietened torch's loggers
     logger.addHandler(catch)
     try:
         export_graph(tiny_model, "decoder", tmp_path / "decoder.onnx", dynamo=True)
