@@ -97,9 +97,20 @@ def measurement_key(export: ExportFolder, device: str, threads: int | None) -> d
     if _importable("openvino"):
         from importlib import metadata
 
-        versions["openvino"] = metadata.version("openvino")
-    return {"cpu": cpu_name(), "gpu": gpu_name() if device != "cpu" else None, "device": device,
+        try:
+            versions["openvino"] = metadata.version("openvino")
+        except metadata.PackageNotFoundError:  # an archive or system install: no pip metadata
+            import openvino
+
+            versions["openvino"] = getattr(openvino, "__version__", "unknown")
+    from reftok_deploy.spec import TOLERANCES
+    import os
+    import platform
+
+    return {"cpu": cpu_name(), "machine": platform.machine(), "cpus": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity") else os.cpu_count(), "gpu": gpu_name(), "device": device,
             "threads": threads, "versions": versions, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+            "tolerances": {p: vars(t) for p, t in TOLERANCES.items()},
             "probe": {"size": PROBE_SIZE, "gops": PROBE_GOPS, "repeats": PROBE_REPEATS}}
 
 
@@ -121,26 +132,34 @@ def measure_backends(export: ExportFolder, checkpoint: str | Path, specs: list[s
     baseline.load()
     try:
         for spec in specs:
-            runner = baseline if spec == "torch" else make_runner(spec, export, checkpoint, device=device, threads=threads)
+            runner = baseline
             try:
-                runner.load()
+                if spec != "torch":
+                    runner = make_runner(spec, export, checkpoint, device=device, threads=threads)
+                    runner.load()
                 failures = [] if runner is baseline else compare(baseline, runner, feeds,
                                                                  TOLERANCES[parse_spec(spec)[1]]).failures
-            except ReftokError as exc:
-                failures = [str(exc)]
+            except Exception as exc:  # noqa: BLE001 (a runtime that cannot load or run here is skipped, not fatal)
+                failures = [f"could not run here: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"]
             results[spec] = {"parity": not failures, "failures": failures, "total_ms": None}
             if failures:
-                say(f"auto: {spec} skipped: parity failed ({failures[0]})")
+                say(f"auto: {spec} skipped: {failures[0]}")
                 if runner is not baseline:
                     runner.close()
             else:
                 passed.append((spec, runner))
-        timing = bench([r for _, r in passed], [f for _, f in feeds], repeats=PROBE_REPEATS)
+        try:
+            timing = bench([r for _, r in passed], [f for _, f in feeds], repeats=PROBE_REPEATS)
+        except Exception as exc:  # noqa: BLE001
+            say(f"auto: timing failed ({exc}); using PyTorch")
+            timing = {"backends": {baseline.name: {"total_ms": 0.0}}}
+            passed = [("torch", baseline)]
         for spec, runner in passed:
             results[spec]["total_ms"] = round(timing["backends"][runner.name]["total_ms"], 2)
     finally:
         for _, runner in passed:
-            runner.close()
+            if runner is not baseline:
+                runner.close()
         baseline.close()
     return results
 
@@ -152,6 +171,10 @@ def _read_cached(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if not isinstance(record, dict) or record.get("key") != key or not isinstance(record.get("results"), dict):
         return None
+    for entry in record["results"].values():  # a hand-edited or damaged record is measured again
+        if not (isinstance(entry, dict) and isinstance(entry.get("parity"), bool)
+                and (entry.get("total_ms") is None or isinstance(entry.get("total_ms"), (int, float)))):
+            return None
     return record
 
 
@@ -202,5 +225,8 @@ def auto_backend(export: ExportFolder | None, checkpoint: str | Path, device: st
             export = cached_export(checkpoint, say)
         except (ReftokError, OSError) as exc:
             return "torch", None, f"PyTorch eager (no ONNX export available: {exc})"
-    spec, why = measured_choice(export, checkpoint, device, threads, say)
+    try:
+        spec, why = measured_choice(export, checkpoint, device, threads, say)
+    except ReftokError as exc:
+        return "torch", export, f"PyTorch eager ({exc})"
     return spec, export, why

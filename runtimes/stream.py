@@ -85,7 +85,7 @@ class StreamStats:
 
 def encode_stream(frames: Iterable[np.ndarray], gop: GopEncoder, stats: StreamStats, size: int | None = None,
                   tokens: TokenStreamWriter | None = None, sink: FrameSink | None = None, label: str = "",
-                  queue_depth: int = 16) -> StreamStats:
+                  queue_depth: int = 4) -> StreamStats:
     """Run frames ``[H,W,3]`` uint8 RGB through the GOP encoder; write tokens, show/save side by side.
 
     The model runs in its own thread (:func:`reftok_deploy.runtimes.pipeline.threaded`), ``queue_depth``

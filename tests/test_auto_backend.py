@@ -55,3 +55,27 @@ def test_choose_refuses_when_nothing_passed():
         backends.choose({"onnxruntime:fp32": {"parity": False, "total_ms": None}})
     assert backends.choose({"a": {"parity": True, "total_ms": 5.0}, "b": {"parity": True, "total_ms": 3.0},
                             "c": {"parity": False, "total_ms": 1.0}}) == "b"
+
+
+def test_a_backend_that_cannot_run_is_skipped_and_a_damaged_cache_is_remeasured(export_copy, tiny_checkpoint,
+                                                                                monkeypatch):
+    import reftok_deploy.runtimes.factory as factory
+
+    real = factory.make_runner
+
+    def broken_openvino(spec, *args, **kwargs):
+        if spec.startswith("onnxruntime"):
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : simulated")
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(factory, "make_runner", broken_openvino)
+    spec, _, why = backends.auto_backend(export_copy, tiny_checkpoint, "cpu")
+    results = json.loads((export_copy.path / backends.AUTO_FILE).read_text())["results"]
+    assert spec != "onnxruntime:fp32" and results["onnxruntime:fp32"]["parity"] is False
+    assert "could not run here" in results["onnxruntime:fp32"]["failures"][0]
+    monkeypatch.setattr(factory, "make_runner", real)
+    record = json.loads((export_copy.path / backends.AUTO_FILE).read_text())
+    record["results"]["torch"] = "fast"
+    (export_copy.path / backends.AUTO_FILE).write_text(json.dumps(record))
+    _, _, why = backends.auto_backend(export_copy, tiny_checkpoint, "cpu")
+    assert "measured now" in why

@@ -69,7 +69,7 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
     codebook = math.prod(model.cfg.fsq_levels)
     del model
     peak = matmul_peak_gflops()
-    source = {str(v): read_video(v) for v in videos}
+    source = {str(v): read_video(v, max_frames=max_gops * (block + 1)) for v in videos}  # only what is timed
     runners = [make_runner(s.strip(), export, checkpoint, device=device, threads=threads) for s in specs]
     for runner in runners:
         runner.load()

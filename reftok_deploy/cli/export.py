@@ -57,6 +57,8 @@ def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, t
     from reftok_deploy.validation import validate_folder
     from reftok_deploy.video import read_video
 
+    if calib_data and not int8:
+        raise ReftokError("--calib-data is for --int8 (calibration frames); add --int8 or drop --calib-data")
     if more_calib_data and not calib_data:
         raise ReftokError(f"unexpected argument {more_calib_data[0]!r} (see reftok-export --help)")
     calib_data = tuple(calib_data) + tuple(more_calib_data)  # --calib-data A B C: click binds A, the rest arrive here
