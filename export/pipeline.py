@@ -116,9 +116,12 @@ def run_export(checkpoint: str | Path, out: str | Path, options: ExportOptions, 
     previous = _previous_manifest(out)
     try:
         manifest = _export_into(staging, out, model, ck_config, checkpoint, options, progress)
+        try:  # before any file moves: an odd earlier manifest must not leave the folder half-updated
+            kept = merge_previous(manifest, previous, out)
+        except (KeyError, TypeError, AttributeError, ValueError):
+            kept = []
         for file in sorted(staging.iterdir()):
             file.replace(out / file.name)
-        kept = merge_previous(manifest, previous, out)
         if kept:
             progress(f"kept the {', '.join(kept)} artefacts already in {out} (same checkpoint, files unchanged)")
         manifest["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -161,7 +164,10 @@ def merge_previous(manifest: dict[str, Any], previous: dict[str, Any] | None, ou
                 manifest["preflight"][key] = previous["preflight"][key]
         report = ((previous.get("validation") or {}).get("reports") or {}).get(precision)
         if report is not None and "validation" in manifest:
-            manifest["validation"]["reports"][precision] = report
+            manifest["validation"]["reports"][precision] = dict(report, kept_from_previous_export=True)
+            failures = [f"{precision}: {f}" for f in report.get("failures", [])]
+            manifest["validation"]["failures"] = manifest["validation"].get("failures", []) + failures
+            manifest["validation"]["ok"] = not manifest["validation"]["failures"]
         if precision == "int8" and previous.get("calibration"):
             manifest["calibration"] = previous["calibration"]
         old_engines = ((previous.get("tensorrt") or {}).get("engines") or {})

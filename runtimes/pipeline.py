@@ -23,11 +23,14 @@ class _Failure:
         self.exc = exc
 
 
-def threaded(produce: Callable[[], Iterator[T]], depth: int = 16, name: str = "reftok-stage") -> Iterator[T]:
-    """Yield what ``produce()`` yields, computed in a worker thread ``depth`` items ahead.
+def threaded(produce: Callable[[threading.Event], Iterator[T]], depth: int = 4,
+             name: str = "reftok-stage") -> Iterator[T]:
+    """Yield what ``produce(stop)`` yields, computed in a worker thread up to ``depth`` items ahead.
 
     An exception in the worker is raised here, in the consumer's thread, with its traceback. When the
-    consumer stops early (an error, Ctrl-C, ``close()``), the worker is told to stop at its next item.
+    consumer stops early (an error, Ctrl-C, ``close()``), ``stop`` is set; ``produce`` should check it
+    before each unit of work. The consumer then waits for the worker to finish the unit it is in, so
+    nothing the worker uses (a runner) is closed under it.
     """
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -43,7 +46,7 @@ def threaded(produce: Callable[[], Iterator[T]], depth: int = 16, name: str = "r
 
     def work() -> None:
         try:
-            for item in produce():
+            for item in produce(stop):
                 if not put(item):
                     return
             put(_END)
@@ -62,4 +65,4 @@ def threaded(produce: Callable[[], Iterator[T]], depth: int = 16, name: str = "r
             yield item
     finally:
         stop.set()
-        worker.join(timeout=5.0)
+        worker.join()

@@ -93,14 +93,18 @@ def encode_stream(frames: Iterable[np.ndarray], gop: GopEncoder, stats: StreamSt
     bits_per_token = math.log2(stats.codebook_size)
     labels = ("original", f"RefTok {label}".strip())
 
-    def model_events() -> Iterator[ReferenceEvent | BlockEvent]:
+    def model_events(stop) -> Iterator[ReferenceEvent | BlockEvent]:
         for frame in frames:
+            if stop.is_set():
+                return
             start = time.perf_counter()
             if size is not None:
                 frame = center_square(frame, size)
             events = list(gop.push(frame))
             stats.model_seconds += time.perf_counter() - start
             yield from events
+        if stop.is_set():
+            return
         start = time.perf_counter()
         events = list(gop.flush())
         stats.model_seconds += time.perf_counter() - start

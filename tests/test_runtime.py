@@ -411,9 +411,9 @@ def test_threaded_stage_passes_items_errors_and_stops_with_its_consumer():
 
     from reftok_deploy.runtimes.pipeline import threaded
 
-    assert list(threaded(lambda: iter(range(50)), depth=2)) == list(range(50))
+    assert list(threaded(lambda stop: iter(range(50)), depth=2)) == list(range(50))
 
-    def failing():
+    def failing(stop):
         yield 1
         raise ValueError("model failed")
 
@@ -423,18 +423,21 @@ def test_threaded_stage_passes_items_errors_and_stops_with_its_consumer():
         next(items)
     produced, started = [], threading.Event()
 
-    def endless():
+    def endless(stop):
         started.set()
         for i in range(10**9):
+            if stop.is_set():
+                return
             produced.append(i)
             yield i
 
     stream = threaded(endless, depth=2)
     assert next(stream) == 0
-    stream.close()  # the consumer stops early (Ctrl-C, an output error)
+    stream.close()  # the consumer stops early (Ctrl-C, an output error): returns once the worker has stopped
+    assert not [t for t in threading.enumerate() if t.name == "reftok-stage"]
     count = len(produced)
     time.sleep(0.3)
-    assert len(produced) <= count + 1 and count <= 4  # bounded queue, worker stopped
+    assert len(produced) == count and count <= 4  # bounded queue, worker gone
 
 
 def test_run_reports_stage_times_rates_with_references_and_the_full_sha(tmp_path, tiny_checkpoint, clip_file):
