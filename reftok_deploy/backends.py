@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from reftok_deploy.errors import ReftokError
-from reftok_deploy.manifest import MANIFEST, ExportFolder, open_export, tool_versions
+from reftok_deploy.manifest import ExportFolder, open_export, tool_versions
 
 AUTO_FILE = "auto-backend.json"
 PROBE_SIZE = 256  # frames of the built-in clips, centre-cropped
@@ -92,7 +92,8 @@ def measurement_key(export: ExportFolder, device: str, threads: int | None) -> d
     """What a cached measurement is valid for: this machine, these libraries, this export."""
     from reftok_deploy.engines import gpu_name
 
-    manifest = (export.path / MANIFEST).read_bytes()
+    # the manifest as the folder was opened (parsed and hashed once), not read from disk again
+    manifest = json.dumps(export.manifest, sort_keys=True, default=float).encode()
     versions = tool_versions()
     if _importable("openvino"):
         from importlib import metadata
@@ -149,13 +150,13 @@ def measure_backends(export: ExportFolder, checkpoint: str | Path, specs: list[s
             else:
                 passed.append((spec, runner))
         try:
-            timing = bench([r for _, r in passed], [f for _, f in feeds], repeats=PROBE_REPEATS)
+            timing = bench([r for _, r in passed], [f for _, f in feeds], repeats=PROBE_REPEATS)["backends"]
         except Exception as exc:  # noqa: BLE001
             say(f"auto: timing failed ({exc}); using PyTorch")
-            timing = {"backends": {baseline.name: {"total_ms": 0.0}}}
-            passed = [("torch", baseline)]
+            timing = {baseline.name: {"total_ms": 0.0}}
         for spec, runner in passed:
-            results[spec]["total_ms"] = round(timing["backends"][runner.name]["total_ms"], 2)
+            if runner.name in timing:
+                results[spec]["total_ms"] = round(timing[runner.name]["total_ms"], 2)
     finally:
         for _, runner in passed:
             if runner is not baseline:
@@ -178,12 +179,18 @@ def _read_cached(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     return record
 
 
+def ranked(results: dict[str, dict[str, Any]]) -> list[tuple[float, str]]:
+    """(ms per GOP, spec) of every spec that passed parity and was timed, fastest first."""
+    return sorted((r["total_ms"], spec) for spec, r in results.items()
+                  if r.get("parity") and isinstance(r.get("total_ms"), (int, float)))
+
+
 def choose(results: dict[str, dict[str, Any]]) -> str:
     """The fastest spec whose parity passed."""
-    timed = {spec: r["total_ms"] for spec, r in results.items() if r.get("parity") and isinstance(r.get("total_ms"), (int, float))}
+    timed = ranked(results)
     if not timed:
         raise ReftokError("no backend passed parity with PyTorch here")
-    return min(timed, key=timed.get)
+    return timed[0][1]
 
 
 def measured_choice(export: ExportFolder, checkpoint: str | Path, device: str, threads: int | None,
@@ -207,9 +214,8 @@ def measured_choice(export: ExportFolder, checkpoint: str | Path, device: str, t
             origin = f"measured now, not saved ({exc.strerror or exc})"
     results = record["results"]
     spec = choose(results)
-    timed = sorted((r["total_ms"], s) for s, r in results.items() if r.get("parity") and r.get("total_ms"))
     failed = [s for s, r in results.items() if not r.get("parity")]
-    table = ", ".join(f"{s} {ms:.0f}" for ms, s in timed)
+    table = ", ".join(f"{s} {ms:.0f}" for ms, s in ranked(results))
     return spec, (f"fastest that passed parity here, ms per GOP: {table}"
                   + (f"; failed parity: {', '.join(failed)}" if failed else "") + f"; {origin}")
 

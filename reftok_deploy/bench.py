@@ -113,7 +113,11 @@ def end_to_end(runner: Runner, frames: list[np.ndarray], block_frames: int, code
     with tempfile.TemporaryDirectory(prefix="reftok-bench-") as tmp:
         writer = VideoFile(Path(tmp) / "run.mp4", fps, (2 * width, height))
         stats = StreamStats(fps_source=fps, codebook_size=codebook_size)
-        encode_stream(frames, GopEncoder(FrameCodec(runner), block_frames), stats, label=runner.name,
-                      sink=lambda o, r, lines, labels: writer.write(side_by_side(o, r, lines, labels)))
+        try:
+            encode_stream(frames, GopEncoder(FrameCodec(runner), block_frames), stats, label=runner.name,
+                          sink=lambda o, r, lines, labels: writer.write(side_by_side(o, r, lines, labels)))
+        except BaseException:
+            writer.abort()
+            raise
         writer.close()
     return stats.summary()

@@ -57,8 +57,6 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
     shapes = [parse_size(s) for s in sizes]
     export = open_export(export_folder)
     manifest = export.manifest
-    if threads:
-        torch.set_num_threads(threads)
     specs = backends.split(",") if backends else ["torch"] + [f"onnxruntime:{p}" for p in export.precisions]
     checkpoint = checkpoint or manifest["checkpoint"].get("path")
     if not isinstance(checkpoint, str):
@@ -80,11 +78,8 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
     bar = tqdm(total=len(shapes) * (len(runners) + repeats), desc="benchmarking", unit="round", disable=None, leave=False)
     try:
         for height, width in shapes:
-            if source:
-                clips = {n: np.stack([center_crop(f, width, height) for f in c]) for n, c in source.items()}
-            else:
-                clips = {n: np.stack([center_crop(f, width, height) for f in c])
-                         for n, c in demo_clips(max(height, width), gops=max_gops, block_frames=block).items()}
+            raw = source or demo_clips(max(height, width), gops=max_gops, block_frames=block)
+            clips = {n: np.stack([center_crop(f, width, height) for f in c]) for n, c in raw.items()}
             feeds = [f for _, f in gop_feeds(clips, block, max_gops)]
             bar.set_description_str(f"benchmarking {width}x{height}")
             result = bench(runners, feeds, repeats=repeats, progress=bar.update)
@@ -99,7 +94,7 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
                 eligible = [r for r, spec in zip(runners, specs) if result["backends"][r.name]["psnr_db"]
                             >= base_psnr - TOLERANCES[parse_spec(spec.strip())[1]].max_psnr_delta_db]
                 fastest = min(eligible, key=lambda r: result["backends"][r.name]["total_ms"])
-                frames = [f for clip in clips.values() for f in clip[: max_gops * (block + 1)]]
+                frames = [f for clip in clips.values() for f in clip]  # already max_gops GOPs per clip
                 summary = run_end_to_end(fastest, frames, block, codebook)
                 entry["end_to_end"] = {"backend": fastest.name, "fps": summary["fps"], "model_fps": summary["model_fps"],
                                        "frame_count": summary.get("frames"), "stage_ms_per_frame": summary["stage_ms_per_frame"]}

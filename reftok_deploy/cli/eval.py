@@ -65,10 +65,6 @@ def main(legacy_videos, videos, suite, demo, checkpoint, twin_path, no_twin, wit
     from reftok_deploy import x264
 
     videos = tuple(videos) + tuple(legacy_videos)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     if not videos and not demo and not suite:
         raise ReftokError("give at least one --video PATH, or --suite / --demo for the built-in clips")
     if with_x264 and not x264.available():

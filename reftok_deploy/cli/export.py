@@ -62,10 +62,6 @@ def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, t
     if more_calib_data and not calib_data:
         raise ReftokError(f"unexpected argument {more_calib_data[0]!r} (see reftok-export --help)")
     calib_data = tuple(calib_data) + tuple(more_calib_data)  # --calib-data A B C: click binds A, the rest arrive here
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     if validate_size % 8:
         raise ReftokError(f"--validate-size must be a multiple of 8, got {validate_size}")
     if int8 and not calib_data:

@@ -52,8 +52,18 @@ def max_gops_option(default: int | None, help: str = "At most this many GOPs per
                         type=click.IntRange(1), default=default, show_default=default is not None, help=help)
 
 
+def _set_torch_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """PyTorch's intra-op threads are per process: set once here for every command; runtimes that keep
+    their own pools (onnxruntime, OpenVINO) get the value through the command."""
+    if value is not None:
+        import torch
+
+        torch.set_num_threads(value)
+    return value
+
+
 def threads_option(func: Callable) -> Callable:
-    return click.option("--threads", type=click.IntRange(1), default=None,
+    return click.option("--threads", type=click.IntRange(1), default=None, callback=_set_torch_threads,
                         help="CPU threads for the model [default: the runtime's own choice].")(func)
 
 
