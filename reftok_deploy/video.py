@@ -72,10 +72,7 @@ def center_crop(frame: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def center_square(frame: np.ndarray, size: int) -> np.ndarray:
     """Resize the short side to ``size`` and crop the centre ``[size,size,3]``."""
-    frame = resize_short_side(frame, size)
-    h, w = frame.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
-    return np.ascontiguousarray(frame[top : top + size, left : left + size])
+    return center_crop(frame, size, size)
 
 
 def iter_video(path: str | Path) -> Iterator[np.ndarray]:
