@@ -48,6 +48,8 @@ CONFIG_LIMITS = {"channels": 1024, "res_blocks": 16}
 # weights in the hundreds to express tens of pixels and had moved 0.005 after 200 steps (seen here).
 MOTION_UNIT_PX = 16.0
 CORRELATION_RADII = (3, 4)  # cells at 1/4 and 1/8 resolution: +-12 px and +-32 px
+# Config keys added after version 2 shipped; a stored config without them means False.
+OPTIONAL_CONFIG_KEYS = ("group_context",)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class RefTokConfig:
     block_frames: int = 8
     reference: bool = True
     motion_channels: int = 16
+    # Each group's latent and decoder also see the previous and next group's (see :func:`group_context`).
+    group_context: bool = False
     model_version: int = MODEL_VERSION
     spatial_factor: int = field(default=SPATIAL_FACTOR, init=False)
 
@@ -90,7 +94,7 @@ class RefTokConfig:
         if not isinstance(data, dict):
             raise ValueError("model config is not an object")
         known = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown, missing = set(data) - known, known - set(data)
+        unknown, missing = set(data) - known, known - set(data) - set(OPTIONAL_CONFIG_KEYS)
         if unknown or missing:
             raise ValueError(f"unknown config keys {sorted(unknown)}" if unknown else f"missing config keys {sorted(missing)}")
 
@@ -114,8 +118,9 @@ class RefTokConfig:
         ints("fsq_levels", 2, 65536, len(levels))
         if math.prod(levels) > 65536:
             raise ValueError(f"fsq_levels {levels} give more than 65536 codes")
-        if type(data["reference"]) is not bool:
-            raise ValueError("reference must be true or false")
+        for key in ("reference", *OPTIONAL_CONFIG_KEYS):
+            if key in data and type(data[key]) is not bool:
+                raise ValueError(f"{key} must be true or false")
         return cls(**data)
 
     @property
@@ -129,10 +134,33 @@ class RefTokConfig:
 
 
 PRESETS: dict[str, RefTokConfig] = {
-    "tiny": RefTokConfig(channels=(32, 64, 96), res_blocks=1),
-    "small": RefTokConfig(channels=(48, 96, 160), res_blocks=2, motion_channels=24),
-    "base": RefTokConfig(channels=(64, 128, 256), res_blocks=3, motion_channels=32),
+    "tiny": RefTokConfig(channels=(32, 64, 96), res_blocks=1, group_context=True),
+    "small": RefTokConfig(channels=(48, 96, 160), res_blocks=2, motion_channels=24, group_context=True),
+    "base": RefTokConfig(channels=(64, 128, 256), res_blocks=3, motion_channels=32, group_context=True),
 }
+
+
+def context_channels(channels: int) -> int:
+    """Channels :func:`group_context` adds for an input of ``channels``."""
+    return 2 * (channels + 1)
+
+
+def group_context(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Per-group tensors ``[B*G,C,h,w]`` -> their neighbours ``[B*G,2*(C+1),h,w]``.
+
+    For group g: group g-1's channels and a plane of ones, then group g+1's and a plane of ones;
+    a missing neighbour (first or last group) is all zeros, flag included. Two tokens describe
+    the motion of one position over the whole block (8 frames), where one token held 4 frames:
+    smooth motion is coded by both, and each group decodes it from both.
+    """
+    n, c, h, w = x.shape
+    groups = n // batch
+    x = x.reshape(batch, groups, c, h, w)
+    x = torch.cat([x, torch.ones_like(x[:, :, :1])], 2)
+    none = torch.zeros_like(x[:, :1])
+    previous = torch.cat([none, x[:, :-1]], 1)
+    following = torch.cat([x[:, 1:], none], 1)
+    return torch.cat([previous, following], 2).reshape(n, 2 * (c + 1), h, w)
 
 
 def conv3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -244,21 +272,25 @@ class BlockEncoder(nn.Module):
         # RefTok: the cost volumes' soft-argmax displacements (x, y per frame, at 1/4 pooled to 1/8 and at
         # 1/8, in MOTION_UNIT_PX) reach the latent head directly: a short path from measured motion to tokens.
         self.flow_channels = 2 * 2 * ft if cfg.reference else 0
-        self.to_latent = conv3(c3 + self.flow_channels, latent_dim)
+        head = c3 + self.flow_channels
+        self.group_context = cfg.group_context
+        self.to_latent = conv3(head + (context_channels(head) if cfg.group_context else 0), latent_dim)
         # Latents must start spread over several FSQ levels: at the default init they were ~0.03 +- 0.005,
         # every position rounded to one code, and the tokens were never used.
         self.to_latent.weight.data.mul_(10.0)
 
     def forward(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
-                costs: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
-        """``costs``: (squeezed cost volume at 1/4, at 1/8, soft-argmax flows at 1/8), RefTok only."""
+                costs: tuple[torch.Tensor, ...] | None = None, batch: int = 1) -> torch.Tensor:
+        """``costs``: (squeezed cost volume at 1/4, at 1/8, soft-argmax flows at 1/8), RefTok only;
+        ``batch``: B of the ``B*G`` groups in ``x`` (for the group context)."""
         x = self.unshuffle(x)
         x = self.s1(x if ref_feats is None else torch.cat([x, ref_feats[0]], 1))
         x = self.down2(x)
         x = self.s2(x if ref_feats is None else torch.cat([x, ref_feats[1], costs[0]], 1))
         x = self.down3(x)
         x = self.s3(x if ref_feats is None else torch.cat([x, ref_feats[2], costs[1]], 1))
-        return self.to_latent(x if ref_feats is None else torch.cat([x, costs[2]], 1))
+        x = x if ref_feats is None else torch.cat([x, costs[2]], 1)
+        return self.to_latent(torch.cat([x, group_context(x, batch)], 1) if self.group_context else x)
 
 
 class BlockDecoder(nn.Module):
@@ -275,19 +307,22 @@ class BlockDecoder(nn.Module):
         ft = cfg.temporal_factor
         r = cfg.channels if cfg.reference else (0, 0, 0)
         warped = 12 * ft if cfg.reference else 0  # the warped reference frames, unshuffled to 1/2
-        self.s3 = stage(latent_dim + r[2], c3, cfg.res_blocks + 1)
+        self.group_context = cfg.group_context
+        context = context_channels(latent_dim) if cfg.group_context else 0
+        self.s3 = stage(latent_dim + r[2] + context, c3, cfg.res_blocks + 1)
         self.up2 = nn.Sequential(conv3(c3, c2 * 4), nn.PixelShuffle(2), nn.ReLU6())
         self.s2 = stage(c2 + r[1], c2, cfg.res_blocks)
         self.up1 = nn.Sequential(conv3(c2, c1 * 4), nn.PixelShuffle(2), nn.ReLU6())
         self.s1 = stage(c1 + r[0] + warped, c1, 1)
         self.unshuffle = nn.PixelUnshuffle(2)
+        self.latent_dim = latent_dim
         self.to_pixels = nn.Sequential(conv3(c1, 12 * ft), nn.PixelShuffle(2))
         self.to_pixels[0].weight.data.mul_(0.1)
         nn.init.zeros_(self.to_pixels[0].bias)
         self.to_motion = self.to_gate = None
         if cfg.reference:
             # Zero motion at init: training starts from "residual over the reference".
-            self.to_motion = conv3(c3 + latent_dim, 2 * ft)
+            self.to_motion = conv3(c3 + latent_dim + context, 2 * ft)
             nn.init.zeros_(self.to_motion.weight)
             nn.init.zeros_(self.to_motion.bias)
             # Gate starts open (inside Clip's linear range, so gradients flow both ways).
@@ -295,13 +330,17 @@ class BlockDecoder(nn.Module):
             self.to_gate[0].weight.data.mul_(0.1)
             nn.init.constant_(self.to_gate[0].bias, 0.8)
 
-    def trunk(self, codes: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None
+    def trunk(self, codes: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None, batch: int = 1
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Codes -> (features at 1/4 ``[N,c2,H/4,W/4]``, motion ``[N,2*ft,H/8,W/8]`` in pixels or None).
+        """Codes ``[B*G,D,H/8,W/8]`` -> (features at 1/4 ``[N,c2,H/4,W/4]``, motion ``[N,2*ft,H/8,W/8]``
+        in pixels or None).
 
-        Motion is read at 1/8 from the codes themselves and the first stage: a short path, so the
-        flow teacher's gradient reaches the encoder quickly."""
-        x = self.s3(codes if ref_feats is None else torch.cat([codes, ref_feats[2]], 1))
+        Motion is read at 1/8 from the codes themselves (and the neighbouring groups' codes) and the
+        first stage: a short path, so the flow teacher's gradient reaches the encoder quickly."""
+        if self.group_context:
+            codes = torch.cat([codes, group_context(codes, batch)], 1)
+        first = [codes] if ref_feats is None else [codes[:, : self.latent_dim], ref_feats[2], codes[:, self.latent_dim:]]
+        x = self.s3(torch.cat(first, 1))
         motion = None if self.to_motion is None else self.to_motion(torch.cat([x, codes], 1)) * MOTION_UNIT_PX
         x = self.s2(self.up2(x) if ref_feats is None else torch.cat([self.up2(x), ref_feats[1]], 1))
         return x, motion
@@ -400,7 +439,7 @@ class RefTok(nn.Module):
             feats = self._per_group(feats, groups)
             folded = torch.cat([folded, folded - self._reference_pixels(reference, groups)], 1)
             costs = self._costs(reference, frames)
-        return self.encoder(folded, feats, costs)
+        return self.encoder(folded, feats, costs, frames.shape[0])
 
     def _reference_pixels(self, reference: torch.Tensor, groups: int) -> torch.Tensor:
         """Reference ``[B,3,H,W]`` laid out like folded frames: ``[B*G,ft*3,H,W]``."""
@@ -414,7 +453,7 @@ class RefTok(nn.Module):
         groups = codes.shape[0] // batch
         feats = self.reference_features(reference)
         feats = None if feats is None else self._per_group(feats, groups)
-        x, motion = self.decoder.trunk(codes, feats)
+        x, motion = self.decoder.trunk(codes, feats, batch)
         if motion is None:
             pixels, _ = self.decoder.head(x, None, None)
             return {"frames": self._unfold(pixels, batch)}

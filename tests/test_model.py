@@ -75,6 +75,11 @@ def test_config_round_trip_and_validation():
     with pytest.raises(ValueError):
         RefTokConfig(motion_channels=0)
     assert PRESETS["tiny"].twin().reference is False
+    # Configs stored before the group context existed load without it; a non-boolean is refused.
+    stored = {k: v for k, v in PRESETS["tiny"].to_dict().items() if k != "group_context"}
+    assert RefTokConfig.from_dict(stored).group_context is False
+    with pytest.raises(ValueError, match="group_context"):
+        RefTokConfig.from_dict({**stored, "group_context": 1})
     # Version 1's motion-warp option is gone: such a config is refused, not silently reinterpreted.
     with pytest.raises(ValueError, match="motion_warp"):
         RefTokConfig.from_dict({**cfg.to_dict(), "motion_warp": True})
@@ -155,3 +160,28 @@ def test_zero_initialised_motion_head_learns():
     (parts["frames"] - frames).abs().mean().backward()
     assert model.decoder.to_motion.weight.grad.abs().sum() > 0
     assert not parts["motion"].any()  # yet the forward value still is exactly zero motion
+
+
+def test_group_context_gives_each_group_its_neighbours():
+    from reftok_deploy.model import group_context
+
+    x = torch.arange(3 * 2 * 1 * 1, dtype=torch.float32).reshape(3 * 2, 1, 1, 1) + 1  # B=2, G=3
+    ctx = group_context(x, batch=2).reshape(2, 3, 4)  # [previous, flag, next, flag]
+    assert ctx[0].tolist() == [[0, 0, 2, 1], [1, 1, 3, 1], [2, 1, 0, 0]]
+    assert ctx[1].tolist() == [[0, 0, 5, 1], [4, 1, 6, 1], [5, 1, 0, 0]]
+
+
+def test_with_the_group_context_a_group_decodes_from_its_neighbours_tokens():
+    torch.manual_seed(0)
+    model = RefTok(PRESETS["tiny"])
+    for p in model.parameters():
+        if p.dim() == 4 and not p.abs().sum():
+            torch.nn.init.normal_(p, std=0.05)  # the zero-initialised heads
+    model.eval()
+    ref = torch.rand(1, 3, 32, 32) * 2 - 1
+    tokens = torch.randint(0, model.fsq.codebook_size, (1, 2, 4, 4), dtype=torch.int32)
+    other = tokens.clone()
+    other[:, 1] = (other[:, 1] + 1) % model.fsq.codebook_size  # change the second group only
+    with torch.no_grad():
+        a, b = model.decode(ref, tokens), model.decode(ref, other)
+    assert not torch.allclose(a[:, :, :4], b[:, :, :4])  # the first group's frames see the change

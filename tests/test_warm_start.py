@@ -80,3 +80,28 @@ def test_version1_weights_seed_version2(tiny_model):
     target.load_state_dict(upgraded)
     with pytest.raises(ReftokError, match="channels"):
         upgrade_v1_state(dict(config, channels=[8, 8, 8]), state, target)
+
+
+@pytest.mark.parametrize("levels", [None, (8, 5, 5, 5, 8)])
+def test_group_context_starts_out_coding_like_its_source(levels):
+    """A checkpoint without the group context seeds one with it (and, at once, wider FSQ levels):
+    the context's weights start at zero, so tokens and decoded frames are the source's."""
+    torch.manual_seed(0)
+    source = RefTok(dataclasses.replace(PRESETS["tiny"], group_context=False))
+    for p in (*source.decoder.to_pixels.parameters(), *source.decoder.to_motion.parameters()):
+        torch.nn.init.normal_(p, std=0.05)
+    source.eval()
+    cfg = dataclasses.replace(source.cfg, group_context=True, fsq_levels=levels or source.cfg.fsq_levels)
+    target = RefTok(cfg)
+    target.load_state_dict(warm_start_state(source, target))
+    target.eval()
+    ref = torch.rand(2, 3, 32, 48) * 2 - 1
+    frames = torch.rand(2, 3, 8, 32, 48) * 2 - 1
+    with torch.no_grad():
+        ids = target.encode(ref, frames)
+        assert torch.equal(ids % source.fsq.codebook_size, source.encode(ref, frames))
+        tokens = torch.randint(0, target.fsq.codebook_size, (2, 2, 4, 6), dtype=torch.int32)
+        expected = source.decode(ref, tokens % source.fsq.codebook_size)
+        assert torch.allclose(target.decode(ref, tokens), expected, atol=1e-5)
+    with pytest.raises(ReftokError, match="group context"):
+        warm_start_state(target, RefTok(dataclasses.replace(cfg, group_context=False)))

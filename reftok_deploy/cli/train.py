@@ -33,6 +33,9 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @click.option("--no-reference", is_flag=True, help="Train the reference-free twin (ablation baseline).")
 @click.option("--fsq-levels", default=None, metavar="L1,L2,...",
               help="FSQ levels per token dimension (codebook = their product, at most 65536). Default: the preset's.")
+@click.option("--group-context/--no-group-context", default=True, show_default=True,
+              help="Each 4-frame group's tokens are coded and decoded with its neighbouring groups' in view "
+                   "(the shipped checkpoint before it had none).")
 @click.option("--init-from", type=click.Path(), default=None,
               help="Start from this checkpoint's weights (same preset; --fsq-levels may append dimensions; "
                    "a version-1 checkpoint seeds every tensor version 2 kept).")
@@ -63,7 +66,7 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @json_option("Print the checkpoint folder and its training record as JSON.")
 @verbose_option
 @user_errors
-def main(data, output, preset, no_reference, fsq_levels, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, checkpoint_every, no_builtin_stills,
+def main(data, output, preset, no_reference, fsq_levels, group_context, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, checkpoint_every, no_builtin_stills,
          resume, threads, device, workers, max_minutes, as_json) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
     from reftok_deploy.errors import ReftokError
@@ -73,7 +76,8 @@ def main(data, output, preset, no_reference, fsq_levels, init_from, loss, steps,
         raise ReftokError(f"--crop must be a multiple of 8, got {crop}")
     if lr is not None and not (math.isfinite(lr) and 0 < lr < 1):
         raise ReftokError(f"--lr must be a positive number below 1, got {lr}")
-    cfg = PRESETS[preset].twin() if no_reference else PRESETS[preset]
+    cfg = dataclasses.replace(PRESETS[preset], group_context=group_context)
+    cfg = cfg.twin() if no_reference else cfg
     if fsq_levels is not None:
         cfg = dataclasses.replace(cfg, fsq_levels=parse_levels(fsq_levels))
     if lr is None:
