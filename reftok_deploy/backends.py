@@ -19,9 +19,10 @@ from typing import Any, Callable
 
 from reftok_deploy.errors import ReftokError
 from reftok_deploy.manifest import ExportFolder, open_export, tool_versions
+from reftok_deploy.spec import SPATIAL_FACTOR
 
 AUTO_FILE = "auto-backend.json"
-PROBE_SIZE = 256  # frames of the built-in clips, centre-cropped
+PROBE_SIZE = 256  # frames of the built-in clips, centre-cropped, where the frame size is not known yet
 PROBE_GOPS = 2
 PROBE_REPEATS = 3
 
@@ -88,8 +89,28 @@ def candidate_specs(export: ExportFolder, device: str) -> list[str]:
     return specs
 
 
-def measurement_key(export: ExportFolder, device: str, threads: int | None) -> dict[str, Any]:
-    """What a cached measurement is valid for: this machine, these libraries, this export."""
+def probe_size(size: tuple[int, int] | None) -> tuple[int, int]:
+    """(height, width) the backends are measured at: the frames' own size rounded up to whole
+    tokens (what the graphs run on), or PROBE_SIZE square where it is not known."""
+    if size is None:
+        return PROBE_SIZE, PROBE_SIZE
+    return tuple(-(-max(int(v), 1) // SPATIAL_FACTOR) * SPATIAL_FACTOR for v in size)
+
+
+def probe_clips(size: tuple[int, int], block_frames: int) -> dict[str, Any]:
+    """The built-in clips at ``size`` (height, width): rendered square at the larger side, centre-cropped."""
+    from reftok_deploy.data import demo_clips
+
+    height, width = size
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    return {name: clip[:, top: top + height, left: left + width]
+            for name, clip in demo_clips(side, block_frames=block_frames).items()}
+
+
+def measurement_key(export: ExportFolder, device: str, threads: int | None,
+                    size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """What a cached measurement is valid for: this machine, these libraries, this export, this frame size."""
     from reftok_deploy.engines import gpu_name
 
     # the manifest as the folder was opened (parsed and hashed once), not read from disk again
@@ -112,21 +133,22 @@ def measurement_key(export: ExportFolder, device: str, threads: int | None) -> d
             if hasattr(os, "sched_getaffinity") else os.cpu_count(), "gpu": gpu_name(), "device": device,
             "threads": threads, "versions": versions, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
             "tolerances": {p: vars(t) for p, t in TOLERANCES.items()},
-            "probe": {"size": PROBE_SIZE, "gops": PROBE_GOPS, "repeats": PROBE_REPEATS}}
+            "probe": {"size": list(probe_size(size)), "gops": PROBE_GOPS, "repeats": PROBE_REPEATS}}
 
 
 def measure_backends(export: ExportFolder, checkpoint: str | Path, specs: list[str], device: str,
-                     threads: int | None, say: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, Any]]:
-    """Parity against PyTorch, then round-robin timing of those that passed -> per spec
+                     threads: int | None, say: Callable[[str], None] = lambda _: None,
+                     size: tuple[int, int] | None = None) -> dict[str, dict[str, Any]]:
+    """Parity against PyTorch, then round-robin timing of those that passed, on the built-in clips
+    at ``size`` (height, width; see :func:`probe_size`) -> per spec
     ``{"parity": bool, "failures": [...], "total_ms": float | None}``."""
     from reftok_deploy.bench import bench
-    from reftok_deploy.data import demo_clips
     from reftok_deploy.parity import compare, gop_feeds
     from reftok_deploy.runtimes.factory import make_runner, parse_spec
     from reftok_deploy.spec import TOLERANCES
 
     block = export.geometry.block_frames
-    feeds = list(gop_feeds(demo_clips(PROBE_SIZE, block_frames=block), block, 1))[:PROBE_GOPS]
+    feeds = list(gop_feeds(probe_clips(probe_size(size), block), block, 1))[:PROBE_GOPS]
     results: dict[str, dict[str, Any]] = {}
     passed = []
     baseline = make_runner("torch", export, checkpoint, device=device, threads=threads)
@@ -194,19 +216,22 @@ def choose(results: dict[str, dict[str, Any]]) -> str:
 
 
 def measured_choice(export: ExportFolder, checkpoint: str | Path, device: str, threads: int | None,
-                    say: Callable[[str], None] = lambda _: None) -> tuple[str, str]:
-    """(spec, reason): the cached measurement for this machine, or a new one (seconds), saved beside the export."""
+                    say: Callable[[str], None] = lambda _: None, size: tuple[int, int] | None = None) -> tuple[str, str]:
+    """(spec, reason): the cached measurement for this machine and frame size, or a new one (seconds),
+    saved beside the export (one record per size: backends rank differently at different sizes)."""
     from reftok_deploy.files import atomic_write_bytes
 
-    path = export.path / AUTO_FILE
-    key = measurement_key(export, device, threads)
+    height, width = probe_size(size)
+    path = export.path / (AUTO_FILE if (height, width) == (PROBE_SIZE, PROBE_SIZE)
+                          else AUTO_FILE.replace(".json", f"-{width}x{height}.json"))
+    key = measurement_key(export, device, threads, size)
     record = _read_cached(path, key)
     origin = f"cached in {path}"
     if record is None:
         specs = candidate_specs(export, device)
-        say(f"auto: measuring {', '.join(specs)} on {PROBE_GOPS} GOPs at {PROBE_SIZE}x{PROBE_SIZE} "
-            "(once per machine and export)")
-        record = {"key": key, "results": measure_backends(export, checkpoint, specs, device, threads, say)}
+        say(f"auto: measuring {', '.join(specs)} on {PROBE_GOPS} GOPs at {width}x{height} "
+            "(once per machine, export and frame size)")
+        record = {"key": key, "results": measure_backends(export, checkpoint, specs, device, threads, say, size)}
         try:
             atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
             origin = f"measured now, saved to {path}"
@@ -221,8 +246,10 @@ def measured_choice(export: ExportFolder, checkpoint: str | Path, device: str, t
 
 
 def auto_backend(export: ExportFolder | None, checkpoint: str | Path, device: str,
-                 say=lambda _: None, threads: int | None = None) -> tuple[str, ExportFolder | None, str]:
-    """Pick the fastest backend that passes parity here -> (spec, opened export folder, reason).
+                 say=lambda _: None, threads: int | None = None,
+                 size: tuple[int, int] | None = None) -> tuple[str, ExportFolder | None, str]:
+    """Pick the fastest backend that passes parity here at frames of ``size`` (height, width)
+    -> (spec, opened export folder, reason).
 
     Without an export folder, an FP32 export of the checkpoint is made once in the user cache; where
     that fails, PyTorch eager is used."""
@@ -232,7 +259,7 @@ def auto_backend(export: ExportFolder | None, checkpoint: str | Path, device: st
         except (ReftokError, OSError) as exc:
             return "torch", None, f"PyTorch eager (no ONNX export available: {exc})"
     try:
-        spec, why = measured_choice(export, checkpoint, device, threads, say)
+        spec, why = measured_choice(export, checkpoint, device, threads, say, size)
     except ReftokError as exc:
         return "torch", export, f"PyTorch eager ({exc})"
     return spec, export, why

@@ -79,3 +79,23 @@ def test_a_backend_that_cannot_run_is_skipped_and_a_damaged_cache_is_remeasured(
     (export_copy.path / backends.AUTO_FILE).write_text(json.dumps(record))
     _, _, why = backends.auto_backend(export_copy, tiny_checkpoint, "cpu")
     assert "measured now" in why
+
+
+def test_each_frame_size_is_measured_at_that_size_and_cached_apart(export_copy, tiny_checkpoint, monkeypatch):
+    measured_at = []
+    real = backends.measure_backends
+
+    def recording(*args, **kwargs):
+        measured_at.append(backends.probe_size(args[6] if len(args) > 6 else kwargs.get("size")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backends, "measure_backends", recording)
+    backends.auto_backend(export_copy, tiny_checkpoint, "cpu")           # size unknown: PROBE_SIZE square
+    backends.auto_backend(export_copy, tiny_checkpoint, "cpu", size=(45, 70))
+    backends.auto_backend(export_copy, tiny_checkpoint, "cpu", size=(45, 70))  # cached
+    assert measured_at == [(64, 64), (48, 72)]  # rounded up to whole tokens
+    other = json.loads((export_copy.path / "auto-backend-72x48.json").read_text())
+    assert other["key"]["probe"]["size"] == [48, 72]
+    assert json.loads((export_copy.path / backends.AUTO_FILE).read_text())["key"]["probe"]["size"] == [64, 64]
+    clips = backends.probe_clips((48, 72), 8)
+    assert all(clip.shape[1:3] == (48, 72) for clip in clips.values())

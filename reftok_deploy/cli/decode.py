@@ -50,7 +50,8 @@ def main(stream, output, checkpoint, export_folder, backend, device, threads, sa
         check_header_matches(header, config_from_checkpoint(read_config(checkpoint), checkpoint), str(stream))
         export = open_export(export_folder) if export_folder is not None else None
         if backend == "auto":
-            backend, export, why = auto_backend(export, checkpoint, device, say, threads=threads)
+            backend, export, why = auto_backend(export, checkpoint, device, say, threads=threads,
+                                                size=(header["height"], header["width"]))
             say(f"backend: {backend} ({why})")
         runner = make_runner(backend, export, checkpoint, device=device, threads=threads)
         writer = VideoFile(output, header["fps"], (header["width"], header["height"])) if output else None

@@ -53,6 +53,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
     Shows (or writes with --output) original | reconstruction with fps, block latency,
     token bit rate and PSNR; --tokens saves a .rtok stream that reftok-decode replays.
     """
+    import contextlib
     import itertools
     import math
     from pathlib import Path
@@ -90,22 +91,16 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
     spec = frames_source.spec
     try:
         export = open_export(export_folder) if export_folder is not None else None
-        if backend == "auto":
-            backend, export, why = auto_backend(export, checkpoint, device, say, threads=threads)
-            say(f"backend: {backend} ({why})")
-        runner = make_runner(backend, export, checkpoint, device=device, threads=threads)
+        cfg = config_from_checkpoint(read_config(checkpoint), checkpoint)
     except BaseException:
         frames_source.close()
         raise
-    with frames_source as frames, runner:
+    with frames_source as frames, contextlib.ExitStack() as held:
         show = display_available() if display is None else display
         if show and not display_available():
             raise ReftokError(f"--display needs a display and an OpenCV with a GUI; this is {opencv_summary()}: "
                               "use the system OpenCV (apt install python3-opencv) or pip install opencv-python "
                               "instead of opencv-python-headless, or drop --display")
-        cfg = config_from_checkpoint(read_config(checkpoint), checkpoint)
-        gop = GopEncoder(FrameCodec(runner), cfg.block_frames, refresh_blocks, cut_threshold or None)
-        stats = StreamStats(fps_source=frames.fps, codebook_size=math.prod(cfg.fsq_levels))
         stream = itertools.islice(iter(frames), max_frames)
         first = next(stream, None)
         if first is None:
@@ -114,6 +109,13 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
         if height * width > max_pixels:
             raise ReftokError(f"{spec.label} delivers {width}x{height} frames ({height * width} pixels), more than "
                               f"--max-pixels {max_pixels}: pass --size N to crop, or raise --max-pixels if memory allows")
+        # The backend is chosen once the frame size is known: backends rank differently at 256x256 and 640x480.
+        if backend == "auto":
+            backend, export, why = auto_backend(export, checkpoint, device, say, threads=threads, size=(height, width))
+            say(f"backend: {backend} ({why})")
+        runner = held.enter_context(make_runner(backend, export, checkpoint, device=device, threads=threads))
+        gop = GopEncoder(FrameCodec(runner), cfg.block_frames, refresh_blocks, cut_threshold or None)
+        stats = StreamStats(fps_source=frames.fps, codebook_size=math.prod(cfg.fsq_levels))
         say(f"capture: {spec.label} at {frames.fps:g} fps through {opencv_summary()}")
         writer = VideoFile(output, frames.fps, (2 * width, height)) if output else None
         try:
