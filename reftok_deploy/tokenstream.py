@@ -49,12 +49,17 @@ HEADER_KEYS = {"width": int, "height": int, "fps": float, "block_frames": int, "
                "checkpoint_sha256": str, "reference_codec": str}
 
 
-def stream_header(cfg, width: int, height: int, fps: float, checkpoint_sha256: str) -> dict:
-    """Header of a stream of ``width`` x ``height`` frames tokenized by a model of config ``cfg`` (RefTokConfig)."""
-    return {"width": width, "height": height, "fps": float(fps), "block_frames": cfg.block_frames,
-            "temporal_factor": cfg.temporal_factor, "spatial_factor": cfg.spatial_factor,
-            "fsq_levels": list(cfg.fsq_levels), "codebook_size": int(np.prod(cfg.fsq_levels)),
-            "model_version": cfg.model_version, "checkpoint_sha256": checkpoint_sha256, "reference_codec": "png"}
+def stream_header(cfg, width: int, height: int, fps: float, checkpoint_sha256: str,
+                  backend: str | None = None) -> dict:
+    """Header of a stream of ``width`` x ``height`` frames tokenized by a model of config ``cfg`` (RefTokConfig)
+    with ``backend`` (a --backend spec such as ``onnxruntime:int8``; optional, for reftok-decode to report)."""
+    header = {"width": width, "height": height, "fps": float(fps), "block_frames": cfg.block_frames,
+              "temporal_factor": cfg.temporal_factor, "spatial_factor": cfg.spatial_factor,
+              "fsq_levels": list(cfg.fsq_levels), "codebook_size": int(np.prod(cfg.fsq_levels)),
+              "model_version": cfg.model_version, "checkpoint_sha256": checkpoint_sha256, "reference_codec": "png"}
+    if backend is not None:
+        header["backend"] = backend
+    return header
 
 
 @dataclass
@@ -88,6 +93,8 @@ def _check_header(header: dict) -> dict:
         raise ReftokError("token stream fsq_levels do not multiply to codebook_size")
     if header["reference_codec"] != "png":
         raise ReftokError(f"unsupported reference codec {header['reference_codec']!r}")
+    if "backend" in header and not (isinstance(header["backend"], str) and 0 < len(header["backend"]) <= 64):
+        raise ReftokError("token stream header field 'backend' is not a short string")
     return header
 
 

@@ -284,6 +284,10 @@ def test_run_writes_every_frame_and_decode_replays_bit_exactly(tmp_path, tiny_ch
     assert replay.exit_code == 0, replay.output
     assert json.loads(replay.stdout)["reconstruction_sha256"] == summary["reconstruction_sha256"]
     assert json.loads(replay.stdout)["frames"] == 18
+    assert "was encoded with" not in replay.stderr
+    other = "onnxruntime" if backend == "torch" else "torch"
+    crossed = invoke(decode_main, [rtok, "--json", *common[:2], "--backend", other, "--export", export_dir])
+    assert crossed.exit_code == 0 and f"was encoded with {backend}; decoding with {other}" in crossed.stderr
     evaluation = invoke(eval_main, [clip_file, "--checkpoint", tiny_checkpoint, "--no-twin", "--size", "64", "--json"])
     assert abs(json.loads(evaluation.stdout)["mean"]["reftok"]["psnr"] - summary["psnr_db"]) <= 0.1
 

@@ -169,7 +169,8 @@ def test_crc_consistent_payload_edits_never_crash(stream_bytes, data):
 HEADER_EDITS = [("width", 0), ("width", -5), ("width", 16385), ("width", "40"), ("width", 40.5), ("height", None),
                 ("fps", "fast"), ("block_frames", 7), ("temporal_factor", 0), ("spatial_factor", 3),
                 ("fsq_levels", [8, 5, 5]), ("fsq_levels", "8,5,5,5"), ("codebook_size", 999), ("model_version", "2"),
-                ("checkpoint_sha256", 5), ("reference_codec", "jpeg"), ("width", True)]
+                ("checkpoint_sha256", 5), ("reference_codec", "jpeg"), ("width", True), ("backend", 7),
+                ("backend", ""), ("backend", "x" * 65)]
 
 
 @pytest.mark.parametrize("key,value", HEADER_EDITS)
@@ -177,6 +178,16 @@ def test_header_edits_are_refused(stream_bytes, key, value):
     edited = dict(HEADER, **{key: value}) if value is not None else {k: v for k, v in HEADER.items() if k != key}
     with pytest.raises(ReftokError, match="header|frame size|block_frames|spatial_factor|fsq_levels|codec"):
         parse_bytes(with_header(stream_bytes[0], edited))
+
+
+def test_the_encoding_backend_is_an_optional_header_field(stream_bytes):
+    from reftok_deploy.model import RefTokConfig
+    from reftok_deploy.tokenstream import stream_header
+
+    header = stream_header(RefTokConfig(), 40, 24, 10.0, "ab" * 32, backend="onnxruntime:int8")
+    assert header["backend"] == "onnxruntime:int8" and "backend" not in stream_header(RefTokConfig(), 40, 24, 10.0, "ab" * 32)
+    parsed_header, _ = parse_bytes(with_header(stream_bytes[0], dict(HEADER, backend="openvino:fp16")))
+    assert parsed_header["backend"] == "openvino:fp16"
 
 
 def test_huge_frames_are_refused_before_any_png_is_decoded(stream_bytes):

@@ -53,6 +53,10 @@ def main(stream, output, checkpoint, export_folder, backend, device, threads, sa
             backend, export, why = auto_backend(export, checkpoint, device, say, threads=threads,
                                                 size=(header["height"], header["width"]))
             say(f"backend: {backend} ({why})")
+        encoded_with = header.get("backend")
+        if encoded_with is not None and encoded_with != backend:
+            say(f"note: {stream} was encoded with {encoded_with}; decoding with {backend}, so frames may differ "
+                f"from reftok-run's by {backend}'s tolerance (pass --backend {encoded_with} to match them exactly)")
         runner = make_runner(backend, export, checkpoint, device=device, threads=threads)
         writer = VideoFile(output, header["fps"], (header["width"], header["height"])) if output else None
         frames = 0

@@ -119,7 +119,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
         say(f"capture: {spec.label} at {frames.fps:g} fps through {opencv_summary()}")
         writer = VideoFile(output, frames.fps, (2 * width, height)) if output else None
         try:
-            header = stream_header(cfg, width, height, frames.fps, weights_sha256(checkpoint))
+            header = stream_header(cfg, width, height, frames.fps, weights_sha256(checkpoint), backend)
             tokens = TokenStreamWriter(tokens_path, header) if tokens_path else None
         except BaseException:
             if writer:
