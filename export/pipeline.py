@@ -141,12 +141,19 @@ def _previous_manifest(out: Path) -> dict[str, Any] | None:
         return None
 
 
+def _with_defaults(model: Any) -> Any:
+    """A manifest's model config with the keys added since version 2 shipped at their defaults."""
+    from reftok_deploy.model import OPTIONAL_CONFIG_KEYS
+
+    return {**{key: False for key in OPTIONAL_CONFIG_KEYS}, **model} if isinstance(model, dict) else model
+
+
 def merge_previous(manifest: dict[str, Any], previous: dict[str, Any] | None, out: Path) -> list[str]:
     """Carry over the precisions an earlier export of the same checkpoint and model wrote into ``out`` and
     this one did not (``--fp16`` then ``--int8`` gives all three), where every file of that precision is
     still there unchanged. Updates ``manifest`` in place; returns the precisions kept."""
     if (not previous or previous.get("checkpoint", {}).get("weights_sha256") != manifest["checkpoint"]["weights_sha256"]
-            or previous.get("model") != manifest["model"]):
+            or _with_defaults(previous.get("model")) != _with_defaults(manifest["model"])):
         return []
     kept = []
     for precision in previous.get("precisions", []):

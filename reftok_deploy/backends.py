@@ -6,14 +6,16 @@ Application layer: it uses both the exporter and the runtimes (neither imports t
 parity against PyTorch (the tolerances of its precision, :data:`reftok_deploy.spec.TOLERANCES`) and
 timed on the same GOPs of the built-in clips, round-robin; the fastest one that passed is used. CPUs
 differ (onnxruntime's INT8 was 1.15x its FP32 on one x86 box and 1.64x on another; OpenVINO's INT8 is
-fast only with VNNI/AMX), so the result is cached per machine in the export folder
-(:data:`AUTO_FILE`), keyed by CPU/GPU, threads, device and library versions.
+fast only with VNNI/AMX), and rankings change with the frame size, so the result is cached per machine
+and size in the export folder (:data:`AUTO_FILE`, or ``auto-backend-WxH.json`` at sizes other than
+:data:`PROBE_SIZE`), keyed by CPU/GPU, threads, device, library versions and the measured size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +25,7 @@ from reftok_deploy.spec import SPATIAL_FACTOR
 
 AUTO_FILE = "auto-backend.json"
 PROBE_SIZE = 256  # frames of the built-in clips, centre-cropped, where the frame size is not known yet
+PROBE_MAX_PIXELS = 640 * 480  # larger frames are measured at this many pixels, same aspect ratio
 PROBE_GOPS = 2
 PROBE_REPEATS = 3
 
@@ -91,10 +94,14 @@ def candidate_specs(export: ExportFolder, device: str) -> list[str]:
 
 def probe_size(size: tuple[int, int] | None) -> tuple[int, int]:
     """(height, width) the backends are measured at: the frames' own size rounded up to whole
-    tokens (what the graphs run on), or PROBE_SIZE square where it is not known."""
+    tokens (what the graphs run on), scaled down to at most PROBE_MAX_PIXELS with its aspect ratio
+    (every backend is loaded at once while timing, and a GOP's cost is proportional to pixels),
+    or PROBE_SIZE square where the size is not known."""
     if size is None:
         return PROBE_SIZE, PROBE_SIZE
-    return tuple(-(-max(int(v), 1) // SPATIAL_FACTOR) * SPATIAL_FACTOR for v in size)
+    height, width = (max(int(v), 1) for v in size)
+    shrink = min(1.0, math.sqrt(PROBE_MAX_PIXELS / (height * width)))
+    return tuple(-(-max(int(v * shrink), 1) // SPATIAL_FACTOR) * SPATIAL_FACTOR for v in (height, width))
 
 
 def probe_clips(size: tuple[int, int], block_frames: int) -> dict[str, Any]:

@@ -280,7 +280,7 @@ class BlockEncoder(nn.Module):
         self.to_latent.weight.data.mul_(10.0)
 
     def forward(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
-                costs: tuple[torch.Tensor, ...] | None = None, batch: int = 1) -> torch.Tensor:
+                costs: tuple[torch.Tensor, ...] | None, batch: int) -> torch.Tensor:
         """``costs``: (squeezed cost volume at 1/4, at 1/8, soft-argmax flows at 1/8), RefTok only;
         ``batch``: B of the ``B*G`` groups in ``x`` (for the group context)."""
         x = self.unshuffle(x)
@@ -315,7 +315,6 @@ class BlockDecoder(nn.Module):
         self.up1 = nn.Sequential(conv3(c2, c1 * 4), nn.PixelShuffle(2), nn.ReLU6())
         self.s1 = stage(c1 + r[0] + warped, c1, 1)
         self.unshuffle = nn.PixelUnshuffle(2)
-        self.latent_dim = latent_dim
         self.to_pixels = nn.Sequential(conv3(c1, 12 * ft), nn.PixelShuffle(2))
         self.to_pixels[0].weight.data.mul_(0.1)
         nn.init.zeros_(self.to_pixels[0].bias)
@@ -330,18 +329,17 @@ class BlockDecoder(nn.Module):
             self.to_gate[0].weight.data.mul_(0.1)
             nn.init.constant_(self.to_gate[0].bias, 0.8)
 
-    def trunk(self, codes: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None, batch: int = 1
+    def trunk(self, codes: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None, batch: int
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Codes ``[B*G,D,H/8,W/8]`` -> (features at 1/4 ``[N,c2,H/4,W/4]``, motion ``[N,2*ft,H/8,W/8]``
         in pixels or None).
 
         Motion is read at 1/8 from the codes themselves (and the neighbouring groups' codes) and the
         first stage: a short path, so the flow teacher's gradient reaches the encoder quickly."""
-        if self.group_context:
-            codes = torch.cat([codes, group_context(codes, batch)], 1)
-        first = [codes] if ref_feats is None else [codes[:, : self.latent_dim], ref_feats[2], codes[:, self.latent_dim:]]
-        x = self.s3(torch.cat(first, 1))
-        motion = None if self.to_motion is None else self.to_motion(torch.cat([x, codes], 1)) * MOTION_UNIT_PX
+        context = [group_context(codes, batch)] if self.group_context else []
+        reference = [] if ref_feats is None else [ref_feats[2]]
+        x = self.s3(torch.cat([codes, *reference, *context], 1))
+        motion = None if self.to_motion is None else self.to_motion(torch.cat([x, codes, *context], 1)) * MOTION_UNIT_PX
         x = self.s2(self.up2(x) if ref_feats is None else torch.cat([self.up2(x), ref_feats[1]], 1))
         return x, motion
 

@@ -7,7 +7,8 @@ Layout (little-endian):
     hlen    u32      length of the header JSON (<= 64 KiB)
     header  hlen     UTF-8 JSON: width, height (original frame size), fps, block_frames,
                      temporal_factor, spatial_factor, fsq_levels, codebook_size, model_version,
-                     checkpoint_sha256, reference_codec ("png")
+                     checkpoint_sha256, reference_codec ("png"); optional: backend (the
+                     runtime that encoded it, e.g. "onnxruntime:int8", for reftok-decode to report)
     records, each:   kind u8 | length u32 | payload (length bytes) | crc32(payload) u32
         kind 1  reference:  PNG bytes of the unquantised reference frame (RGB, width x height)
         kind 2  block:      frames u16 (valid frames, <= block_frames) | groups u16 | h u16 | w u16 |

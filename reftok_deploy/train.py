@@ -167,7 +167,7 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
     if resume and (run / STATE).is_file():
         loaded, config = load_checkpoint(run / "checkpoint")
         if loaded.cfg != cfg:
-            raise ReftokError(f"{run} holds a different model config; resume with the same --preset/--no-reference")
+            raise ReftokError(f"{run} holds a different model config; resume with the same --preset, --no-reference and --group-context/--no-group-context")
         model.load_state_dict(loaded.state_dict())
         step = _load_state(run, optimizer, sampler)
         saved = config.get("training", {}).get("step")

@@ -24,6 +24,13 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return backend, precision
 
 
+def backend_label(spec: str, device: str = "cpu") -> str:
+    """One name per way of running the model, for .rtok headers: 'onnxruntime:fp32',
+    'torch:fp32@cuda' (PyTorch's device matters; the exported runtimes pick theirs)."""
+    backend, precision = parse_spec(spec)
+    return f"{backend}:{precision}" + (f"@{device}" if backend == "torch" and device != "cpu" else "")
+
+
 def _same_checkpoint(export: ExportFolder, checkpoint: str | Path | None) -> None:
     """Refuse an export made from another checkpoint than the one the run is labelled with."""
     if checkpoint is None:

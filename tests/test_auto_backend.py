@@ -99,3 +99,6 @@ def test_each_frame_size_is_measured_at_that_size_and_cached_apart(export_copy, 
     assert json.loads((export_copy.path / backends.AUTO_FILE).read_text())["key"]["probe"]["size"] == [64, 64]
     clips = backends.probe_clips((48, 72), 8)
     assert all(clip.shape[1:3] == (48, 72) for clip in clips.values())
+    # large frames are measured at PROBE_MAX_PIXELS, same aspect ratio, whole tokens
+    assert backends.probe_size((1080, 1920)) == backends.probe_size((720, 1280)) == (416, 744)
+    assert backends.probe_size((480, 640)) == (480, 640)

@@ -287,7 +287,7 @@ def test_run_writes_every_frame_and_decode_replays_bit_exactly(tmp_path, tiny_ch
     assert "was encoded with" not in replay.stderr
     other = "onnxruntime" if backend == "torch" else "torch"
     crossed = invoke(decode_main, [rtok, "--json", *common[:2], "--backend", other, "--export", export_dir])
-    assert crossed.exit_code == 0 and f"was encoded with {backend}; decoding with {other}" in crossed.stderr
+    assert crossed.exit_code == 0 and f"was encoded with {backend}:fp32; decoding with {other}:fp32" in crossed.stderr
     evaluation = invoke(eval_main, [clip_file, "--checkpoint", tiny_checkpoint, "--no-twin", "--size", "64", "--json"])
     assert abs(json.loads(evaluation.stdout)["mean"]["reftok"]["psnr"] - summary["psnr_db"]) <= 0.1
 
@@ -457,3 +457,23 @@ def test_run_reports_stage_times_rates_with_references_and_the_full_sha(tmp_path
                              "--size", "64", "--no-display"])
     assert f"reconstruction sha256 {summary['reconstruction_sha256']}" in text.stdout
     assert "with the reference frames" in text.stdout
+
+
+def test_run_with_auto_measures_backends_at_the_frames_own_size(tmp_path, tiny_checkpoint, export_dir, clip_file):
+    import shutil
+
+    export = shutil.copytree(export_dir, tmp_path / "export")
+    for old in export.glob("auto-backend*.json"):
+        old.unlink()
+    rtok = tmp_path / "t.rtok"
+    result = invoke(run_main, ["--video", clip_file, "--export", export, "--checkpoint", tiny_checkpoint,
+                               "--tokens", rtok, "--json", "--max-frames", "9"])
+    assert result.exit_code == 0, result.output
+    assert "on 2 GOPs at 128x64" in result.stderr  # the clip's 64x128 frames, not the default 256x256
+    record = json.loads((export / "auto-backend-128x64.json").read_text())
+    chosen = json.loads(result.stdout)["backend"]
+    assert record["key"]["probe"]["size"] == [64, 128] and chosen
+    from reftok_deploy.tokenstream import read_stream
+
+    header, _ = read_stream(rtok)
+    assert header["backend"].split(":")[0] in {"torch", "onnxruntime", "openvino"}

@@ -35,7 +35,7 @@ def main(stream, output, checkpoint, export_folder, backend, device, threads, sa
     from reftok_deploy.errors import ReftokError
     from reftok_deploy.manifest import open_export
     from reftok_deploy.runtimes.codec import FrameCodec
-    from reftok_deploy.runtimes.factory import make_runner
+    from reftok_deploy.runtimes.factory import backend_label, make_runner
     from reftok_deploy.runtimes.output import VideoFile
     from reftok_deploy.runtimes.stream import decode_stream
     from reftok_deploy.tokenstream import check_header_matches, open_stream
@@ -53,10 +53,10 @@ def main(stream, output, checkpoint, export_folder, backend, device, threads, sa
             backend, export, why = auto_backend(export, checkpoint, device, say, threads=threads,
                                                 size=(header["height"], header["width"]))
             say(f"backend: {backend} ({why})")
-        encoded_with = header.get("backend")
-        if encoded_with is not None and encoded_with != backend:
-            say(f"note: {stream} was encoded with {encoded_with}; decoding with {backend}, so frames may differ "
-                f"from reftok-run's by {backend}'s tolerance (pass --backend {encoded_with} to match them exactly)")
+        encoded_with, decoding_with = header.get("backend"), backend_label(backend, device)
+        if encoded_with is not None and encoded_with != decoding_with:
+            say(f"note: {stream} was encoded with {encoded_with}; decoding with {decoding_with}, so frames may "
+                "differ from reftok-run's by that backend's tolerance")
         runner = make_runner(backend, export, checkpoint, device=device, threads=threads)
         writer = VideoFile(output, header["fps"], (header["width"], header["height"])) if output else None
         frames = 0

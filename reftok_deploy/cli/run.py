@@ -66,7 +66,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
     from reftok_deploy.runtimes.codec import FrameCodec
     from reftok_deploy.backends import auto_backend
     from reftok_deploy.manifest import open_export
-    from reftok_deploy.runtimes.factory import make_runner
+    from reftok_deploy.runtimes.factory import backend_label, make_runner
     from reftok_deploy.runtimes.gop import GopEncoder
     from reftok_deploy.runtimes.output import VideoFile, display_available, side_by_side
     from reftok_deploy.runtimes.stream import StreamStats, encode_stream
@@ -113,13 +113,16 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
         if backend == "auto":
             backend, export, why = auto_backend(export, checkpoint, device, say, threads=threads, size=(height, width))
             say(f"backend: {backend} ({why})")
+            if spec.live:  # the reader kept capturing while backends were measured: start from a fresh frame
+                for _ in range(frames.queue.qsize()):
+                    first = next(stream, first)
         runner = held.enter_context(make_runner(backend, export, checkpoint, device=device, threads=threads))
         gop = GopEncoder(FrameCodec(runner), cfg.block_frames, refresh_blocks, cut_threshold or None)
         stats = StreamStats(fps_source=frames.fps, codebook_size=math.prod(cfg.fsq_levels))
         say(f"capture: {spec.label} at {frames.fps:g} fps through {opencv_summary()}")
         writer = VideoFile(output, frames.fps, (2 * width, height)) if output else None
         try:
-            header = stream_header(cfg, width, height, frames.fps, weights_sha256(checkpoint), backend)
+            header = stream_header(cfg, width, height, frames.fps, weights_sha256(checkpoint), backend_label(backend, device))
             tokens = TokenStreamWriter(tokens_path, header) if tokens_path else None
         except BaseException:
             if writer:
