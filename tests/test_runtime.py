@@ -469,11 +469,50 @@ def test_run_with_auto_measures_backends_at_the_frames_own_size(tmp_path, tiny_c
     result = invoke(run_main, ["--video", clip_file, "--export", export, "--checkpoint", tiny_checkpoint,
                                "--tokens", rtok, "--json", "--max-frames", "9"])
     assert result.exit_code == 0, result.output
-    assert "on 2 GOPs at 128x64" in result.stderr  # the clip's 64x128 frames, not the default 256x256
-    record = json.loads((export / "auto-backend-128x64.json").read_text())
+    assert "on 2 GOPs at 64x64" in result.stderr  # the clip's 64x64 frames, not the default 256x256
+    record = json.loads((export / "auto-backend-64x64.json").read_text())
     chosen = json.loads(result.stdout)["backend"]
-    assert record["key"]["probe"]["size"] == [64, 128] and chosen
+    assert record["key"]["probe"]["size"] == [64, 64] and chosen
+    assert not (export / "auto-backend.json").exists()
     from reftok_deploy.tokenstream import read_stream
 
     header, _ = read_stream(rtok)
     assert header["backend"].split(":")[0] in {"torch", "onnxruntime", "openvino"}
+
+
+def test_auto_on_a_live_camera_starts_from_a_fresh_frame(tmp_path, tiny_checkpoint, export_dir, monkeypatch):
+    """The camera keeps delivering while backends are measured: the frames queued meanwhile are
+    dropped, not encoded seconds late."""
+    import shutil
+    import time
+
+    import reftok_deploy.runtimes.capture as capture
+
+    class Camera:  # 30 fps, each frame one grey level brighter
+        def __init__(self):
+            self.count = 0
+
+        def isOpened(self):
+            return True
+
+        def get(self, _prop):
+            return 30.0
+
+        def read(self):
+            time.sleep(1 / 30)
+            self.count += 1
+            return True, np.full((64, 64, 3), self.count % 256, np.uint8)
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(capture, "open_capture", lambda spec, timeout=None: Camera())
+    export = shutil.copytree(export_dir, tmp_path / "export")
+    for old in export.glob("auto-backend*.json"):
+        old.unlink()
+    result = invoke(run_main, ["--camera", "0", "--export", export, "--checkpoint", tiny_checkpoint, "--json",
+                               "--max-frames", "18", "--no-display"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert "auto: measuring" in result.stderr and summary["frames"] == 18
+    assert summary["dropped"] > 0  # frames captured during the measurement were dropped
