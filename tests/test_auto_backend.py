@@ -28,7 +28,7 @@ def test_auto_measures_once_then_reads_the_cache(export_copy, tiny_checkpoint, m
     assert {"torch", "onnxruntime:fp32"} <= set(results) and all(r["parity"] for r in results.values())
     fastest = min(results, key=lambda s: results[s]["total_ms"])
     assert spec == fastest and export is export_copy and "measured now" in why
-    assert record["key"]["cpu"] == backends.cpu_name() and any("auto: measuring" in line for line in said)
+    assert record["key"]["cpu"] == backends.cpu_name() and any("auto: checking" in line for line in said)
 
     def no_measuring(*_a, **_k):
         raise AssertionError("measured again although a valid measurement is cached")

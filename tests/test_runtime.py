@@ -514,5 +514,5 @@ def test_auto_on_a_live_camera_starts_from_a_fresh_frame(tmp_path, tiny_checkpoi
                                "--max-frames", "18", "--no-display"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert "auto: measuring" in result.stderr and summary["frames"] == 18
+    assert "auto: checking" in result.stderr and summary["frames"] == 18
     assert summary["dropped"] > 0  # frames captured during the measurement were dropped
