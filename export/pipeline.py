@@ -149,12 +149,14 @@ def _with_defaults(model: Any) -> Any:
 
 
 def merge_previous(manifest: dict[str, Any], previous: dict[str, Any] | None, out: Path) -> list[str]:
-    """Carry over the precisions an earlier export of the same checkpoint and model wrote into ``out`` and
-    this one did not (``--fp16`` then ``--int8`` gives all three), where every file of that precision is
-    still there unchanged. Updates ``manifest`` in place; returns the precisions kept."""
+    """Carry over the precisions an earlier export of the same checkpoint, model, exporter and opset wrote
+    into ``out`` and this one did not (``--fp16`` then ``--int8`` gives all three), where every file of that
+    precision (graphs, and TensorRT engines if any) is still there unchanged. Updates ``manifest`` in place;
+    returns the precisions kept."""
     if (not previous or previous.get("checkpoint", {}).get("weights_sha256") != manifest["checkpoint"]["weights_sha256"]
-            or _with_defaults(previous.get("model")) != _with_defaults(manifest["model"])):
-        return []
+            or _with_defaults(previous.get("model")) != _with_defaults(manifest["model"])
+            or any(previous.get(k) != manifest.get(k) for k in ("exporter", "opset"))):
+        return []  # the manifest records one exporter and opset for every graph it lists
     kept = []
     for precision in previous.get("precisions", []):
         if precision in manifest["precisions"] or not isinstance(precision, str):
@@ -180,7 +182,8 @@ def merge_previous(manifest: dict[str, Any], previous: dict[str, Any] | None, ou
         old_engines = ((previous.get("tensorrt") or {}).get("engines") or {})
         for key in keys:
             engine = old_engines.get(key)
-            if isinstance(engine, dict) and isinstance(engine.get("file"), str) and (out / engine["file"]).is_file():
+            if (isinstance(engine, dict) and isinstance(engine.get("file"), str) and (out / engine["file"]).is_file()
+                    and sha256_file(out / engine["file"]) == engine.get("sha256")):
                 manifest["tensorrt"].setdefault("engines", {})[key] = engine
     order = ("fp32", "fp16", "int8")
     manifest["precisions"] = sorted(set(manifest["precisions"]) | set(kept), key=order.index)
