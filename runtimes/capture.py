@@ -206,6 +206,7 @@ class FrameSource:
         self.dropped = 0
         self.read_seconds = 0.0  # time the reader spent in read() and colour conversion (the capture stage)
         self._stop = threading.Event()
+        self._interrupted = threading.Event()
         self._cap = opener(spec)  # fail fast, in the caller's thread, with one clear line
         fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if 0.0 < fps <= 1000.0 else 30.0  # RTSP may report 0, NaN or 90000
@@ -285,10 +286,25 @@ class FrameSource:
                                         daemon=True)
         self._thread.start()
 
+    def interrupt(self) -> None:
+        """End iteration within a tenth of a second, even while waiting on a source that stalls (Ctrl-C)."""
+        self._interrupted.set()
+
+    def _get(self):
+        """The next queued item, waiting up to read_timeout in short slices so interrupt() is seen."""
+        deadline = time.monotonic() + self.read_timeout
+        while not self._interrupted.is_set():
+            try:
+                return self.queue.get(timeout=min(0.1, max(deadline - time.monotonic(), 0.0)) or 0.001)
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    raise
+        return _END
+
     def __iter__(self) -> Iterator[np.ndarray]:
         while True:
             try:
-                item = self.queue.get(timeout=self.read_timeout)
+                item = self._get()
             except queue.Empty:
                 if not self.spec.live:
                     raise ReftokError(f"{self.spec.label} delivered no frame for {self.read_timeout:g} s") from None

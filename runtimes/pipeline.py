@@ -24,13 +24,14 @@ class _Failure:
 
 
 def threaded(produce: Callable[[threading.Event], Iterator[T]], depth: int = 4,
-             name: str = "reftok-stage") -> Iterator[T]:
+             name: str = "reftok-stage", on_stop: Callable[[], None] | None = None) -> Iterator[T]:
     """Yield what ``produce(stop)`` yields, computed in a worker thread up to ``depth`` items ahead.
 
     An exception in the worker is raised here, in the consumer's thread, with its traceback. When the
     consumer stops early (an error, Ctrl-C, ``close()``), ``stop`` is set; ``produce`` should check it
     before each unit of work. The consumer then waits for the worker to finish the unit it is in, so
-    nothing the worker uses (a runner) is closed under it.
+    nothing the worker uses (a runner) is closed under it. ``on_stop`` is called first, to wake a worker
+    blocked on its input (a live source that stopped delivering would hold it for its read timeout).
     """
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -65,4 +66,6 @@ def threaded(produce: Callable[[threading.Event], Iterator[T]], depth: int = 4,
             yield item
     finally:
         stop.set()
+        if on_stop is not None:
+            on_stop()
         worker.join()

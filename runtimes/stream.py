@@ -85,11 +85,12 @@ class StreamStats:
 
 def encode_stream(frames: Iterable[np.ndarray], gop: GopEncoder, stats: StreamStats, size: int | None = None,
                   tokens: TokenStreamWriter | None = None, sink: FrameSink | None = None, label: str = "",
-                  queue_depth: int = 4) -> StreamStats:
+                  queue_depth: int = 4, interrupt: Callable[[], None] | None = None) -> StreamStats:
     """Run frames ``[H,W,3]`` uint8 RGB through the GOP encoder; write tokens, show/save side by side.
 
     The model runs in its own thread (:func:`reftok_deploy.runtimes.pipeline.threaded`), ``queue_depth``
-    events ahead of the output, which stays in the caller's thread (windows need it)."""
+    events ahead of the output, which stays in the caller's thread (windows need it). ``interrupt`` wakes
+    the frame source when the run stops early (Ctrl-C, an output error), e.g. ``FrameSource.interrupt``."""
     bits_per_token = math.log2(stats.codebook_size)
     labels = ("original", f"RefTok {label}".strip())
 
@@ -136,7 +137,7 @@ def encode_stream(frames: Iterable[np.ndarray], gop: GopEncoder, stats: StreamSt
             if sink:
                 sink(original, recon, stats.overlay(label), labels)
 
-    events = threaded(model_events, depth=queue_depth, name="reftok-model")
+    events = threaded(model_events, depth=queue_depth, name="reftok-model", on_stop=interrupt)
     try:
         for event in events:
             start = time.perf_counter()

@@ -516,3 +516,48 @@ def test_auto_on_a_live_camera_starts_from_a_fresh_frame(tmp_path, tiny_checkpoi
     summary = json.loads(result.stdout)
     assert "auto: checking" in result.stderr and summary["frames"] == 18
     assert summary["dropped"] > 0  # frames captured during the measurement were dropped
+
+
+def test_ctrl_c_on_a_stalled_live_source_stops_at_once(tmp_path, tiny_checkpoint, monkeypatch):
+    """Ctrl-C while a camera has stopped delivering: reftok-run keeps what it wrote and returns in about
+    a second, not after --read-timeout."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import reftok_deploy.runtimes.capture as capture
+
+    class StallingCamera:  # 9 frames, then read() blocks until the capture is released
+        def __init__(self):
+            self.count, self.released = 0, threading.Event()
+
+        def isOpened(self):
+            return True
+
+        def get(self, _prop):
+            return 30.0
+
+        def read(self):
+            self.count += 1
+            if self.count > 9:
+                self.released.wait()
+                return False, None
+            return True, np.full((32, 32, 3), 10 * self.count, np.uint8)
+
+        def release(self):
+            self.released.set()
+
+    monkeypatch.setattr(capture, "open_capture", lambda spec, timeout=None: StallingCamera())
+    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    start = time.monotonic()
+    try:
+        result = invoke(run_main, ["--camera", "0", "--checkpoint", tiny_checkpoint, "--backend", "torch",
+                                   "--read-timeout", "30", "--tokens", tmp_path / "t.rtok", "--no-display"])
+    finally:
+        timer.cancel()
+    assert result.exit_code == 0, result.output
+    assert "stopped; keeping what was written" in result.stderr
+    assert time.monotonic() - start < 10  # SIGINT at 3 s; before the fix it waited for the 30 s read timeout
+    assert (tmp_path / "t.rtok").is_file()

@@ -141,7 +141,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
 
         try:
             encode_stream(itertools.chain([first], stream), gop, stats, size=size, tokens=tokens, sink=sink,
-                          label=runner.name)
+                          label=runner.name, interrupt=getattr(frames, "interrupt", None))
         except KeyboardInterrupt:
             say("stopped; keeping what was written")
         except BaseException:
