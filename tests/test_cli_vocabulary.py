@@ -70,6 +70,13 @@ def test_old_spellings_still_parse():
     assert export_main.make_parser(ctx).parse_args(["--out", "dir"])[0]["output"] == "dir"
 
 
+@pytest.mark.parametrize("name", sorted(WRITES_OUTPUT))
+def test_a_misspelt_option_suggests_current_spellings_only(name):
+    result = CliRunner().invoke(COMMANDS[name], ["--ou", "x"], standalone_mode=True)
+    message = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert result.exit_code == 2 and "'--output'" in message and "'--out'" not in message, message
+
+
 def test_checkpoint_takes_the_run_folder_train_wrote(tmp_path, tiny_checkpoint):
     run = tmp_path / "run"
     shutil.copytree(tiny_checkpoint, run / "checkpoint")

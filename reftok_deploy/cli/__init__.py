@@ -30,6 +30,9 @@ class OneLineCommand(click.Command):
         try:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
+            if isinstance(exc, click.NoSuchOption) and exc.possibilities:
+                hidden = {alias for p in self.params for alias in getattr(p, "hidden_aliases", ())}
+                exc.possibilities = [p for p in exc.possibilities if p not in hidden]  # no retired spellings
             click.echo(f"error: {exc.format_message()} (see {exc.ctx.command_path if exc.ctx else prog_name or self.name} "
                        "--help)", err=True)
             sys.exit(2)
