@@ -90,3 +90,23 @@ def test_checkpoint_takes_the_run_folder_train_wrote(tmp_path, tiny_checkpoint):
     result = CliRunner().invoke(eval_main, [str(clip), "--checkpoint", str(run), "--no-twin", "--no-x264",
                                             "--size", "32", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output  # positional videos: the old spelling, for one release
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_command_run_in_process_leaves_logging_and_warnings_as_they_were(verbose):
+    import logging
+    import warnings
+
+    from reftok_deploy.cli.options import LIBRARY_LOGGERS
+
+    library = logging.getLogger(LIBRARY_LOGGERS[0])
+    level = library.level
+    library.setLevel(logging.WARNING)  # not DEBUG: torch's exporter misbehaves with debug logging on
+    try:
+        root_handlers, filters = logging.getLogger().handlers[:], list(warnings.filters)
+        result = CliRunner().invoke(eval_main, (["-v"] if verbose else []) + ["--video", "/no/such/clip.mp4"])
+        assert result.exit_code == 2
+        assert library.level == logging.WARNING and logging.getLogger().handlers == root_handlers
+        assert list(warnings.filters) == filters
+    finally:
+        library.setLevel(level)

@@ -102,6 +102,21 @@ def quiet_libraries(verbose: bool) -> None:
 
 
 def _verbose_callback(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    # What quiet_libraries changes is process-wide: put it back when the command ends, so a command
+    # run in-process (the Python API, tests) leaves the caller's logging and warnings as they were.
+    ctx.with_resource(warnings.catch_warnings())  # the warning filters, restored on close
+    root, package = logging.getLogger(), logging.getLogger("reftok_deploy")
+    saved = (root.level, root.handlers[:], package.level, {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS})
+
+    def restore() -> None:
+        root_level, handlers, package_level, levels = saved
+        root.setLevel(root_level)
+        root.handlers[:] = handlers
+        package.setLevel(package_level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+    ctx.call_on_close(restore)
     quiet_libraries(value)
     return value
 
