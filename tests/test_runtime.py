@@ -549,14 +549,19 @@ def test_ctrl_c_on_a_stalled_live_source_stops_at_once(tmp_path, tiny_checkpoint
             self.released.set()
 
     monkeypatch.setattr(capture, "open_capture", lambda spec, timeout=None: StallingCamera())
+    # Ctrl-C as a terminal delivers it, whatever handler an earlier library installed in this process
+    # (in the full suite one did, and the run never stopped); --max-frames bounds the run either way.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     start = time.monotonic()
     try:
         result = invoke(run_main, ["--camera", "0", "--checkpoint", tiny_checkpoint, "--backend", "torch",
-                                   "--read-timeout", "30", "--tokens", tmp_path / "t.rtok", "--no-display"])
+                                   "--read-timeout", "30", "--max-frames", "12", "--tokens", tmp_path / "t.rtok",
+                                   "--no-display"])
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert result.exit_code == 0, result.output
     assert "stopped; keeping what was written" in result.stderr
     assert time.monotonic() - start < 10  # SIGINT at 3 s; before the fix it waited for the 30 s read timeout
