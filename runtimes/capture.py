@@ -294,11 +294,13 @@ class FrameSource:
         """The next queued item, waiting up to read_timeout in short slices so interrupt() is seen."""
         deadline = time.monotonic() + self.read_timeout
         while not self._interrupted.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise queue.Empty
             try:
-                return self.queue.get(timeout=min(0.1, max(deadline - time.monotonic(), 0.0)) or 0.001)
+                return self.queue.get(timeout=min(0.1, left))
             except queue.Empty:
-                if time.monotonic() >= deadline:
-                    raise
+                continue
         return _END
 
     def __iter__(self) -> Iterator[np.ndarray]:
