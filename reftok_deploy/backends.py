@@ -116,8 +116,9 @@ def probe_clips(size: tuple[int, int], block_frames: int) -> dict[str, Any]:
 
 
 def measurement_key(export: ExportFolder, device: str, threads: int | None,
-                    size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """What a cached measurement is valid for: this machine, these libraries, this export, this frame size."""
+                    timing_size: tuple[int, int]) -> dict[str, Any]:
+    """What a cached measurement is valid for: this machine, these libraries, this export, and the
+    (height, width) it was timed at (:func:`probe_size` of the frame size)."""
     from reftok_deploy.engines import gpu_name
 
     # the manifest as the folder was opened (parsed and hashed once), not read from disk again
@@ -140,14 +141,14 @@ def measurement_key(export: ExportFolder, device: str, threads: int | None,
             if hasattr(os, "sched_getaffinity") else os.cpu_count(), "gpu": gpu_name(), "device": device,
             "threads": threads, "versions": versions, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
             "tolerances": {p: vars(t) for p, t in TOLERANCES.items()},
-            "probe": {"size": list(probe_size(size)), "gops": PROBE_GOPS, "repeats": PROBE_REPEATS}}
+            "probe": {"size": list(timing_size), "gops": PROBE_GOPS, "repeats": PROBE_REPEATS}}
 
 
 def measure_backends(export: ExportFolder, checkpoint: str | Path, specs: list[str], device: str,
                      threads: int | None, say: Callable[[str], None] = lambda _: None,
-                     size: tuple[int, int] | None = None) -> dict[str, dict[str, Any]]:
+                     timing_size: tuple[int, int] = (PROBE_SIZE, PROBE_SIZE)) -> dict[str, dict[str, Any]]:
     """Parity against PyTorch on the built-in clips at PROBE_SIZE, then round-robin timing of those
-    that passed at ``size`` (height, width; see :func:`probe_size`) -> per spec
+    that passed at ``timing_size`` (height, width; :func:`probe_size` of the frames') -> per spec
     ``{"parity": bool, "failures": [...], "total_ms": float | None}``."""
     from reftok_deploy.bench import bench
     from reftok_deploy.parity import compare, gop_feeds
@@ -161,7 +162,7 @@ def measure_backends(export: ExportFolder, checkpoint: str | Path, specs: list[s
     # Parity is a property of the numerics, checked at PROBE_SIZE whatever the frame size (at 640x480 it
     # took most of a 3-minute measurement); speed depends on the size and is timed at it.
     feeds = probe_feeds((PROBE_SIZE, PROBE_SIZE))
-    timing_feeds = feeds if probe_size(size) == (PROBE_SIZE, PROBE_SIZE) else probe_feeds(probe_size(size))
+    timing_feeds = feeds if tuple(timing_size) == (PROBE_SIZE, PROBE_SIZE) else probe_feeds(tuple(timing_size))
     results: dict[str, dict[str, Any]] = {}
     passed = []
     baseline = make_runner("torch", export, checkpoint, device=device, threads=threads)
@@ -237,14 +238,15 @@ def measured_choice(export: ExportFolder, checkpoint: str | Path, device: str, t
     height, width = probe_size(size)
     path = export.path / (AUTO_FILE if (height, width) == (PROBE_SIZE, PROBE_SIZE)
                           else AUTO_FILE.replace(".json", f"-{width}x{height}.json"))
-    key = measurement_key(export, device, threads, size)
+    key = measurement_key(export, device, threads, (height, width))
     record = _read_cached(path, key)
     origin = f"cached in {path}"
     if record is None:
         specs = candidate_specs(export, device)
         say(f"auto: checking {', '.join(specs)} against PyTorch, then timing them on {PROBE_GOPS} GOPs at "
             f"{width}x{height} (once per machine, export and frame size)")
-        record = {"key": key, "results": measure_backends(export, checkpoint, specs, device, threads, say, size)}
+        record = {"key": key, "results": measure_backends(export, checkpoint, specs, device, threads, say,
+                                                               (height, width))}
         try:
             atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
             origin = f"measured now, saved to {path}"

@@ -213,6 +213,7 @@ class FrameSource:
         self._generation = 0  # bumped when a stalled reader is abandoned; its late frames are dropped
         self._thread = threading.Thread(target=self._read, args=(0, self._cap), name="reftok-capture", daemon=True)
         self.error: Exception | None = None
+        self._newest: np.ndarray | None = None
 
     def __enter__(self) -> "FrameSource":
         self._thread.start()
@@ -286,6 +287,29 @@ class FrameSource:
                                         daemon=True)
         self._thread.start()
 
+    def skip_backlog(self) -> int:
+        """Live sources: drop the frames queued while the consumer was busy elsewhere (measuring
+        backends, say) except the newest, which iteration yields next, so processing resumes on a
+        fresh frame. They count in ``dropped``; returns how many were dropped. Files keep every
+        frame (returns 0)."""
+        if not self.spec.live:
+            return 0
+        newest, skipped = None, 0
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _END:  # the reader's last item: leave it for iteration
+                self.queue.put(item)
+                break
+            skipped += newest is not None
+            newest = item
+        if newest is not None:
+            self._newest = newest
+        self.dropped += skipped
+        return skipped
+
     def interrupt(self) -> None:
         """End iteration within a tenth of a second, even while waiting on a source that stalls (Ctrl-C)."""
         self._interrupted.set()
@@ -305,6 +329,10 @@ class FrameSource:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         while True:
+            if self._newest is not None:  # kept by skip_backlog
+                item, self._newest = self._newest, None
+                yield item
+                continue
             try:
                 item = self._get()
             except queue.Empty:

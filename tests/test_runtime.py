@@ -1,6 +1,7 @@
 """Runtimes: capture sources, reconnects, GOP logic, CPU backends, reftok-run / reftok-decode / reftok-bench."""
 
 import json
+import time
 
 import cv2
 import numpy as np
@@ -566,3 +567,18 @@ def test_ctrl_c_on_a_stalled_live_source_stops_at_once(tmp_path, tiny_checkpoint
     assert "stopped; keeping what was written" in result.stderr
     assert time.monotonic() - start < 10  # SIGINT at 3 s; before the fix it waited for the 30 s read timeout
     assert (tmp_path / "t.rtok").is_file()
+
+
+def test_skip_backlog_keeps_the_newest_live_frame_and_counts_the_rest_as_dropped():
+    clip = moving_still("astronaut", 6, 32)
+    live = FrameSource(SourceSpec("rtsp://x", "x", live=True), queue_size=16, retries=0,
+                       opener=lambda spec: FakeCapture(clip))
+    with live:
+        while live.queue.qsize() < 7:  # six frames, then the end mark
+            time.sleep(0.01)
+        assert live.skip_backlog() == 5 and live.dropped == 5 and live.queue.qsize() == 1
+        frames = list(live)
+    assert len(frames) == 1 and np.array_equal(frames[0], clip[-1])
+    with FrameSource(SourceSpec("clip.mp4", "clip.mp4"), opener=lambda spec: FakeCapture(clip)) as file_source:
+        assert file_source.skip_backlog() == 0
+        assert len(list(file_source)) == 6

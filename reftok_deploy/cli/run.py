@@ -115,8 +115,8 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
             backend, export, why = auto_backend(export, checkpoint, device, say, threads=threads, size=(height, width))
             say(f"backend: {backend} ({why})")
             if spec.live:  # the reader kept capturing while backends were measured: start from a fresh frame
-                for _ in range(frames.queue.qsize()):  # not counted against --max-frames
-                    first = next(captured, first)
+                frames.skip_backlog()  # dropped, not counted against --max-frames
+                first = next(captured, first)
         runner = held.enter_context(make_runner(backend, export, checkpoint, device=device, threads=threads))
         gop = GopEncoder(FrameCodec(runner), cfg.block_frames, refresh_blocks, cut_threshold or None)
         stats = StreamStats(fps_source=frames.fps, codebook_size=math.prod(cfg.fsq_levels))
