@@ -141,7 +141,10 @@ def test_bad_calibration_input_leaves_no_files(tmp_path, tiny_checkpoint, calib_
     one_line_error(invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--int8", "--calib-data",
                                         tmp_path / "nope", *FAST]), "not found")
     one_line_error(invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--fp16", "stray.avi", *FAST]),
-                   "unexpected argument 'stray.avi'")
+                   "unexpected extra argument (stray.avi)")
+    # a word that does not follow --calib-data's values is not calibration data
+    one_line_error(invoke(export_main, ["--checkpoint", tiny_checkpoint, "--int8", "--calib-data", calib_dir, "-o",
+                                        out, "stray.avi", *FAST]), "unexpected extra argument (stray.avi)")
     assert not out.exists() or list(out.iterdir()) == []
 
 

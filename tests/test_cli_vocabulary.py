@@ -110,3 +110,15 @@ def test_a_command_run_in_process_leaves_logging_and_warnings_as_they_were(verbo
         assert list(warnings.filters) == filters
     finally:
         library.setLevel(level)
+
+
+@pytest.mark.parametrize("args, spread", [
+    (["--calib-data", "a", "b", "-o", "x", "c"], ["--calib-data", "a", "--calib-data", "b", "-o", "x", "c"]),
+    (["--calib-data=a", "b", "--int8"], ["--calib-data=a", "--calib-data", "b", "--int8"]),
+    (["--calib-data", "-odd-name", "b"], ["--calib-data", "-odd-name", "--calib-data", "b"]),
+    (["x", "--calib-data", "a", "--", "b"], ["x", "--calib-data", "a", "--", "b"]),
+])
+def test_many_values_option_takes_only_the_words_right_after_it(args, spread):
+    from reftok_deploy.cli import spread_many_values
+
+    assert spread_many_values(args, {"--calib-data"}) == spread

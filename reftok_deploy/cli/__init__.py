@@ -15,9 +15,46 @@ from reftok_deploy.errors import ReftokError
 F = TypeVar("F", bound=Callable)
 
 
+class ManyValuesOption(click.Option):
+    """A ``multiple=True`` option that also takes the plain words right after its value:
+    ``--calib-data a.mp4 b.mp4 -o out`` is ``--calib-data a.mp4 --calib-data b.mp4 -o out``
+    (see :meth:`OneLineCommand.parse_args`). A word anywhere else is still an unexpected argument."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["multiple"] = True
+        super().__init__(*args, **kwargs)
+
+
+def spread_many_values(args: list[str], names: set[str]) -> list[str]:
+    """``args`` with each plain word that follows a value of an option in ``names`` given that
+    option again; everything after ``--`` is left as it is."""
+    out: list[str] = []
+    option, expects_value = None, False
+    for index, arg in enumerate(args):
+        if arg == "--":
+            return out + args[index:]
+        if expects_value:  # the option's own value, whatever it looks like
+            out.append(arg)
+            expects_value = False
+        elif arg.startswith("-") and arg != "-":
+            name = arg.split("=", 1)[0]
+            option = name if name in names else None
+            expects_value = option is not None and "=" not in arg
+            out.append(arg)
+        elif option is not None:
+            out += [option, arg]
+        else:
+            out.append(arg)
+    return out
+
+
 class OneLineCommand(click.Command):
     """A click command whose usage errors (bad option, missing argument, value out of range) are one
     ``error:`` line and exit 2, like every other user error, instead of click's three-line usage block."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        names = {name for p in self.params if isinstance(p, ManyValuesOption) for name in p.opts}
+        return super().parse_args(ctx, spread_many_values(list(args), names) if names else args)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         import importlib.util

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from reftok_deploy.cli import OneLineCommand, user_errors
+from reftok_deploy.cli import ManyValuesOption, OneLineCommand, user_errors
 from reftok_deploy.cli.options import (checkpoint_option, json_option, max_gops_option, output_option, threads_option,
                                        verbose_option)
 
@@ -18,7 +18,7 @@ from reftok_deploy.cli.options import (checkpoint_option, json_option, max_gops_
                hidden_aliases=("--out",), default="reftok-export", show_default=True, type=click.Path(file_okay=False))
 @click.option("--fp16", is_flag=True, help="Also write the mixed-precision FP16 ONNX (and FP16 engines).")
 @click.option("--int8", is_flag=True, help="Also write the INT8 Q/DQ ONNX calibrated on --calib-data.")
-@click.option("--calib-data", multiple=True, type=click.Path(), metavar="PATH [PATH...]",
+@click.option("--calib-data", cls=ManyValuesOption, type=click.Path(), metavar="PATH [PATH...]",
               help="Videos, stills or folders of them for INT8 calibration; several paths may follow one flag.")
 @click.option("--calib-size", default=32, show_default=True, type=click.IntRange(1),
               help="Calibration GOPs (a video gives one per 9 frames, a still 4); fewer data: all of it is used.")
@@ -39,10 +39,9 @@ from reftok_deploy.cli.options import (checkpoint_option, json_option, max_gops_
 @threads_option
 @json_option("Print the manifest as JSON.")
 @verbose_option
-@click.argument("more_calib_data", nargs=-1, type=click.Path(), metavar="")
 @user_errors
 def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, trt_implicit_int8, exporter, opset, validate_data,
-         validate_size, max_gops, no_validate, tensorrt, profile, threads, as_json, more_calib_data) -> None:
+         validate_size, max_gops, no_validate, tensorrt, profile, threads, as_json) -> None:
     """Export the encoder (reference, frames) -> tokens and the decoder (reference, tokens) -> frames.
 
     Writes {encoder,decoder}.{fp32,fp16,int8}.onnx and manifest.json, checks each graph
@@ -59,9 +58,6 @@ def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, t
 
     if calib_data and not int8:
         raise ReftokError("--calib-data is for --int8 (calibration frames); add --int8 or drop --calib-data")
-    if more_calib_data and not calib_data:
-        raise ReftokError(f"unexpected argument {more_calib_data[0]!r} (see reftok-export --help)")
-    calib_data = tuple(calib_data) + tuple(more_calib_data)  # --calib-data A B C: click binds A, the rest arrive here
     if validate_size % 8:
         raise ReftokError(f"--validate-size must be a multiple of 8, got {validate_size}")
     if int8 and not calib_data:
