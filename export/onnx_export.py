@@ -81,10 +81,35 @@ def export_graph(model: RefTok, graph: str, path: str | Path, dynamo: bool = Tru
             warnings.simplefilter("ignore")
             extra = {"external_data": False} if dynamo else {}
             torch.onnx.export(module, inputs, tmp, dynamo=dynamo, opset_version=opset, **names, **dynamic, **extra)
-        proto = inline_identity_initializers(onnx.load(tmp))
+        proto = strip_exporter_metadata(inline_identity_initializers(onnx.load(tmp)))
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, tmp)
     return path
+
+def strip_exporter_metadata(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the exporter's per-node debug records (source stack traces with this machine's paths,
+    FX node text, function addresses) from ``proto`` in place; the graph itself is unchanged.
+
+    They hold process-specific values (``<function sym_float at 0x7f...>``), so without this the
+    same checkpoint exported twice gave different bytes, and a different calibration-cache digest.
+    """
+    def strip(graph: onnx.GraphProto) -> None:
+        del graph.metadata_props[:]
+        for values in (graph.input, graph.output, graph.value_info):
+            for value in values:
+                del value.metadata_props[:]
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    strip(attribute.g)
+                for sub in attribute.graphs:
+                    strip(sub)
+
+    strip(proto.graph)
+    return proto
+
 
 def inline_identity_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Replace ``Identity(initializer)`` with a copy of the initializer.
