@@ -214,6 +214,8 @@ class FrameSource:
         self._thread = threading.Thread(target=self._read, args=(0, self._cap), name="reftok-capture", daemon=True)
         self.error: Exception | None = None
         self._newest: np.ndarray | None = None
+        self._ended = False  # skip_backlog took the reader's end mark
+        self._drop_lock = threading.Lock()
 
     def __enter__(self) -> "FrameSource":
         self._thread.start()
@@ -236,7 +238,7 @@ class FrameSource:
         except queue.Full:
             try:
                 self.queue.get_nowait()
-                self.dropped += 1
+                self.count_dropped(1)
             except queue.Empty:
                 pass
             self.queue.put_nowait(item)
@@ -300,15 +302,20 @@ class FrameSource:
                 item = self.queue.get_nowait()
             except queue.Empty:
                 break
-            if item is _END:  # the reader's last item: leave it for iteration
-                self.queue.put(item)
+            if item is _END:  # the reader's last item: iteration ends after the newest frame
+                self._ended = True
                 break
             skipped += newest is not None
             newest = item
         if newest is not None:
             self._newest = newest
-        self.dropped += skipped
+        self.count_dropped(skipped)
         return skipped
+
+    def count_dropped(self, frames: int) -> None:
+        """Add ``frames`` to ``dropped`` (the reader thread and the consumer both drop frames)."""
+        with self._drop_lock:
+            self.dropped += frames
 
     def interrupt(self) -> None:
         """End iteration within a tenth of a second, even while waiting on a source that stalls (Ctrl-C)."""
@@ -318,6 +325,8 @@ class FrameSource:
         """The next queued item, waiting up to read_timeout in short slices so interrupt() is seen."""
         deadline = time.monotonic() + self.read_timeout
         while not self._interrupted.is_set():
+            if self._ended and self.queue.empty():
+                return _END
             left = deadline - time.monotonic()
             if left <= 0:
                 raise queue.Empty

@@ -86,7 +86,7 @@ def test_each_frame_size_is_measured_at_that_size_and_cached_apart(export_copy, 
     real = backends.measure_backends
 
     def recording(*args, **kwargs):
-        measured_at.append(backends.probe_size(args[6] if len(args) > 6 else kwargs.get("size")))
+        measured_at.append(tuple(args[6] if len(args) > 6 else kwargs["timing_size"]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(backends, "measure_backends", recording)

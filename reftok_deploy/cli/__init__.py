@@ -18,7 +18,9 @@ F = TypeVar("F", bound=Callable)
 class ManyValuesOption(click.Option):
     """A ``multiple=True`` option that also takes the plain words right after its value:
     ``--calib-data a.mp4 b.mp4 -o out`` is ``--calib-data a.mp4 --calib-data b.mp4 -o out``
-    (see :meth:`OneLineCommand.parse_args`). A word anywhere else is still an unexpected argument."""
+    (see :meth:`OneLineCommand.parse_args`). A word anywhere else is still an unexpected argument.
+    Long names only, on commands without positional arguments (it would take theirs); a later
+    path that starts with ``-`` needs ``--name=PATH``."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs["multiple"] = True

@@ -116,7 +116,10 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
             say(f"backend: {backend} ({why})")
             if spec.live:  # the reader kept capturing while backends were measured: start from a fresh frame
                 frames.skip_backlog()  # dropped, not counted against --max-frames
-                first = next(captured, first)
+                fresh = next(captured, None)
+                if fresh is not None:
+                    frames.count_dropped(1)  # the frame read before the measurement
+                    first = fresh
         runner = held.enter_context(make_runner(backend, export, checkpoint, device=device, threads=threads))
         gop = GopEncoder(FrameCodec(runner), cfg.block_frames, refresh_blocks, cut_threshold or None)
         stats = StreamStats(fps_source=frames.fps, codebook_size=math.prod(cfg.fsq_levels))
