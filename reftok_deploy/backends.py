@@ -162,7 +162,7 @@ def measure_backends(export: ExportFolder, checkpoint: str | Path, specs: list[s
     # Parity is a property of the numerics, checked at PROBE_SIZE whatever the frame size (at 640x480 it
     # took most of a 3-minute measurement); speed depends on the size and is timed at it.
     feeds = probe_feeds((PROBE_SIZE, PROBE_SIZE))
-    timing_feeds = feeds if tuple(timing_size) == (PROBE_SIZE, PROBE_SIZE) else probe_feeds(tuple(timing_size))
+    timing_feeds = feeds if timing_size == (PROBE_SIZE, PROBE_SIZE) else probe_feeds(timing_size)
     results: dict[str, dict[str, Any]] = {}
     passed = []
     baseline = make_runner("torch", export, checkpoint, device=device, threads=threads)

@@ -481,31 +481,34 @@ def test_run_with_auto_measures_backends_at_the_frames_own_size(tmp_path, tiny_c
     assert header["backend"].split(":")[0] in {"torch", "onnxruntime", "openvino"}
 
 
+class LiveCamera:
+    """A cv2.VideoCapture stand-in for a 30 fps camera; subclasses deliver frames in read()."""
+
+    def __init__(self):
+        self.count = 0
+
+    def isOpened(self):
+        return True
+
+    def get(self, _prop):
+        return 30.0
+
+    def release(self):
+        pass
+
+
 def test_auto_on_a_live_camera_starts_from_a_fresh_frame(tmp_path, tiny_checkpoint, export_dir, monkeypatch):
     """The camera keeps delivering while backends are measured: the frames queued meanwhile are
     dropped, not encoded seconds late."""
     import shutil
-    import time
 
     import reftok_deploy.runtimes.capture as capture
 
-    class Camera:  # 30 fps, each frame one grey level brighter
-        def __init__(self):
-            self.count = 0
-
-        def isOpened(self):
-            return True
-
-        def get(self, _prop):
-            return 30.0
-
+    class Camera(LiveCamera):  # 30 fps, each frame one grey level brighter
         def read(self):
             time.sleep(1 / 30)
             self.count += 1
             return True, np.full((64, 64, 3), self.count % 256, np.uint8)
-
-        def release(self):
-            pass
 
     camera = Camera()
     monkeypatch.setattr(capture, "open_capture", lambda spec, timeout=None: camera)
@@ -538,19 +541,13 @@ def test_ctrl_c_on_a_stalled_live_source_stops_at_once(tmp_path, tiny_checkpoint
     import os
     import signal
     import threading
-    import time
 
     import reftok_deploy.runtimes.capture as capture
 
-    class StallingCamera:  # 9 frames, then read() blocks until the capture is released
+    class StallingCamera(LiveCamera):  # 9 frames, then read() blocks until the capture is released
         def __init__(self):
-            self.count, self.released = 0, threading.Event()
-
-        def isOpened(self):
-            return True
-
-        def get(self, _prop):
-            return 30.0
+            super().__init__()
+            self.released = threading.Event()
 
         def read(self):
             self.count += 1
