@@ -1,0 +1,70 @@
+"""Average the weights of checkpoints of one architecture (a "model soup").
+
+``python -m reftok_deploy.average -o OUT CHECKPOINT CHECKPOINT [...] [--weights 1,1]`` writes a
+checkpoint whose every tensor is the weighted mean of the inputs' tensors. It is meant for runs that
+started from the same weights (continuations of one checkpoint with different recipes): their
+average often sits between them or above both. The output's ``training`` record keeps every input's
+record under ``average_of`` with the normalised ``weights``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from reftok_deploy.errors import ReftokError
+
+
+def average_checkpoints(folders: Sequence[str | Path], weights: Sequence[float] | None = None,
+                        output: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """Load ``folders`` (same ``model`` config), average their tensors with ``weights`` (default: equal),
+    return ``(model, training record)``; save to ``output`` when given (written whole or not at all)."""
+    from reftok_deploy.checkpoint import load_checkpoint, save_checkpoint
+
+    if len(folders) < 2:
+        raise ReftokError("averaging needs at least two checkpoints")
+    weights = [1.0] * len(folders) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(folders):
+        raise ReftokError(f"{len(weights)} weights for {len(folders)} checkpoints")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ReftokError("weights must be >= 0 with a positive sum")
+    loaded = [load_checkpoint(folder) for folder in folders]
+    base, base_config = loaded[0]
+    for folder, (_, config) in zip(folders[1:], loaded[1:]):
+        if config["model"] != base_config["model"]:
+            raise ReftokError(f"{folder} has another architecture than {folders[0]}: cannot average them")
+    total = sum(weights)
+    states = [model.state_dict() for model, _ in loaded]
+    averaged = {name: (sum(w * state[name].float() for w, state in zip(weights, states)) / total).to(tensor.dtype)
+                for name, tensor in states[0].items()}
+    base.load_state_dict(averaged)
+    training = {"average_of": [config.get("training", {}) for _, config in loaded],
+                "weights": [w / total for w in weights]}
+    if output is not None:
+        save_checkpoint(base, output, training)
+    return base, training
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reftok_deploy.average", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint folders (config.json + model.safetensors)")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="folder for the averaged checkpoint")
+    parser.add_argument("--weights", help="comma-separated weight per checkpoint (default: equal)")
+    args = parser.parse_args(argv)
+    try:
+        weights = None if args.weights is None else [float(w) for w in args.weights.split(",")]
+    except ValueError:
+        parser.error(f"--weights: not a comma-separated list of numbers: {args.weights}")
+    try:
+        average_checkpoints(args.checkpoints, weights, args.output)
+    except ReftokError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
