@@ -64,7 +64,7 @@ def int8_export(tmp_path_factory, tiny_checkpoint, calib_dir):
 
 
 def test_qdq_graph_follows_tensorrt_rules(int8_export):
-    from reftok_deploy.graph_regions import sampling_head_convs
+    from reftok_deploy.calibration.qdq import float_nodes
 
     manifest = json.loads((int8_export / "manifest.json").read_text())
     assert manifest["preflight"]["encoder.int8"]["ok"] and manifest["preflight"]["decoder.int8"]["ok"]
@@ -75,9 +75,11 @@ def test_qdq_graph_follows_tensorrt_rules(int8_export):
         model = onnx.load(str(int8_export / f"{graph}.int8.onnx"))
         inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         producer = {o: n for n in model.graph.node for o in n.output}
-        float_heads = set(sampling_head_convs(onnx.load(str(int8_export / f"{graph}.fp32.onnx"))))
-        convs = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in float_heads]
+        kept_float = set(float_nodes(onnx.load(str(int8_export / f"{graph}.fp32.onnx"))))
+        convs = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in kept_float]
         assert convs
+        for conv in (n for n in model.graph.node if n.op_type == "Conv" and n.name in kept_float):
+            assert producer[conv.input[0]].op_type != "DequantizeLinear", conv.name
         for conv in convs:
             act, weight = producer[conv.input[0]], producer[conv.input[1]]
             assert act.op_type == "DequantizeLinear" and weight.op_type == "DequantizeLinear"
@@ -92,7 +94,7 @@ def test_qdq_graph_follows_tensorrt_rules(int8_export):
 
 def test_onnxruntime_runs_every_int8_conv_as_an_int8_kernel(int8_export, tmp_path):
     """Tensors read twice (residual inputs, reference features) used to leave their convs in float."""
-    from reftok_deploy.graph_regions import sampling_head_convs
+    from reftok_deploy.graph_regions import input_reading_convs, sampling_head_convs
     from reftok_deploy.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 
     for graph in ("encoder", "decoder"):
@@ -101,16 +103,18 @@ def test_onnxruntime_runs_every_int8_conv_as_an_int8_kernel(int8_export, tmp_pat
         runner.optimized_model_path = optimized
         runner.load()
         ops = [n.op_type for n in onnx.load(str(optimized)).graph.node]
-        float_convs = [n.name for n in onnx.load(str(optimized)).graph.node if n.op_type == "Conv"]
-        # By design only these stay float: the motion head (it feeds the FP32 sampling grid) and the last
-        # conv of each motion-feature branch (its output is L2-normalised for the cost volume, not quantised).
-        heads = sampling_head_convs(onnx.load(str(int8_export / f"{graph}.fp32.onnx")))
-        # (ONNX Runtime may rename a conv it fuses with the following Mul, so the decoder is checked by count.)
+        float_convs = [n.name for n in onnx.load(str(optimized)).graph.node if n.op_type in ("Conv", "FusedConv")]
+        # By design only these stay float: the convs on the pixels and the token codes, the motion head (it
+        # feeds the FP32 sampling grid) and the last conv of each motion-feature branch (its output is
+        # L2-normalised for the cost volume, not quantised).
+        fp32 = onnx.load(str(int8_export / f"{graph}.fp32.onnx"))
+        by_design = set(sampling_head_convs(fp32)) | set(input_reading_convs(fp32))
+        # (ONNX Runtime may rename a conv it fuses with the following Mul, so convs are checked by count.)
         assert "QLinearConv" in ops, graph
         if graph == "encoder":
-            assert len(float_convs) == 4 and all("motion_features" in c for c in float_convs), float_convs
+            assert len(float_convs) == 4 + len(by_design), float_convs
         else:
-            assert len(float_convs) == len(heads), (graph, float_convs)
+            assert len(float_convs) == len(by_design), (graph, float_convs)
 
 
 def test_int8_validation_and_parity_report_token_agreement(int8_export):

@@ -306,3 +306,22 @@ def test_every_codebook_id_decodes_exactly_in_fp32_and_fp16_graphs(exported, tin
     want = tiny_model.fsq.codebook.numpy()
     for name, graph in (("fp32", fp32), ("fp16", to_mixed_fp16(onnx.load(str(path))))):
         assert np.array_equal(codes_for_every_id(graph, tmp_path, name), want), name
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_input_reading_convs_are_the_convs_on_pixels_and_token_codes(exported, exporter):
+    """The convs INT8 keeps in float: encoder: the reference's first conv, the motion features' first conv
+    (frames and reference) and the encoder's first conv (frames, frames - reference); decoder: the
+    reference's first conv, the convs on the codes (trunk and motion head) and the one on the warped
+    reference. Reached through data edges only: a Shape read of an input reaches no conv."""
+    from reftok_deploy.graph_regions import input_reading_convs
+
+    for graph, channels_in in (("encoder", [12, 48, 48, 128]), ("decoder", [12, 110, 110, 112])):
+        model = onnx.load(str(exported(exporter)[graph]))
+        shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+        convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
+        found = input_reading_convs(model)
+        assert len(found) == 4 and len(convs) > 2 * len(found), (graph, found)
+        first = [n.name for n in model.graph.node if n.op_type == "Conv"][0]
+        assert first in found  # the reference encoder's first conv
+        assert sorted(shapes[convs[c].input[1]][1] for c in found) == channels_in, found
