@@ -86,8 +86,11 @@ def test_shipped_checkpoints_load(twin):
     model, config = load_checkpoint(default_checkpoint(twin=twin))
     assert model.cfg.reference is not twin
     training = config["training"]
-    # a finished run: all its steps, or stopped by its time budget
-    assert training["step"] == training["recipe"]["steps"] or training.get("stopped_by") == "max_minutes"
+    # a finished run (all its steps, or stopped by its time budget), or an average of finished runs
+    runs = training.get("average_of", [training])
+    assert runs and len(training.get("weights", [1.0] * len(runs))) == len(runs)
+    for run in runs:
+        assert run["step"] == run["recipe"]["steps"] or run.get("stopped_by") == "max_minutes"
 
 
 def test_shipped_model_keeps_static_content_near_the_reference():
