@@ -3,7 +3,8 @@
 Symmetric per-channel QInt8 weights, symmetric QInt8 activations (zero point 0), QDQ
 format; the token arithmetic (FSQ bound/round/packing in the encoder, id unpacking in
 the decoder), the encoder's cost volume and soft-argmax, the motion warp (its head conv, grid and
-GridSample) and the first convs on the pixels and on the token codes are excluded and stay FP32. Tensor ranges are cached as JSON beside the
+GridSample), the first convs on the pixels and on the token codes, and every op between the graph
+inputs and the first convs or the outputs are excluded and stay FP32. Tensor ranges are cached as JSON beside the
 export, named by a digest of the FP32 graph, the method and the calibration frames, so
 a re-export with the same inputs skips calibration.
 """
@@ -25,8 +26,8 @@ import onnx
 
 from reftok_deploy.errors import ReftokError
 from reftok_deploy.files import atomic_write_bytes
-from reftok_deploy.graph_regions import (cost_volume_nodes, input_paths, input_reading_convs, sampling_head_convs,
-                                         token_arithmetic_nodes, topological_sort)
+from reftok_deploy.graph_regions import (cost_volume_nodes, input_regions, sampling_head_convs, token_arithmetic_nodes,
+                                         topological_sort)
 
 METHODS = ("minmax", "entropy", "percentile")
 # Q/DQ goes on these ops only. Leaving the ReLU6 Clips unquantised lets ONNX Runtime fuse
@@ -134,9 +135,9 @@ def quantize_qdq(fp32: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], meth
 
 def float_nodes(fp32: onnx.ModelProto) -> list[str]:
     """Nodes an INT8 graph leaves unquantised: token arithmetic, cost volume, motion warp head, and the
-    convs that read the pixels or the token codes with everything between them and the inputs."""
-    names = (token_arithmetic_nodes(fp32) + sampling_head_convs(fp32) + cost_volume_nodes(fp32) + input_paths(fp32)
-             + input_reading_convs(fp32))
+    convs that read the pixels or the token codes with the ops before them (:func:`input_regions`)."""
+    paths, convs = input_regions(fp32)
+    names = token_arithmetic_nodes(fp32) + sampling_head_convs(fp32) + cost_volume_nodes(fp32) + paths + convs
     return list(dict.fromkeys(names))
 
 

@@ -2,7 +2,8 @@
 
 Shared by the FP16 conversion (export) and INT8 quantisation (calibration), so it sits below
 both and imports onnx only: the token arithmetic, the encoder's cost volume, the decoder's
-sampling grid and motion head. Works on graphs from either exporter (no node names assumed).
+sampling grid and motion head, and (INT8 only) the convs on the pixels and token codes with the
+ops that lead to them. Works on graphs from either exporter (no node names assumed).
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def sampling_head_convs(model: onnx.ModelProto) -> list[str]:
     return heads
 
 
-def _from_inputs(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+def input_regions(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     """(non-compute nodes, compute nodes) reached from the graph inputs along data edges, stopping at
     the first compute node of each path and not following Shape reads (metadata, not values)."""
     consumers = consumers_of(model.graph)
@@ -183,17 +184,18 @@ def input_reading_convs(model: onnx.ModelProto) -> list[str]:
     INT8 leaves them, and the ops between them and the inputs (:func:`input_paths`), in float. Their
     inputs are exact values (8-bit pixels, FSQ levels) that one calibrated int8 scale, shared with the
     features they are concatenated with, rounds coarsely (measured on the stage-7 checkpoint's export
-    validation: INT8 -0.69 dB against FP32 with them quantised, -0.26 dB without; RefTok's premise is an
+    validation: INT8 -0.69 dB against FP32 with them quantised, -0.21 dB without; RefTok's premise is an
     unquantised reference).
     """
-    return _from_inputs(model)[1]
+    return input_regions(model)[1]
 
 
 def input_paths(model: onnx.ModelProto) -> list[str]:
-    """Names of the non-compute nodes between the graph inputs and :func:`input_reading_convs`
-    (pixel unshuffles, frames - reference, the Concats that meet the codes, the warp and the final
-    ``warped + gate * residual``)."""
-    return _from_inputs(model)[0]
+    """Names of the non-compute nodes reached from the graph inputs before any compute node: those that
+    lead to :func:`input_reading_convs` (pixel unshuffles, frames - reference, the Concats that meet the
+    codes) and those on a path from an input to an output (the warp, ``warped + gate * residual`` and
+    the reshapes and Clip after it)."""
+    return input_regions(model)[0]
 
 
 def topological_sort(graph: onnx.GraphProto) -> None:
