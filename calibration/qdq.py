@@ -107,7 +107,13 @@ def quantize_qdq(fp32: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], meth
         ranges = Path(tmp) / "calib.json"
         if cache.exists():
             shutil.copyfile(cache, ranges)  # a private working copy, not an artefact
-        onnx.save(fp32, str(source))
+        # Without the exporter's shape annotations: dynamo writes symbolic dims as expressions of the input
+        # sizes, which ONNX Runtime's calibration tooling misreads (seen: the cost volume's matrix products
+        # declared 1 tile wide, one warning per product and GOP); the calibrator infers shapes itself.
+        source_proto = onnx.ModelProto()
+        source_proto.CopyFrom(fp32)
+        del source_proto.graph.value_info[:]
+        onnx.save(source_proto, str(source))
         # ONNX Runtime prints calibration progress on stdout and advice through logging; keep both off the console.
         root = logging.getLogger()
         level = root.level

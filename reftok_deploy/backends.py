@@ -78,7 +78,11 @@ def candidate_specs(export: ExportFolder, device: str) -> list[str]:
     specs = ["torch"]
     specs += [f"onnxruntime:{p}" for p in export.precisions]
     if device == "cpu" and _importable("openvino"):
+        from reftok_deploy.runtimes.openvino_runner import native_bf16
+
         specs += [f"openvino:{p}" for p in export.precisions]
+        if "fp32" in export.precisions and native_bf16():
+            specs.append("openvino:bf16")
     if tensorrt_version() and gpu_name():
         here = {"tensorrt": tensorrt_version(), "gpu": gpu_name()}
         engines = export.engines()

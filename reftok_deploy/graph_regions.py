@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import onnx
 
-COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+# Learned layers (ops with weights). MatMul is not one here: the models' only MatMuls multiply two
+# activations (the cost volume, :func:`reftok_deploy.model.correlation`) and belong to that region;
+# tests/test_export.py checks that no exported MatMul reads a weight.
+COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm"}
 # Ops kept in FP32 together with all their non-compute ancestors.
 FP32_SAMPLING_OPS = {"GridSample"}
 SHAPE_OPS = {"Shape", "Size"}

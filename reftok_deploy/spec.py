@@ -96,8 +96,13 @@ TOLERANCES = {
     "fp16": Tolerance(min_token_agreement=0.98, max_abs_frames=5e-2, max_psnr_delta_db=0.2, max_mean_abs_frames=5e-3),
     "int8": Tolerance(min_token_agreement=0.0, max_abs_frames=float("inf"), max_psnr_delta_db=0.5,
                       max_mean_abs_frames=3e-2),
+    # OpenVINO computing the FP32 graphs in bfloat16 (``openvino:bf16``, CPUs with AVX512-BF16/AMX): 8-bit
+    # mantissas move latents near a rounding boundary to the next code (measured, shipped model: box + tree
+    # tokens 97.5 %, max abs 0.10, mean abs 2.4e-4, -0.002 dB; built-in clips 97.8-99.0 %, -0.01 to +0.12 dB
+    # on 3 GOPs; the tests' tiny model 93 %). PSNR as FP16's: a few GOPs move either way by 0.1 dB.
+    "bf16": Tolerance(min_token_agreement=0.9, max_abs_frames=0.25, max_psnr_delta_db=0.2, max_mean_abs_frames=5e-3),
 }
-PRECISIONS = tuple(TOLERANCES)
+PRECISIONS = ("fp32", "fp16", "int8")  # precisions an export writes graphs for (bf16 runs the FP32 graphs)
 GRAPH_NAMES = ("encoder", "decoder")
 
 
@@ -109,23 +114,34 @@ def artifact_name(graph: str, precision: str) -> str:
 Feed = dict[str, np.ndarray]
 
 
+def _to_model_range(pixels: np.ndarray) -> np.ndarray:
+    """uint8 in [0,255], any layout -> a C-contiguous float32 copy in [-1,1] (x / 127.5 - 1, in place: live
+    video converts every frame, so the copies are kept to one)."""
+    x = pixels.astype(np.float32, order="C")
+    np.divide(x, np.float32(127.5), out=x)
+    np.subtract(x, np.float32(1.0), out=x)
+    return x
+
+
 def frames_to_tensor_range(frames: np.ndarray) -> np.ndarray:
-    """uint8 ``[...,H,W,3]`` in [0,255] -> float32 ``[...,3,H,W]`` in [-1,1]."""
-    x = frames.astype(np.float32) / 127.5 - 1.0
-    return np.moveaxis(x, -1, -3)
+    """uint8 ``[...,H,W,3]`` in [0,255] -> float32 ``[...,3,H,W]`` in [-1,1], C-contiguous."""
+    return _to_model_range(np.moveaxis(frames, -1, -3))
 
 
 def tensor_range_to_frames(x: np.ndarray) -> np.ndarray:
-    """float32 ``[...,3,H,W]`` in [-1,1] -> uint8 ``[...,H,W,3]`` (rounded, clipped)."""
-    x = np.moveaxis(np.asarray(x, dtype=np.float32), -3, -1)
-    return np.clip((x + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    """float32 ``[...,3,H,W]`` in [-1,1] -> uint8 ``[...,H,W,3]`` (rounded, clipped), C-contiguous."""
+    y = np.add(np.asarray(x, dtype=np.float32), np.float32(1.0))
+    np.multiply(y, np.float32(127.5), out=y)
+    np.add(y, np.float32(0.5), out=y)
+    np.clip(y, 0, 255, out=y)
+    return np.ascontiguousarray(np.moveaxis(y.astype(np.uint8), -3, -1))  # channels moved as bytes, not floats
 
 
 def encoder_feed(reference: np.ndarray, block: np.ndarray) -> Feed:
     """(reference ``[H,W,3]``, block ``[T,H,W,3]``) uint8 RGB -> the encoder's feed, batch 1:
     ``reference [1,3,H,W]`` and ``frames [1,3,T,H,W]`` float32 in [-1,1]."""
     return {REFERENCE.name: frames_to_tensor_range(reference)[None],
-            FRAMES_IN.name: np.ascontiguousarray(np.moveaxis(frames_to_tensor_range(block), 0, 1)[None])}
+            FRAMES_IN.name: _to_model_range(np.moveaxis(block, -1, 0))[None]}
 
 
 def decoder_feed(reference: np.ndarray, tokens: np.ndarray) -> Feed:

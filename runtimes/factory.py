@@ -14,13 +14,15 @@ BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """'onnxruntime:fp16' -> ('onnxruntime', 'fp16'); 'torch' -> ('torch', 'fp32')."""
+    """'onnxruntime:fp16' -> ('onnxruntime', 'fp16'); 'torch' -> ('torch', 'fp32'). 'openvino:bf16' is
+    OpenVINO computing the FP32 graphs in bfloat16 (a runtime precision: the export has no bf16 file)."""
     backend, _, precision = spec.partition(":")
     backend = ALIASES.get(backend, backend)
     precision = precision or ("fp32" if backend != "tensorrt" else "fp16")
-    if backend not in BACKENDS or precision not in ("fp32", "fp16", "int8") or (backend == "torch" and precision != "fp32"):
-        raise ReftokError(f"unknown backend {spec!r}: use torch, onnxruntime:fp32|fp16|int8, openvino:fp32|fp16|int8 "
-                          "or tensorrt:fp32|fp16|int8")
+    allowed = ("fp32", "fp16", "int8", "bf16") if backend == "openvino" else ("fp32", "fp16", "int8")
+    if backend not in BACKENDS or precision not in allowed or (backend == "torch" and precision != "fp32"):
+        raise ReftokError(f"unknown backend {spec!r}: use torch, onnxruntime:fp32|fp16|int8, "
+                          "openvino:fp32|fp16|int8|bf16 or tensorrt:fp32|fp16|int8")
     return backend, precision
 
 
@@ -57,6 +59,7 @@ def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path |
     from reftok_deploy.spec import MODEL_VERSION
 
     _same_checkpoint(export, checkpoint)
+    graph_precision = "fp32" if precision == "bf16" else precision
     if backend == "tensorrt":
         from reftok_deploy.runtimes.tensorrt_runner import TensorRTRunner
 
@@ -65,11 +68,11 @@ def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path |
 
     files = {}
     for graph in GRAPH_NAMES:
-        path = export.artifact(graph, precision)
+        path = export.artifact(graph, graph_precision)
         if path is None:
-            flag = {"fp16": "--fp16", "int8": "--int8 --calib-data ..."}.get(precision, "")
-            raise ReftokError(f"{export.path} has no {precision} {graph}: re-run reftok-export {flag}".rstrip())
-        version = export.onnx_versions.get(f"{graph}.{precision}")  # read when the folder was opened
+            flag = {"fp16": "--fp16", "int8": "--int8 --calib-data ..."}.get(graph_precision, "")
+            raise ReftokError(f"{export.path} has no {graph_precision} {graph}: re-run reftok-export {flag}".rstrip())
+        version = export.onnx_versions.get(f"{graph}.{graph_precision}")  # read when the folder was opened
         if version != MODEL_VERSION:
             raise ReftokError(f"{path} is an ONNX of model version {version}; this reftok-deploy runs "
                               f"version {MODEL_VERSION}: re-export it")
@@ -77,9 +80,10 @@ def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path |
     if backend == "openvino":
         from reftok_deploy.runtimes.openvino_runner import OpenVinoRunner
 
-        # The graph holds the precision (FP32, mixed FP16, Q/DQ INT8); OpenVINO computes at f32 so its own
-        # bf16 default cannot change results.
-        return OpenVinoRunner(files, export.geometry, hint="f32", threads=threads, name=f"openvino-{precision}")
+        # The graph holds the precision (FP32, mixed FP16, Q/DQ INT8) and OpenVINO computes at f32, so its own
+        # bf16 default cannot change results, except where bf16 is asked for by name (openvino:bf16).
+        return OpenVinoRunner(files, export.geometry, hint="bf16" if precision == "bf16" else "f32", threads=threads,
+                              name=f"openvino-{precision}")
     # --device cuda / tensorrt select onnxruntime's CUDA or TensorRT execution provider.
     provider = {"cuda": "cuda", "tensorrt": "tensorrt"}.get(device.split(":")[0], "cpu")
     runner = OnnxRuntimeRunner(files, provider=provider, threads=threads, name=f"onnxruntime-{precision}")

@@ -1,5 +1,6 @@
 """reftok-export and reftok-parity end to end on a tiny checkpoint, their checks and their bad-input answers."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -271,9 +272,10 @@ def test_motion_compensated_decoder_exports_and_matches_pytorch(tiny_model, tmp_
     assert np.abs(half - want).max() < 0.05
 
 
-def codes_for_every_id(graph: onnx.ModelProto, folder, name: str) -> np.ndarray:
+def codes_for_every_id(graph: onnx.ModelProto, folder, name: str, openvino_hint: str | None = None) -> np.ndarray:
     """Run every id 0..999 through the part of an exported decoder that unpacks ids -> codes ``[1000, 4]``
-    (cut out of the graph from ``tokens`` to the one Gather on the constant codebook table)."""
+    (cut out of the graph from ``tokens`` to the one Gather on the constant codebook table), with
+    onnxruntime, or with OpenVINO at ``openvino_hint`` ("f32", "bf16")."""
     import onnxruntime as ort
     from onnx import numpy_helper
 
@@ -290,7 +292,14 @@ def codes_for_every_id(graph: onnx.ModelProto, folder, name: str) -> np.ndarray:
     onnx.save(graph, str(file))
     onnx.utils.extract_model(str(file), str(sub), ["tokens"], [lookups[0].output[0]])
     ids = np.arange(1000, dtype=np.int32).reshape(1, 2, 20, 25)
-    got = ort.InferenceSession(str(sub)).run(None, {"tokens": ids})[0]
+    if openvino_hint is None:
+        got = ort.InferenceSession(str(sub)).run(None, {"tokens": ids})[0]
+    else:
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(str(sub)), "CPU", {"INFERENCE_PRECISION_HINT": openvino_hint})
+        got = np.asarray(compiled({"tokens": ids})[compiled.outputs[0]])
     assert got.dtype == np.float32, (name, got.dtype)
     return got.reshape(-1, 4)
 
@@ -306,6 +315,30 @@ def test_every_codebook_id_decodes_exactly_in_fp32_and_fp16_graphs(exported, tin
     want = tiny_model.fsq.codebook.numpy()
     for name, graph in (("fp32", fp32), ("fp16", to_mixed_fp16(onnx.load(str(path))))):
         assert np.array_equal(codes_for_every_id(graph, tmp_path, name), want), name
+    # the runtimes that pick their own precision: OpenVINO at f32 and, where the CPU has it, bf16 (openvino:bf16)
+    if importlib.util.find_spec("openvino") is not None:
+        from reftok_deploy.runtimes.openvino_runner import native_bf16
+
+        for hint in ("f32", "bf16") if native_bf16() else ("f32",):
+            assert np.array_equal(codes_for_every_id(fp32, tmp_path, f"fp32-{hint}", openvino_hint=hint), want), hint
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_the_cost_volume_matmuls_read_no_weights_and_stay_in_the_cost_volume_region(exported, exporter):
+    """The encoder's only MatMuls are the correlation's (one per row offset: 7 at 1/4, 9 at 1/8). They multiply
+    two activations, so graph_regions does not count them as learned layers: they must read no weight, and
+    FP16/INT8 keep them in float with the rest of the cost volume."""
+    from reftok_deploy.graph_regions import cost_volume_nodes
+
+    model = onnx.load(str(exported(exporter)["encoder"]))
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    assert len(matmuls) == 7 + 9, [n.name for n in matmuls]
+    assert not [n.name for n in matmuls if constants & set(n.input)]
+    assert {n.name for n in matmuls} <= set(cost_volume_nodes(model))
+    decoder = onnx.load(str(exported(exporter)["decoder"]))
+    assert not [n for n in decoder.graph.node if n.op_type in ("MatMul", "Gemm")]
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])

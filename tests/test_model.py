@@ -185,3 +185,53 @@ def test_with_the_group_context_a_group_decodes_from_its_neighbours_tokens():
     with torch.no_grad():
         a, b = model.decode(ref, tokens), model.decode(ref, other)
     assert not torch.allclose(a[:, :, :4], b[:, :, :4])  # the first group's frames see the change
+
+
+@pytest.mark.parametrize("radius", [1, 3, 4])
+@pytest.mark.parametrize("height,width", [(5, 16), (7, 13), (3, 1), (12, 30)])
+def test_correlation_is_the_local_dot_product_at_every_offset(radius, height, width):
+    """Channel (dy, dx) of the cost volume is <a(p), b(p + (dy - r, dx - r))>, zero outside ``b``, for any
+    width (tiles padded and cropped) -- checked against the definition, one offset at a time."""
+    from reftok_deploy.model import correlation
+
+    generator = torch.Generator().manual_seed(height * 100 + width + radius)
+    a = torch.randn(6, 5, height, width, generator=generator)  # 2 clips of 3 frames
+    b = torch.randn(2, 5, height, width, generator=generator)  # their 2 references
+    volume = correlation(a, b, radius)
+    size = 2 * radius + 1
+    assert volume.shape == (6, size * size, height, width)
+    padded = torch.nn.functional.pad(b.repeat_interleave(3, 0), (radius,) * 4)
+    for dy in range(size):
+        for dx in range(size):
+            want = (a * padded[:, :, dy: dy + height, dx: dx + width]).sum(1)
+            torch.testing.assert_close(volume[:, dy * size + dx], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(correlation(a, b.repeat_interleave(3, 0), radius), volume)  # one b per a item
+
+
+def test_correlation_refuses_a_radius_wider_than_its_tile():
+    from reftok_deploy.model import CORRELATION_TILE, correlation
+
+    a = torch.zeros(1, 2, 4, 4)
+    with pytest.raises(ValueError, match="CORRELATION_TILE"):
+        correlation(a, a, CORRELATION_TILE // 2 + 1)
+
+
+def test_flops_count_convolutions_and_the_cost_volume_once(tiny_model):
+    """gop_flops: the encoder's figure is its convolutions only; the cost volume is its dot products, not the
+    tiled matrix products that compute them (which PyTorch's counter sees, about 1.9x as many)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from reftok_deploy.flops import gop_flops
+    from reftok_deploy.model import CORRELATION_RADII, CORRELATION_TILE
+
+    cfg, size = tiny_model.cfg, 64
+    counted = gop_flops(tiny_model, size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        tiny_model.encode(torch.zeros(1, 3, size, size), torch.zeros(1, 3, cfg.block_frames, size, size))
+    t, m = cfg.block_frames, cfg.motion_channels
+    tiled = sum(2 * t * m * (size // s) * (size // s) * (CORRELATION_TILE + 2 * r) * (2 * r + 1)
+                for s, r in zip((4, 8), CORRELATION_RADII))
+    assert counter.get_total_flops() / 1e9 == pytest.approx(counted["encoder"] + tiled / 1e9)
+    products = sum(2 * t * m * (2 * r + 1) ** 2 * (size // s) ** 2 for s, r in zip((4, 8), CORRELATION_RADII))
+    assert counted["cost_volume"] == pytest.approx(products / 1e9)
+    assert counted["total"] == pytest.approx(counted["encoder"] + counted["decoder"] + counted["cost_volume"])

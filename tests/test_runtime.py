@@ -410,6 +410,63 @@ def test_openvino_runs_the_exported_graphs_like_pytorch(tiny_checkpoint, export_
             ov_runner.decode(reference, tokens.astype(np.int64))
 
 
+def test_openvino_bf16_is_a_runtime_precision_of_openvino_only():
+    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.runtimes.factory import backend_label, parse_spec
+
+    assert parse_spec("openvino:bf16") == ("openvino", "bf16") == parse_spec("ov:bf16")
+    assert backend_label("openvino:bf16") == "openvino:bf16"
+    for spec in ("onnxruntime:bf16", "torch:bf16", "tensorrt:bf16", "openvino:bf8"):
+        with pytest.raises(ReftokError, match="unknown backend"):
+            parse_spec(spec)
+
+
+def test_openvino_bf16_runs_the_fp32_graphs_and_is_refused_without_native_bf16(tiny_checkpoint, export_dir,
+                                                                               monkeypatch):
+    pytest.importorskip("openvino")
+    import reftok_deploy.backends as backends
+    import reftok_deploy.runtimes.openvino_runner as openvino_runner
+    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.manifest import open_export
+    from reftok_deploy.runtimes.factory import make_runner
+
+    export = open_export(export_dir)
+    runner = make_runner("openvino:bf16", export, tiny_checkpoint)
+    assert runner.name == "openvino-bf16" and runner.hint == "bf16"
+    assert runner.files == {g: export.artifact(g, "fp32") for g in ("encoder", "decoder")}
+    monkeypatch.setattr(openvino_runner, "native_bf16", lambda device="CPU": False)
+    with pytest.raises(ReftokError, match="no native bf16"):
+        runner.load()
+    assert "openvino:bf16" not in backends.candidate_specs(export, "cpu")
+    monkeypatch.setattr(openvino_runner, "native_bf16", lambda device="CPU": True)
+    assert backends.candidate_specs(export, "cpu")[-1] == "openvino:bf16"
+    assert "openvino:bf16" not in backends.candidate_specs(export, "cuda")
+
+
+def test_openvino_bf16_decodes_within_its_tolerance_where_the_cpu_has_bf16(tiny_checkpoint, export_dir):
+    """Where the CPU computes bf16 natively (AVX512-BF16/AMX), openvino:bf16 passes the bf16 tolerance
+    against PyTorch on moving real-like frames; elsewhere there is nothing to measure."""
+    pytest.importorskip("openvino")
+    from reftok_deploy.runtimes.openvino_runner import native_bf16
+
+    if not native_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 or AMX)")
+    from reftok_deploy.backends import probe_clips
+    from reftok_deploy.manifest import open_export
+    from reftok_deploy.parity import compare, gop_feeds
+    from reftok_deploy.runtimes.factory import make_runner
+    from reftok_deploy.spec import TOLERANCES
+
+    feeds = list(gop_feeds(probe_clips((64, 64), 8), 8, 1))
+    with make_runner("torch", None, tiny_checkpoint) as torch_runner, \
+            make_runner("openvino:bf16", open_export(export_dir), tiny_checkpoint) as bf16, \
+            make_runner("openvino:fp32", open_export(export_dir), tiny_checkpoint) as fp32:
+        report = compare(torch_runner, bf16, feeds, TOLERANCES["bf16"])
+        assert report.ok, report.failures
+        exact = compare(torch_runner, fp32, feeds, TOLERANCES["fp32"])
+        assert report.mean_abs_frames > exact.mean_abs_frames  # it really computed in bf16
+
+
 def test_threaded_stage_passes_items_errors_and_stops_with_its_consumer():
     import threading
     import time

@@ -16,7 +16,7 @@ from reftok_deploy.cli.options import (checkpoint_option, json_option, max_gops_
 @click.argument("export_folder", type=click.Path())
 @click.option("--a", "baseline", default="torch", show_default=True, help="Baseline backend.")
 @click.option("--b", "candidate", default="onnxruntime:fp32", show_default=True,
-              help="Candidate: torch | onnxruntime:fp32|fp16|int8 | openvino:fp32|fp16|int8 | tensorrt:fp32|fp16|int8.")
+              help="Candidate: torch | onnxruntime:fp32|fp16|int8 | openvino:fp32|fp16|int8|bf16 | tensorrt:fp32|fp16|int8.")
 @checkpoint_option("Checkpoint (or reftok-train run folder) for the torch backend [default: the one recorded in "
                    "the manifest].")
 @videos_option("Real videos [default: built-in clips]; repeat for several.")

@@ -20,7 +20,7 @@ from reftok_deploy.video import DEFAULT_MAX_PIXELS
 @checkpoint_option()
 @click.option("--export", "export_folder", type=click.Path(), default=None, help="reftok-export folder (ONNX/engines).")
 @click.option("--backend", default="auto", show_default=True,
-              help="auto | torch | onnxruntime[:fp32|fp16|int8] | openvino[:fp32|fp16|int8] | tensorrt[:fp16|int8|fp32].")
+              help="auto | torch | onnxruntime[:fp32|fp16|int8] | openvino[:fp32|fp16|int8|bf16] | tensorrt[:fp16|int8|fp32].")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (torch / onnxruntime).")
 @threads_option
 @click.option("--size", type=click.IntRange(8, 4096), default=None,
