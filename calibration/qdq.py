@@ -108,8 +108,8 @@ def quantize_qdq(fp32: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], meth
         if cache.exists():
             shutil.copyfile(cache, ranges)  # a private working copy, not an artefact
         # Without the exporter's shape annotations: dynamo writes symbolic dims as expressions of the input
-        # sizes, which ONNX Runtime's calibration tooling misreads (seen: the cost volume's matrix products
-        # declared 1 tile wide, one warning per product and GOP); the calibrator infers shapes itself.
+        # sizes (correct), which ONNX Runtime's calibration tooling misreads (seen: the cost volume's matrix
+        # products expected 1 tile wide, one warning per product and GOP); the calibrator infers shapes itself.
         source_proto = onnx.ModelProto()
         source_proto.CopyFrom(fp32)
         del source_proto.graph.value_info[:]

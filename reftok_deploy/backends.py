@@ -121,8 +121,9 @@ def probe_clips(size: tuple[int, int], block_frames: int) -> dict[str, Any]:
 
 def measurement_key(export: ExportFolder, device: str, threads: int | None,
                     timing_size: tuple[int, int]) -> dict[str, Any]:
-    """What a cached measurement is valid for: this machine, these libraries, this export, and the
-    (height, width) it was timed at (:func:`probe_size` of the frame size)."""
+    """What a cached measurement is valid for: this machine (CPU, GPU, the backends that can run here),
+    these libraries, this export, and the (height, width) it was timed at (:func:`probe_size` of the frame
+    size)."""
     from reftok_deploy.engines import gpu_name
 
     # the manifest as the folder was opened (parsed and hashed once), not read from disk again
@@ -144,6 +145,8 @@ def measurement_key(export: ExportFolder, device: str, threads: int | None,
     return {"cpu": cpu_name(), "machine": platform.machine(), "cpus": len(os.sched_getaffinity(0))
             if hasattr(os, "sched_getaffinity") else os.cpu_count(), "gpu": gpu_name(), "device": device,
             "threads": threads, "versions": versions, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+            # what can run here: a VM's CPU name does not say whether it has bf16 (openvino:bf16)
+            "candidates": candidate_specs(export, device),
             "tolerances": {p: vars(t) for p, t in TOLERANCES.items()},
             "probe": {"size": list(timing_size), "gops": PROBE_GOPS, "repeats": PROBE_REPEATS}}
 

@@ -1,8 +1,8 @@
 """Compute cost of one GOP (encode + decode of T frames against a reference), counted by PyTorch.
 
 ``python -m reftok_deploy.flops [--preset tiny] [--size 256]`` prints GFLOP per GOP for the
-encoder, the decoder and both (PyTorch's FlopCounterMode: convolutions, 2 FLOPs per multiply-add;
-elementwise ops and GridSample are not counted). The cost volume is counted apart, as its dot
+encoder, the decoder and both (PyTorch's FlopCounterMode: convolutions and matrix products, 2 FLOPs
+per multiply-add; elementwise ops and GridSample are not counted). The cost volume is counted apart, as its dot
 products (2 FLOPs per channel of each offset and cell); the tiled matrix products that compute it
 (:func:`reftok_deploy.model.correlation`) also multiply cells no offset needs, about 1.9x as many.
 """
@@ -28,10 +28,10 @@ def gop_flops(model: RefTok, size: int | tuple[int, int] = 256) -> dict[str, flo
     frames = torch.zeros(1, 3, t, height, width)
     with FlopCounterMode(display=False) as counter:
         tokens = model.encode(reference, frames)
-    encoder = _convolution_flops(counter) / 1e9
+    encoder = _without_cost_volume(counter) / 1e9
     with FlopCounterMode(display=False) as counter:
         model.decode(reference, tokens)
-    decoder = _convolution_flops(counter) / 1e9
+    decoder = _without_cost_volume(counter) / 1e9
     correlation = 0.0
     if model.cfg.reference:
         m = model.cfg.motion_channels
@@ -41,10 +41,10 @@ def gop_flops(model: RefTok, size: int | tuple[int, int] = 256) -> dict[str, flo
             "total": encoder + decoder + correlation}
 
 
-def _convolution_flops(counter: FlopCounterMode) -> int:
-    """The convolutions' FLOPs of a count (the models' only matrix products are the cost volume's)."""
-    return sum(flops for op, flops in counter.get_flop_counts().get("Global", {}).items()
-               if "convolution" in str(op))
+def _without_cost_volume(counter: FlopCounterMode) -> int:
+    """A count's FLOPs less its batched matrix products (aten.bmm: in these models only the cost volume's,
+    counted apart as its dot products)."""
+    return sum(flops for op, flops in counter.get_flop_counts().get("Global", {}).items() if "bmm" not in str(op))
 
 
 def main() -> None:

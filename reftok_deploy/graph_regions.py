@@ -106,8 +106,8 @@ MATCHING_OPS = {"Softmax"}
 
 def cost_volume_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the non-compute nodes of the encoder's motion measurement: everything between the
-    motion-feature convs and the next convs through a Softmax (unit norm, correlation slices and their
-    Concat, the soft-argmax and the displacement Concat).
+    motion-feature convs and the next convs through a Softmax (unit norm, the correlation's matrix
+    products, gathers and Concat, the soft-argmax and the displacement Concat).
 
     They stay FP32 in FP16 graphs and unquantised in INT8 ones: the soft-argmax divides cosine
     similarities by a small temperature, so int8 steps of the volume move the measured motion by

@@ -3,7 +3,7 @@
 Imported lazily; ``pip install 'reftok-deploy[openvino]'``. The inference precision is set
 explicitly and recorded in the runner's name: OpenVINO's own default on CPUs with AMX/bf16 is
 bf16, which changes results (measured: -6.5 dB end to end while ids were unpacked with float
-arithmetic; -0.002 dB since they are looked up in a table). ``hint="bf16"`` asks for it by name and
+arithmetic; +0.004 dB since they are looked up in a table). ``hint="bf16"`` asks for it by name and
 is refused on a CPU that would only emulate it (:func:`native_bf16`).
 """
 

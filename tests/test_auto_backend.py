@@ -103,3 +103,23 @@ def test_each_frame_size_is_measured_at_that_size_and_cached_apart(export_copy, 
     # large frames are measured at PROBE_MAX_PIXELS, same aspect ratio, whole tokens
     assert backends.probe_size((1080, 1920)) == backends.probe_size((720, 1280)) == (416, 744)
     assert backends.probe_size((480, 640)) == (480, 640)
+
+
+def test_a_cached_choice_is_measured_again_where_other_backends_can_run(export_copy, tiny_checkpoint, monkeypatch):
+    """A VM's CPU name ("Intel(R) Xeon(R) Processor") does not say whether it has bf16: a measurement made
+    where openvino:bf16 could run is not reused where it cannot (it would choose a backend that refuses to load)."""
+    pytest.importorskip("openvino")
+    import reftok_deploy.runtimes.openvino_runner as openvino_runner
+
+    monkeypatch.setattr(openvino_runner, "native_bf16", lambda device="CPU": True)
+    backends.auto_backend(export_copy, tiny_checkpoint, "cpu")
+    record = json.loads((export_copy.path / backends.AUTO_FILE).read_text())
+    assert "openvino:bf16" in record["key"]["candidates"] and "openvino:bf16" in record["results"]
+
+    def measuring(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(openvino_runner, "native_bf16", lambda device="CPU": False)
+    monkeypatch.setattr(backends, "measure_backends", measuring)
+    with pytest.raises(AssertionError, match="measured again"):
+        backends.auto_backend(export_copy, tiny_checkpoint, "cpu")

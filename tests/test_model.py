@@ -235,3 +235,16 @@ def test_flops_count_convolutions_and_the_cost_volume_once(tiny_model):
     products = sum(2 * t * m * (2 * r + 1) ** 2 * (size // s) ** 2 for s, r in zip((4, 8), CORRELATION_RADII))
     assert counted["cost_volume"] == pytest.approx(products / 1e9)
     assert counted["total"] == pytest.approx(counted["encoder"] + counted["decoder"] + counted["cost_volume"])
+
+
+def test_a_batch_of_clips_encodes_each_clip_against_its_own_reference(tiny_model):
+    """The cost volume matches each clip's frames with that clip's reference only (frames ordered clip-major)."""
+    generator = torch.Generator().manual_seed(7)
+    reference = torch.rand(2, 3, 32, 40, generator=generator) * 2 - 1
+    frames = (reference.unsqueeze(2) + 0.2 * torch.randn(2, 3, 8, 32, 40, generator=generator)).clamp(-1, 1)
+    with torch.no_grad():
+        together = tiny_model.encode_latent(reference, frames)
+        alone = torch.cat([tiny_model.encode_latent(reference[i: i + 1], frames[i: i + 1]) for i in range(2)])
+        swapped = tiny_model.encode_latent(reference.flip(0), frames)
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
+    assert (swapped - together).abs().max() > 1e-2  # the reference does matter

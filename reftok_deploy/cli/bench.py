@@ -95,8 +95,8 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
                             >= base_psnr - TOLERANCES[parse_spec(spec.strip())[1]].max_psnr_delta_db]
                 fastest = min(eligible, key=lambda r: result["backends"][r.name]["total_ms"])
                 frames = [f for clip in clips.values() for f in clip]  # already max_gops GOPs per clip
-                # One GOP first, not reported: opening the MP4 writer and the threads' first buffers cost
-                # 0.1-0.2 s, a third of a two-GOP run at 640x480 (measured: 16.7 fps cold, 24 warm).
+                # One GOP first, not reported: first-use start-up (the video encoder, the threads, the
+                # runtime's buffers for the pipeline's arrays) was a third of a two-GOP run at 640x480.
                 run_end_to_end(fastest, frames[: block + 1], block, codebook)
                 summary = run_end_to_end(fastest, frames, block, codebook)
                 entry["end_to_end"] = {"backend": fastest.name, "fps": summary["fps"], "model_fps": summary["model_fps"],
