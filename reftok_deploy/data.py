@@ -154,6 +154,19 @@ class _WorkerBatches(torch.utils.data.IterableDataset):
             yield self.sampler.batch(self.size)
 
 
+def _exit_without_static_destructors(_worker_id: int) -> None:
+    """DataLoader worker start: end the process with ``os._exit`` once Python has finished with it.
+
+    A worker told to stop while its thread pools were still starting aborted in C++ static
+    destructors ("terminate called without an active exception", SIGABRT). The DataLoader reports
+    that as a failed worker while shutting down, and the main process once crashed there. Workers
+    hold nothing to flush at that point (the DataLoader has stopped reading their queues)."""
+    import atexit
+    import os
+
+    atexit.register(os._exit, 0)  # runs first (last registered), after the worker's own Python code
+
+
 def batch_stream(sampler: TrainingSampler, size: int, workers: int = 0, seed: int = 0,
                  start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Endless ``sampler.batch(size)`` results; with ``workers`` > 0 made in that many processes.
@@ -169,6 +182,7 @@ def batch_stream(sampler: TrainingSampler, size: int, workers: int = 0, seed: in
     # threads and hangs in its first parallel call (seen here in the first DIS flow).
     loader = torch.utils.data.DataLoader(_WorkerBatches(sampler, size, seed, start_step), batch_size=None,
                                          num_workers=workers, prefetch_factor=4, multiprocessing_context="spawn",
+                                         worker_init_fn=_exit_without_static_destructors,
                                          pin_memory=torch.cuda.is_available())
     workers_iter = iter(loader)
     try:
