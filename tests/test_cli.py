@@ -5,7 +5,6 @@ import json
 import cv2
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from reftok_deploy.cli.eval import main as eval_main
@@ -164,18 +163,35 @@ def test_train_time_budget_stops_with_a_checkpoint_at_the_low_rate(trained, tmp_
     assert log[-1]["step"] == training["step"] and log[-1]["lr"] < 1e-4
 
 
+WORKER_BATCHES = """
+import json, sys, torch
+from reftok_deploy.data import TrainingSampler, batch_stream
+sampler = TrainingSampler([sys.argv[1]], [], block_frames=8, crop=32, seed=1, use_builtin_stills=False)
+stream = batch_stream(sampler, 3, workers=2, seed=1)
+reference, frames, flow = next(stream)
+again = next(stream)
+stream.close()
+print(json.dumps({"shapes": [list(t.shape) for t in (reference, frames, flow)], "min": frames.min().item(),
+                  "max": frames.max().item(), "differ": not torch.equal(again[1], frames)}))
+"""
+
+
 def test_batches_from_worker_processes(tmp_path):
-    from reftok_deploy.data import TrainingSampler, batch_stream
+    """In a process of its own, as reftok-train runs: the suite's process has run OpenVINO and ONNX Runtime
+    by then (on AMX CPUs with AMX state enabled), and the DataLoader's SIGCHLD handler there crashed the
+    whole test run on fresh clones of a Xeon with AMX, once the workers exited."""
+    import subprocess
+    import sys
 
     video = write_video(tmp_path / "clip.avi", moving_still("rocket", 12, 48))
-    sampler = TrainingSampler([video], [], block_frames=8, crop=32, seed=1, use_builtin_stills=False)
-    stream = batch_stream(sampler, 3, workers=2, seed=1)
-    reference, frames, flow = next(stream)
-    again = next(stream)
-    stream.close()
-    assert reference.shape == (3, 3, 32, 32) and frames.shape == (3, 3, 8, 32, 32) and flow.shape == (3, 2, 8, 32, 32)
-    assert frames.min() >= -1 and frames.max() <= 1
-    assert not torch.equal(again[1], frames)  # the workers draw different samples
+    done = subprocess.run([sys.executable, "-c", WORKER_BATCHES, str(video)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["shapes"] == [[3, 3, 32, 32], [3, 3, 8, 32, 32], [3, 2, 8, 32, 32]]
+    assert result["min"] >= -1 and result["max"] <= 1
+    assert result["differ"]  # the workers draw different samples
+    assert "killed by signal" not in done.stderr and "terminate called" not in done.stderr, done.stderr[-3000:]
 
 
 def test_version1_checkpoint_is_refused_with_what_to_do(tiny_checkpoint, video_file, tmp_path):
