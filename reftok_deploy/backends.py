@@ -120,10 +120,10 @@ def probe_clips(size: tuple[int, int], block_frames: int) -> dict[str, Any]:
 
 
 def measurement_key(export: ExportFolder, device: str, threads: int | None,
-                    timing_size: tuple[int, int]) -> dict[str, Any]:
-    """What a cached measurement is valid for: this machine (CPU, GPU, the backends that can run here),
-    these libraries, this export, and the (height, width) it was timed at (:func:`probe_size` of the frame
-    size)."""
+                    timing_size: tuple[int, int], candidates: list[str]) -> dict[str, Any]:
+    """What a cached measurement is valid for: this machine (CPU, GPU, the backends that can run here:
+    ``candidates``, :func:`candidate_specs`), these libraries, this export, and the (height, width) it was
+    timed at (:func:`probe_size` of the frame size)."""
     from reftok_deploy.engines import gpu_name
 
     # the manifest as the folder was opened (parsed and hashed once), not read from disk again
@@ -146,7 +146,7 @@ def measurement_key(export: ExportFolder, device: str, threads: int | None,
             if hasattr(os, "sched_getaffinity") else os.cpu_count(), "gpu": gpu_name(), "device": device,
             "threads": threads, "versions": versions, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
             # what can run here: a VM's CPU name does not say whether it has bf16 (openvino:bf16)
-            "candidates": candidate_specs(export, device),
+            "candidates": candidates,
             "tolerances": {p: vars(t) for p, t in TOLERANCES.items()},
             "probe": {"size": list(timing_size), "gops": PROBE_GOPS, "repeats": PROBE_REPEATS}}
 
@@ -245,11 +245,11 @@ def measured_choice(export: ExportFolder, checkpoint: str | Path, device: str, t
     height, width = probe_size(size)
     path = export.path / (AUTO_FILE if (height, width) == (PROBE_SIZE, PROBE_SIZE)
                           else AUTO_FILE.replace(".json", f"-{width}x{height}.json"))
-    key = measurement_key(export, device, threads, (height, width))
+    specs = candidate_specs(export, device)
+    key = measurement_key(export, device, threads, (height, width), specs)
     record = _read_cached(path, key)
     origin = f"cached in {path}"
     if record is None:
-        specs = candidate_specs(export, device)
         say(f"auto: checking {', '.join(specs)} against PyTorch, then timing them on {PROBE_GOPS} GOPs at "
             f"{width}x{height} (once per machine, export and frame size)")
         record = {"key": key, "results": measure_backends(export, checkpoint, specs, device, threads, say,
