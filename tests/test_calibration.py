@@ -92,6 +92,33 @@ def test_qdq_graph_follows_tensorrt_rules(int8_export):
                 assert all(producer[i].op_type != "DequantizeLinear" for i in node.input if i in producer), node.name
 
 
+def test_skip_connections_read_float_convs_unquantised(int8_export):
+    """A residual Add reading a float conv's activation reads it without Q/DQ (OpenVINO misread that pair)."""
+    from reftok_deploy.calibration.qdq import ACTIVATIONS, float_nodes
+
+    checked = 0
+    for graph in ("encoder", "decoder"):
+        model = onnx.load(str(int8_export / f"{graph}.int8.onnx"))
+        kept_float = set(float_nodes(onnx.load(str(int8_export / f"{graph}.fp32.onnx"))))
+        producer = {o: n for n in model.graph.node for o in n.output}
+
+        def source_conv(name: str) -> onnx.NodeProto | None:
+            node = producer.get(name)
+            if node is not None and node.op_type == "DequantizeLinear":
+                node = producer.get(producer[node.input[0]].input[0])
+            while node is not None and node.op_type in ACTIVATIONS:
+                node = producer.get(node.input[0])
+            return node if node is not None and node.op_type == "Conv" else None
+
+        for add in (n for n in model.graph.node if n.op_type == "Add"):
+            for name in add.input:
+                conv = source_conv(name)
+                if conv is not None and conv.name in kept_float:
+                    checked += 1
+                    assert producer[name].op_type != "DequantizeLinear", (graph, add.name, conv.name)
+    assert checked  # the decoder's first stage conv (on the token codes) starts a residual block
+
+
 def test_onnxruntime_runs_every_int8_conv_as_an_int8_kernel(int8_export, tmp_path):
     """Tensors read twice (residual inputs, reference features) used to leave their convs in float."""
     from reftok_deploy.graph_regions import input_reading_convs, sampling_head_convs

@@ -279,3 +279,21 @@ def test_train_learning_rate_defaults_per_preset(trained, tmp_path):
     config = json.loads((tmp_path / "small" / "checkpoint" / "config.json").read_text())
     assert config["model"]["channels"] == [48, 96, 160]
     assert config["training"]["recipe"]["lr"] == 5e-4
+
+
+def test_train_with_bf16_autocast_keeps_float32_weights(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    data = trained["reftok"].parent / "data"
+    weights = {}
+    for name, extra in (("fp32", []), ("bf16", ["--autocast", "bf16"])):
+        result = invoke(train_main, [data, "--out", tmp_path / name, *FAST, "--seed", "3", *extra])
+        assert result.exit_code == 0, result.output
+        weights[name] = load_file(str(tmp_path / name / "checkpoint" / "model.safetensors"))
+        recipe = json.loads((tmp_path / name / "checkpoint" / "config.json").read_text())["training"]["recipe"]
+        assert recipe["autocast"] == (extra[-1] if extra else None)
+    assert all(w.dtype == weights["fp32"][k].dtype for k, w in weights["bf16"].items())
+    assert all(w.isfinite().all() for w in weights["bf16"].values())
+    # the same seed and data: only the forward precision differs, so some weights must too
+    assert any(not (weights["bf16"][k] == weights["fp32"][k]).all() for k in weights["fp32"])
+    one_line_error(invoke(train_main, [data, "--out", tmp_path / "bad", *FAST, "--autocast", "fp8"]), "fp8")
