@@ -1,5 +1,6 @@
 """INT8: calibration feeds, Q/DQ structure for TensorRT, INT8 parity, and bad calibration input."""
 
+import importlib.util
 import json
 
 import cv2
@@ -117,6 +118,21 @@ def test_skip_connections_read_float_convs_unquantised(int8_export):
                     checked += 1
                     assert producer[name].op_type != "DequantizeLinear", (graph, add.name, conv.name)
     assert checked  # the decoder's first stage conv (on the token codes) starts a residual block
+
+
+def test_openvino_int8_computes_its_float_ops_in_bf16_only_where_native(int8_export, tiny_checkpoint, monkeypatch):
+    pytest.importorskip("openvino")
+    import reftok_deploy.runtimes.openvino_runner as openvino_runner
+    from reftok_deploy.manifest import open_export
+    from reftok_deploy.runtimes.factory import make_runner
+
+    export = open_export(int8_export)
+    for native, hint, name in ((True, "bf16", "openvino-int8-bf16"), (False, "f32", "openvino-int8")):
+        monkeypatch.setattr(openvino_runner, "native_bf16", lambda device="CPU", native=native: native)
+        runner = make_runner("openvino:int8", export, tiny_checkpoint)
+        assert (runner.hint, runner.name) == (hint, name)
+        assert runner.files == {g: export.artifact(g, "int8") for g in ("encoder", "decoder")}
+    assert make_runner("openvino:fp32", export, tiny_checkpoint).hint == "f32"  # the graph holds its precision
 
 
 def test_onnxruntime_runs_every_int8_conv_as_an_int8_kernel(int8_export, tmp_path):
@@ -272,4 +288,10 @@ def test_every_codebook_id_decodes_exactly_in_the_int8_graph(int8_export, tiny_m
     from tests.test_export import codes_for_every_id
 
     graph = onnx.load(str(int8_export / "decoder.int8.onnx"))
-    assert np.array_equal(codes_for_every_id(graph, tmp_path, "int8"), tiny_model.fsq.codebook.numpy())
+    want = tiny_model.fsq.codebook.numpy()
+    assert np.array_equal(codes_for_every_id(graph, tmp_path, "int8"), want)
+    if importlib.util.find_spec("openvino") is not None:  # at the precision openvino:int8 gives its float ops here
+        from reftok_deploy.runtimes.openvino_runner import int8_float_hint
+
+        hint = int8_float_hint()
+        assert np.array_equal(codes_for_every_id(graph, tmp_path, f"int8-{hint}", openvino_hint=hint), want), hint
