@@ -26,8 +26,8 @@ import onnx
 
 from reftok_deploy.errors import ReftokError
 from reftok_deploy.files import atomic_write_bytes
-from reftok_deploy.graph_regions import (COMPUTE_OPS, consumers_of, cost_volume_nodes, input_regions,
-                                         sampling_head_convs, token_arithmetic_nodes, topological_sort)
+from reftok_deploy.graph_regions import (cost_volume_nodes, input_regions, sampling_head_convs, token_arithmetic_nodes,
+                                         topological_sort)
 
 METHODS = ("minmax", "entropy", "percentile")
 # Q/DQ goes on these ops only. Leaving the ReLU6 Clips unquantised lets ONNX Runtime fuse
@@ -136,8 +136,7 @@ def quantize_qdq(fp32: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], meth
             finally:
                 root.setLevel(level)
         atomic_write_bytes(cache, ranges.read_bytes())
-        quantised = separate_shared_activation_qdq(onnx.load(str(target)))
-        return float_skip_connections(quantised, set(float_nodes(fp32)))
+        return separate_shared_activation_qdq(onnx.load(str(target)))
 
 
 def float_nodes(fp32: onnx.ModelProto) -> list[str]:
@@ -203,43 +202,4 @@ def separate_shared_activation_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
             added += [q_copy, dq_copy]
     graph.node.extend(added)
     topological_sort(graph)
-    return model
-
-
-# Ops between a conv and the Q it feeds that keep the conv's output "from" that conv (ReLU6 is a Clip).
-ACTIVATIONS = ("Clip", "Relu")
-
-
-def float_skip_connections(model: onnx.ModelProto, float_names: set[str]) -> onnx.ModelProto:
-    """Drop the Q/DQ pair between a float conv's output (after its activation) and an ``Add`` reading it.
-
-    Such an Add is a residual block's skip connection whose block starts at a conv left in float (the
-    first conv of a decoder stage reads the token codes). OpenVINO (2026.4, Xeon with AMX) misreads a
-    float conv -> ReLU6 -> Q/DQ whose tensor is read both by an int8 conv and by an Add: bisected pair by
-    pair on the shipped decoder, box.mp4, that one pair cost -1.8 dB against onnxruntime's INT8 (34.66 vs
-    36.50 dB) and without it OpenVINO gives 36.45 and onnxruntime 36.52. The Add then reads the float
-    tensor (one elementwise op; the convs keep their int8 inputs). Expects one DQ per reader
-    (:func:`separate_shared_activation_qdq`).
-    """
-    graph = model.graph
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers = consumers_of(graph)
-    removed: set[int] = set()
-    for add in (n for n in graph.node if n.op_type == "Add"):
-        for k, name in enumerate(add.input):
-            dq = producer.get(name)
-            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is None or q.op_type != "QuantizeLinear" or len(consumers[dq.output[0]]) != 1 \
-                    or len(consumers[q.output[0]]) != 1:
-                continue
-            source = producer.get(q.input[0])
-            while source is not None and source.op_type in ACTIVATIONS:
-                source = producer.get(source.input[0])
-            if source is None or source.op_type not in COMPUTE_OPS or source.name not in float_names:
-                continue
-            add.input[k] = q.input[0]
-            removed |= {id(q), id(dq)}
-    kept = [node for node in graph.node if id(node) not in removed]
-    del graph.node[:]
-    graph.node.extend(kept)
     return model

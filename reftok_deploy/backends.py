@@ -138,6 +138,7 @@ def measurement_key(export: ExportFolder, device: str, threads: int | None,
             import openvino
 
             versions["openvino"] = getattr(openvino, "__version__", "unknown")
+    from reftok_deploy.runtimes.factory import backend_label
     from reftok_deploy.spec import TOLERANCES
     import os
     import platform
@@ -145,8 +146,9 @@ def measurement_key(export: ExportFolder, device: str, threads: int | None,
     return {"cpu": cpu_name(), "machine": platform.machine(), "cpus": len(os.sched_getaffinity(0))
             if hasattr(os, "sched_getaffinity") else os.cpu_count(), "gpu": gpu_name(), "device": device,
             "threads": threads, "versions": versions, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
-            # what can run here: a VM's CPU name does not say whether it has bf16 (openvino:bf16)
-            "candidates": candidates,
+            # what can run here, and how (openvino:int8's float ops in bf16 or f32): a VM's CPU name does not
+            # say whether it has bf16
+            "candidates": [backend_label(spec, device) for spec in candidates],
             "tolerances": {p: vars(t) for p, t in TOLERANCES.items()},
             "probe": {"size": list(timing_size), "gops": PROBE_GOPS, "repeats": PROBE_REPEATS}}
 

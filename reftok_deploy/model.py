@@ -535,8 +535,10 @@ def warp_reference(reference: torch.Tensor, motion: torch.Tensor) -> torch.Tenso
     motion = motion.reshape(n * ft, 2, h, w)
     # Pixel centres in grid_sample's normalised [-1,1] coordinates (align_corners=False).
     # Integer ranges, cast after: TensorRT parses a float Range only when its bounds are constants.
-    xs = (torch.arange(w, device=motion.device).to(motion.dtype) + 0.5) * (2.0 / w) - 1.0
-    ys = (torch.arange(h, device=motion.device).to(motion.dtype) + 0.5) * (2.0 / h) - 1.0
+    # In the reference's dtype: under bf16 autocast the motion is bf16, whose 8-bit mantissa would put
+    # the pixel centres up to 0.25 px off near the right and bottom edges at 256 px.
+    xs = (torch.arange(w, device=motion.device).to(reference.dtype) + 0.5) * (2.0 / w) - 1.0
+    ys = (torch.arange(h, device=motion.device).to(reference.dtype) + 0.5) * (2.0 / h) - 1.0
     gx = xs.view(1, 1, w) + motion[:, 0] * (2.0 / w)
     gy = ys.view(1, h, 1) + motion[:, 1] * (2.0 / h)
     grid = torch.stack([gx, gy], dim=-1)  # [N*ft,H,W,2]

@@ -52,7 +52,7 @@ class Recipe:
     # Wall-time budget of one training call: it stops with a checkpoint when spent, and the
     # learning rate decays by time or by steps, whichever is further along.
     max_minutes: float | None = None
-    # "bf16": forward pass and losses under torch.autocast in bfloat16 (AMX CPUs, recent GPUs);
+    # "bf16": the model's forward pass under torch.autocast in bfloat16 (AMX CPUs, recent GPUs); losses,
     # weights, optimizer and the exported model stay float32. None: float32 throughout.
     autocast: str | None = None
 
@@ -153,6 +153,9 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         raise ReftokError(f"unknown loss {recipe.loss!r}; choose one of {sorted(LOSSES)}")
     if recipe.autocast is not None and recipe.autocast not in AUTOCAST_DTYPES:
         raise ReftokError(f"unknown autocast {recipe.autocast!r}; choose one of {sorted(AUTOCAST_DTYPES)}")
+    if recipe.autocast == "bf16" and device.startswith("cuda") and torch.cuda.is_available() \
+            and not torch.cuda.is_bf16_supported():
+        raise ReftokError(f"--autocast bf16: {torch.cuda.get_device_name(device)} has no bfloat16; train without it")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ReftokError(f"--device {device} asked for, but PyTorch sees no CUDA GPU")
     try:
@@ -182,6 +185,10 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
             raise ReftokError(f"{run}: its checkpoint is at step {saved} but its resume state at step {step} "
                               "(interrupted between the two saves): resuming would mix them; restart the run, or "
                               "start a new one with --init-from on its checkpoint")
+        saved_autocast = config.get("training", {}).get("recipe", {}).get("autocast")
+        if saved_autocast != recipe.autocast:
+            raise ReftokError(f"{run} was trained with --autocast {saved_autocast or 'off (float32)'}: resume with the same "
+                              "setting")
         elapsed = float(config.get("training", {}).get("wall_seconds", 0.0))
         recipe = replace(recipe, init_from=config.get("training", {}).get("recipe", {}).get("init_from"))
     else:
@@ -236,8 +243,7 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         loss = LOSSES[recipe.loss](recon, frames) + recipe.latent_penalty * saturation
         motion_error = float("nan")
         if "motion" in parts:
-            with autocast:
-                trusted = teacher_mask(model, reference, frames, flow)
+            trusted = teacher_mask(model, reference, frames, flow)
             flow_l1 = ((parts["motion"].float() - flow).abs().sum(1, keepdim=True) * trusted).sum() / trusted.sum().clamp(min=1.0)
             loss = loss + recipe.flow_weight * flow_l1 + recipe.gate_penalty * parts["gate"].float().mean()
             motion_error = flow_l1.item()

@@ -27,10 +27,16 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def backend_label(spec: str, device: str = "cpu") -> str:
-    """One name per way of running the model, for .rtok headers: 'onnxruntime:fp32',
-    'torch:fp32@cuda' (PyTorch's device matters; the exported runtimes pick theirs)."""
+    """One name per way of running the model, for .rtok headers and cache keys: 'onnxruntime:fp32',
+    'torch:fp32@cuda' (PyTorch's device matters; the exported runtimes pick theirs), 'openvino:int8+bf16'
+    (its float ops in bf16 on this CPU). Compared as strings, never parsed back into a spec."""
     backend, precision = parse_spec(spec)
-    return f"{backend}:{precision}" + (f"@{device}" if backend == "torch" and device != "cpu" else "")
+    label = f"{backend}:{precision}" + (f"@{device}" if backend == "torch" and device != "cpu" else "")
+    if backend == "openvino" and precision == "int8":
+        from reftok_deploy.runtimes.openvino_runner import int8_float_hint
+
+        label += "+bf16" if int8_float_hint() == "bf16" else ""
+    return label
 
 
 def _same_checkpoint(export: ExportFolder, checkpoint: str | Path | None) -> None:

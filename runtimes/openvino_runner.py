@@ -37,9 +37,10 @@ def int8_float_hint(device: str = "CPU") -> str:
     Like TensorRT's INT8 engines, whose unquantised layers run in FP16, the INT8 graph's float parts (the
     convs on pixels and token codes, the cost volume, the warp, the data movement between int8 convs)
     take the fastest float precision: on a 2-core Xeon with AMX, shipped model, 256x256, one GOP took
-    108.7 ms with them at f32 and 71.5 ms at bf16 (onnxruntime INT8: 211.9 ms), and box.mp4's first 3
-    GOPs decoded at 36.42 dB against 36.43 (FP32 graphs at f32: 36.43). Token ids stay exact: they are
-    looked up in a constant codebook (every id is checked under bf16 in tests/test_export.py).
+    108.7 ms with them at f32 and 71.5 ms at bf16 against onnxruntime INT8's 211.9 ms in one timing
+    script (reftok-bench, other runs: 1.97x and 2.41x onnxruntime INT8), and box.mp4's first 3 GOPs
+    decoded at 36.42 dB against 36.43 (FP32 graphs at f32: 36.43). Token ids stay exact: they are
+    looked up in a constant codebook (every id is checked under this hint in tests/test_calibration.py).
     """
     return "bf16" if native_bf16(device) else "f32"
 
@@ -74,10 +75,24 @@ class OpenVinoRunner(Runner):
         compiled = {}
         for graph, path in self.files.items():
             try:
-                compiled[graph] = core.compile_model(core.read_model(str(path)), self.device, config)
+                compiled[graph] = core.compile_model(self._read(core, Path(path)), self.device, config)
             except Exception as exc:
                 raise ReftokError(f"OpenVINO cannot load {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
         self.compiled = compiled
+
+    @staticmethod
+    def _read(core, path: Path):
+        """The ONNX file as an OpenVINO model; an INT8 graph with its skip connections read in float
+        (:func:`reftok_deploy.runtimes.openvino_graphs.float_skip_connections`)."""
+        import onnx
+
+        from reftok_deploy.runtimes.openvino_graphs import float_skip_connections, is_quantised
+
+        model = onnx.load(str(path))
+        if not is_quantised(model):
+            return core.read_model(str(path))
+        model, _ = float_skip_connections(model)
+        return core.read_model(model.SerializeToString(), b"")
 
     def _run(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         model = self.compiled[graph]

@@ -93,46 +93,68 @@ def test_qdq_graph_follows_tensorrt_rules(int8_export):
                 assert all(producer[i].op_type != "DequantizeLinear" for i in node.input if i in producer), node.name
 
 
-def test_skip_connections_read_float_convs_unquantised(int8_export):
-    """A residual Add reading a float conv's activation reads it without Q/DQ (OpenVINO misread that pair)."""
-    from reftok_deploy.calibration.qdq import ACTIVATIONS, float_nodes
+def test_openvino_reads_skip_connections_of_float_convs_unquantised(int8_export):
+    """The INT8 file keeps TensorRT's placement (the skip connection's Add reads a Q/DQ pair); OpenVINO,
+    which misread that pair, gets it removed at load time and nothing else."""
+    from reftok_deploy.calibration.qdq import float_nodes
+    from reftok_deploy.runtimes.openvino_graphs import ACTIVATIONS, float_skip_connections
 
-    checked = 0
-    for graph in ("encoder", "decoder"):
-        model = onnx.load(str(int8_export / f"{graph}.int8.onnx"))
-        kept_float = set(float_nodes(onnx.load(str(int8_export / f"{graph}.fp32.onnx"))))
+    def skip_inputs(model: onnx.ModelProto, kept_float: set[str]) -> list[str]:
+        """Producers of the Add inputs that come from a float conv (through its activation, maybe a Q/DQ)."""
         producer = {o: n for n in model.graph.node for o in n.output}
-
-        def source_conv(name: str) -> onnx.NodeProto | None:
-            node = producer.get(name)
-            if node is not None and node.op_type == "DequantizeLinear":
-                node = producer.get(producer[node.input[0]].input[0])
-            while node is not None and node.op_type in ACTIVATIONS:
-                node = producer.get(node.input[0])
-            return node if node is not None and node.op_type == "Conv" else None
-
+        found = []
         for add in (n for n in model.graph.node if n.op_type == "Add"):
             for name in add.input:
-                conv = source_conv(name)
-                if conv is not None and conv.name in kept_float:
-                    checked += 1
-                    assert producer[name].op_type != "DequantizeLinear", (graph, add.name, conv.name)
-    assert checked  # the decoder's first stage conv (on the token codes) starts a residual block
+                node = producer.get(name)
+                if node is not None and node.op_type == "DequantizeLinear":
+                    node = producer.get(producer[node.input[0]].input[0])
+                while node is not None and node.op_type in ACTIVATIONS:
+                    node = producer.get(node.input[0])
+                if node is not None and node.op_type == "Conv" and node.name in kept_float:
+                    found.append(producer[name].op_type)
+        return found
+
+    for graph in ("encoder", "decoder"):
+        on_disk = onnx.load(str(int8_export / f"{graph}.int8.onnx"))
+        kept_float = set(float_nodes(onnx.load(str(int8_export / f"{graph}.fp32.onnx"))))
+        before = skip_inputs(on_disk, kept_float)
+        assert all(op == "DequantizeLinear" for op in before), (graph, before)
+        rewritten, removed = float_skip_connections(onnx.load(str(int8_export / f"{graph}.int8.onnx")))
+        after = skip_inputs(rewritten, kept_float)
+        assert removed == len(before) and len(after) == len(before), (graph, removed, before, after)
+        assert "DequantizeLinear" not in after, (graph, after)
+        assert len(rewritten.graph.node) == len(on_disk.graph.node) - 2 * removed
+        onnx.checker.check_model(rewritten)
+        if graph == "decoder":
+            assert removed >= 1  # a residual block starts at the conv on the token codes
 
 
 def test_openvino_int8_computes_its_float_ops_in_bf16_only_where_native(int8_export, tiny_checkpoint, monkeypatch):
     pytest.importorskip("openvino")
     import reftok_deploy.runtimes.openvino_runner as openvino_runner
     from reftok_deploy.manifest import open_export
-    from reftok_deploy.runtimes.factory import make_runner
+    from reftok_deploy.runtimes.factory import backend_label, make_runner
 
     export = open_export(int8_export)
     for native, hint, name in ((True, "bf16", "openvino-int8-bf16"), (False, "f32", "openvino-int8")):
         monkeypatch.setattr(openvino_runner, "native_bf16", lambda device="CPU", native=native: native)
         runner = make_runner("openvino:int8", export, tiny_checkpoint)
         assert (runner.hint, runner.name) == (hint, name)
+        # .rtok headers and auto's cache key tell the two apart
+        assert backend_label("openvino:int8") == ("openvino:int8+bf16" if native else "openvino:int8")
         assert runner.files == {g: export.artifact(g, "int8") for g in ("encoder", "decoder")}
-    assert make_runner("openvino:fp32", export, tiny_checkpoint).hint == "f32"  # the graph holds its precision
+        assert make_runner("openvino:fp32", export, tiny_checkpoint).hint == "f32"  # the graph holds its precision
+    # loading rewrites the INT8 graphs (and only those) for OpenVINO
+    import reftok_deploy.runtimes.openvino_graphs as openvino_graphs
+
+    rewritten = []
+    original = openvino_graphs.float_skip_connections
+    monkeypatch.setattr(openvino_graphs, "float_skip_connections", lambda m: rewritten.append(m.graph.name) or original(m))
+    with make_runner("openvino:int8", export, tiny_checkpoint) as runner, \
+            make_runner("openvino:fp32", export, tiny_checkpoint) as fp32_runner:
+        runner.load()
+        fp32_runner.load()
+    assert len(rewritten) == 2
 
 
 def test_onnxruntime_runs_every_int8_conv_as_an_int8_kernel(int8_export, tmp_path):

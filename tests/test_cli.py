@@ -297,3 +297,9 @@ def test_train_with_bf16_autocast_keeps_float32_weights(trained, tmp_path):
     # the same seed and data: only the forward precision differs, so some weights must too
     assert any(not (weights["bf16"][k] == weights["fp32"][k]).all() for k in weights["fp32"])
     one_line_error(invoke(train_main, [data, "--out", tmp_path / "bad", *FAST, "--autocast", "fp8"]), "fp8")
+    # a resume keeps the run's numerics: the setting it started with, or a one-line refusal
+    one_line_error(invoke(train_main, [data, "--out", tmp_path / "bf16", *FAST, "--seed", "3", "--resume",
+                                       "--steps", "3"]), "--autocast bf16")
+    result = invoke(train_main, [data, "--out", tmp_path / "bf16", *FAST, "--seed", "3", "--resume", "--steps", "3",
+                                 "--autocast", "bf16"])
+    assert result.exit_code == 0, result.output
