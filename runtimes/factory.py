@@ -89,9 +89,10 @@ def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path |
         # The graph holds the precision (FP32, mixed FP16, Q/DQ INT8) and OpenVINO computes at f32, so its own
         # bf16 default cannot change results, except where bf16 is asked for by name (openvino:bf16) and in
         # an INT8 graph's float ops on a CPU with native bf16 (see int8_float_hint); the name says which.
-        hint = {"bf16": "bf16", "int8": int8_float_hint()}.get(precision, "f32")
+        hint = int8_float_hint() if precision == "int8" else "bf16" if precision == "bf16" else "f32"
         name = f"openvino-{precision}" + ("-bf16" if precision == "int8" and hint == "bf16" else "")
-        return OpenVinoRunner(files, export.geometry, hint=hint, threads=threads, name=name)
+        return OpenVinoRunner(files, export.geometry, hint=hint, threads=threads, name=name,
+                              quantised=precision == "int8")
     # --device cuda / tensorrt select onnxruntime's CUDA or TensorRT execution provider.
     provider = {"cuda": "cuda", "tensorrt": "tensorrt"}.get(device.split(":")[0], "cpu")
     runner = OnnxRuntimeRunner(files, provider=provider, threads=threads, name=f"onnxruntime-{precision}")

@@ -14,11 +14,6 @@ from reftok_deploy.graph_regions import COMPUTE_OPS, consumers_of
 ACTIVATIONS = ("Clip", "Relu")
 
 
-def is_quantised(model: onnx.ModelProto) -> bool:
-    """Whether ``model`` holds Q/DQ pairs (an INT8 export)."""
-    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
-
-
 def float_skip_connections(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """(``model`` with fewer Q/DQ pairs, pairs removed): a residual ``Add`` reads a float conv's output directly.
 
@@ -36,10 +31,13 @@ def float_skip_connections(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int
     outputs = {o.name for o in graph.output}
 
     def float_conv(node: onnx.NodeProto | None) -> bool:
+        """Whether ``node``, after the activations above it, is a compute op whose input is not dequantised."""
         while node is not None and node.op_type in ACTIVATIONS:
             node = producer.get(node.input[0])
-        source = producer.get(node.input[0]) if node is not None and node.op_type in COMPUTE_OPS else None
-        return node is not None and node.op_type in COMPUTE_OPS and (source is None or source.op_type != "DequantizeLinear")
+        if node is None or node.op_type not in COMPUTE_OPS:
+            return False
+        source = producer.get(node.input[0])
+        return source is None or source.op_type != "DequantizeLinear"
 
     removed: set[int] = set()
     for add in (n for n in graph.node if n.op_type == "Add"):

@@ -46,15 +46,16 @@ def int8_float_hint(device: str = "CPU") -> str:
 
 
 class OpenVinoRunner(Runner):
-    """Runs ``{graph}.{precision}.onnx`` files with OpenVINO on ``device`` (CPU) at ``hint`` precision."""
+    """Runs ``{graph}.{precision}.onnx`` files with OpenVINO on ``device`` (CPU) at ``hint`` precision;
+    ``quantised``: they are INT8 Q/DQ graphs, rewritten at load time for OpenVINO (:meth:`_read`)."""
 
     def __init__(self, files: dict[str, str | Path], geometry: Geometry, hint: str = "f32", device: str = "CPU",
-                 threads: int | None = None, name: str | None = None) -> None:
+                 threads: int | None = None, name: str | None = None, quantised: bool = False) -> None:
         super().__init__(geometry)
         if hint not in PRECISION_HINTS:
             raise ReftokError(f"unknown OpenVINO precision hint {hint!r}; use one of {', '.join(PRECISION_HINTS)}")
         self.files = {g: Path(p) for g, p in files.items()}
-        self.hint, self.device, self.threads = hint, device, threads
+        self.hint, self.device, self.threads, self.quantised = hint, device, threads, quantised
         self.compiled: dict = {}
         self.name = name or f"openvino-{hint}"
 
@@ -80,18 +81,16 @@ class OpenVinoRunner(Runner):
                 raise ReftokError(f"OpenVINO cannot load {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
         self.compiled = compiled
 
-    @staticmethod
-    def _read(core, path: Path):
+    def _read(self, core, path: Path):
         """The ONNX file as an OpenVINO model; an INT8 graph with its skip connections read in float
         (:func:`reftok_deploy.runtimes.openvino_graphs.float_skip_connections`)."""
+        if not self.quantised:
+            return core.read_model(str(path))
         import onnx
 
-        from reftok_deploy.runtimes.openvino_graphs import float_skip_connections, is_quantised
+        from reftok_deploy.runtimes.openvino_graphs import float_skip_connections
 
-        model = onnx.load(str(path))
-        if not is_quantised(model):
-            return core.read_model(str(path))
-        model, _ = float_skip_connections(model)
+        model, _ = float_skip_connections(onnx.load(str(path)))
         return core.read_model(model.SerializeToString(), b"")
 
     def _run(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
