@@ -97,10 +97,11 @@ def matmul_peak_gflops(seconds: float = 1.0, n: int = 1024) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def end_to_end(runner: Runner, frames: list[np.ndarray], block_frames: int, codebook_size: int,
+def end_to_end(runners: list[Runner], frames: list[np.ndarray], block_frames: int, codebook_size: int,
                fps: float = 30.0) -> dict[str, Any]:
-    """What reftok-run does with ``frames`` ``[H,W,3]`` uint8 RGB: GOPs, encode, decode, overlay and an
-    MP4 written to a temporary folder -> its summary (end-to-end fps, model-only fps, stage times)."""
+    """What reftok-run does with ``frames`` ``[H,W,3]`` uint8 RGB: GOPs, encode, decode (one block per
+    runner side by side, as ``--streams``), overlay and an MP4 written to a temporary folder -> its
+    summary (end-to-end fps, model-only fps, stage times)."""
     import tempfile
     from pathlib import Path
 
@@ -114,7 +115,7 @@ def end_to_end(runner: Runner, frames: list[np.ndarray], block_frames: int, code
         writer = VideoFile(Path(tmp) / "run.mp4", fps, (2 * width, height))
         stats = StreamStats(fps_source=fps, codebook_size=codebook_size)
         try:
-            encode_stream(frames, GopEncoder(FrameCodec(runner), block_frames), stats, label=runner.name,
+            encode_stream(frames, GopEncoder([FrameCodec(r) for r in runners], block_frames), stats, label=runners[0].name,
                           sink=lambda o, r, lines, labels: writer.write(side_by_side(o, r, lines, labels)))
         except BaseException:
             writer.abort()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from reftok_deploy.errors import ReftokError
@@ -50,9 +51,25 @@ def _same_checkpoint(export: ExportFolder, checkpoint: str | Path | None) -> Non
                           "the matching --checkpoint")
 
 
+def make_runners(spec: str, export: ExportFolder | None, checkpoint: str | Path | None, device: str = "cpu",
+                 threads: int | None = None, streams: int = 1) -> list[Runner]:
+    """``streams`` runners of ``spec`` (built, not loaded) that encode and decode GOPs side by side, the
+    threads shared out among them (``threads`` or every core, at least one each). On CPUs only: one GPU
+    runs one GOP at a time here."""
+    if streams == 1:
+        return [make_runner(spec, export, checkpoint, device=device, threads=threads)]
+    backend, _ = parse_spec(spec)
+    if backend == "tensorrt" or device != "cpu":
+        raise ReftokError(f"--streams {streams} runs GOPs side by side on CPU cores; {spec} on {device} takes --streams 1")
+    per_stream = max(1, (threads or os.cpu_count() or 1) // streams)
+    return [make_runner(spec, export, checkpoint, device=device, threads=per_stream, pin_threads=False)
+            for _ in range(streams)]
+
+
 def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path | None,
-                device: str = "cpu", threads: int | None = None) -> Runner:
-    """Build (not load) the runner for ``spec`` from an export opened once (:func:`open_export`)."""
+                device: str = "cpu", threads: int | None = None, pin_threads: bool = True) -> Runner:
+    """Build (not load) the runner for ``spec`` from an export opened once (:func:`open_export`).
+    ``pin_threads=False``: the runtime must not pin its threads to cores (several runners side by side)."""
     backend, precision = parse_spec(spec)
     if backend == "torch":
         from reftok_deploy.runtimes.torch_runner import TorchRunner
@@ -92,7 +109,7 @@ def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path |
         hint = int8_float_hint() if precision == "int8" else "bf16" if precision == "bf16" else "f32"
         name = f"openvino-{precision}" + ("-bf16" if precision == "int8" and hint == "bf16" else "")
         return OpenVinoRunner(files, export.geometry, hint=hint, threads=threads, name=name,
-                              quantised=precision == "int8")
+                              quantised=precision == "int8", pin_threads=pin_threads)
     # --device cuda / tensorrt select onnxruntime's CUDA or TensorRT execution provider.
     provider = {"cuda": "cuda", "tensorrt": "tensorrt"}.get(device.split(":")[0], "cpu")
     runner = OnnxRuntimeRunner(files, provider=provider, threads=threads, name=f"onnxruntime-{precision}")

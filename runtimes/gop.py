@@ -9,8 +9,10 @@ same planner, so both report the same quality on the same clip.
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -35,11 +37,22 @@ class BlockEvent:
 
 
 class GopEncoder:
-    def __init__(self, codec: FrameCodec, block_frames: int, refresh_blocks: int = 1,
+    """Plans GOPs and encodes + decodes each block. Given several codecs (one runner each), consecutive
+    blocks run side by side, one per codec in turn, and the events still come out in stream order;
+    :meth:`close` waits for the blocks in flight."""
+
+    def __init__(self, codec: FrameCodec | Sequence[FrameCodec], block_frames: int, refresh_blocks: int = 1,
                  cut_threshold: float | None = DEFAULT_CUT_THRESHOLD) -> None:
-        self.codec = codec
+        self.codecs = list(codec) if isinstance(codec, (list, tuple)) else [codec]
+        if not self.codecs:
+            raise ValueError("GopEncoder needs at least one codec")
+        self.codec = self.codecs[0]
         self.block_frames = block_frames
         self.planner = GopPlanner(block_frames, refresh_blocks, cut_threshold)
+        self._workers = ([ThreadPoolExecutor(1, thread_name_prefix=f"reftok-gop{i}") for i in range(len(self.codecs))]
+                         if len(self.codecs) > 1 else [])
+        self._pending: deque[ReferenceEvent | BlockEvent | Future] = deque()  # stream order
+        self._blocks = 0
 
     @property
     def references(self) -> int:
@@ -52,22 +65,46 @@ class GopEncoder:
     def _handle(self, events: list[NewReference | Gop]) -> Iterator[ReferenceEvent | BlockEvent]:
         for event in events:
             if isinstance(event, NewReference):
-                yield ReferenceEvent(event.frame, event.cut)
+                self._pending.append(ReferenceEvent(event.frame, event.cut))
+            elif self._workers:
+                i = self._blocks % len(self._workers)
+                self._pending.append(self._workers[i].submit(self._encode, self.codecs[i], event))
             else:
-                yield self._encode(event)
+                self._pending.append(self._encode(self.codec, event))
+            self._blocks += isinstance(event, Gop)
+            yield from self._ready(in_flight=len(self._workers))
+
+    def _ready(self, in_flight: int) -> Iterator[ReferenceEvent | BlockEvent]:
+        """Events from the front of the queue; a block still running is waited for only while more than
+        ``in_flight`` blocks are (every codec busy), so planning goes on beside them."""
+        while self._pending:
+            head = self._pending[0]
+            if isinstance(head, Future):
+                if not head.done() and sum(isinstance(e, Future) for e in self._pending) <= in_flight:
+                    return
+                head = head.result()
+            self._pending.popleft()
+            yield head
 
     def push(self, frame: np.ndarray) -> Iterator[ReferenceEvent | BlockEvent]:
         """Feed one ``[H,W,3]`` uint8 RGB frame; yields the events it completes."""
         yield from self._handle(self.planner.push(frame))
 
-    def flush(self) -> Iterator[BlockEvent]:
-        """Encode the tail (fewer than T frames) at the end of a stream."""
+    def flush(self) -> Iterator[ReferenceEvent | BlockEvent]:
+        """Encode the tail (fewer than T frames) at the end of a stream and yield every event left."""
         yield from self._handle(self.planner.flush())
+        yield from self._ready(in_flight=0)
 
-    def _encode(self, gop: Gop) -> BlockEvent:
+    def close(self) -> None:
+        """Wait for the blocks in flight (their runners may be closed next) and stop the workers."""
+        for worker in self._workers:
+            worker.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+
+    def _encode(self, codec: FrameCodec, gop: Gop) -> BlockEvent:
         real = len(gop.block)
         start = time.perf_counter()
-        tokens = self.codec.encode(gop.reference, gop.padded(self.block_frames))
-        recon = self.codec.decode(gop.reference, tokens)[:real]
+        tokens = codec.encode(gop.reference, gop.padded(self.block_frames))
+        recon = codec.decode(gop.reference, tokens)[:real]
         return BlockEvent(tokens, gop.block, recon, [psnr(o, r) for o, r in zip(gop.block, recon)],
                           time.perf_counter() - start)

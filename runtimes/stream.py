@@ -89,27 +89,31 @@ def encode_stream(frames: Iterable[np.ndarray], gop: GopEncoder, stats: StreamSt
     """Run frames ``[H,W,3]`` uint8 RGB through the GOP encoder; write tokens, show/save side by side.
 
     The model runs in its own thread (:func:`reftok_deploy.runtimes.pipeline.threaded`), ``queue_depth``
-    events ahead of the output, which stays in the caller's thread (windows need it). ``interrupt`` wakes
+    events ahead of the output, which stays in the caller's thread (windows need it); a GopEncoder with several
+    codecs runs consecutive blocks side by side on threads of its own. ``interrupt`` wakes
     the frame source when the run stops early (Ctrl-C, an output error), e.g. ``FrameSource.interrupt``."""
     bits_per_token = math.log2(stats.codebook_size)
     labels = ("original", f"RefTok {label}".strip())
 
     def model_events(stop) -> Iterator[ReferenceEvent | BlockEvent]:
-        for frame in frames:
+        try:
+            for frame in frames:
+                if stop.is_set():
+                    return
+                start = time.perf_counter()
+                if size is not None:
+                    frame = center_square(frame, size)
+                events = list(gop.push(frame))
+                stats.model_seconds += time.perf_counter() - start
+                yield from events
             if stop.is_set():
                 return
             start = time.perf_counter()
-            if size is not None:
-                frame = center_square(frame, size)
-            events = list(gop.push(frame))
+            events = list(gop.flush())
             stats.model_seconds += time.perf_counter() - start
             yield from events
-        if stop.is_set():
-            return
-        start = time.perf_counter()
-        events = list(gop.flush())
-        stats.model_seconds += time.perf_counter() - start
-        yield from events
+        finally:
+            gop.close()  # blocks still running on other threads finish before their runners can close
 
     def handle(event) -> None:
         if isinstance(event, ReferenceEvent):

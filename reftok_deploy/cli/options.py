@@ -67,6 +67,13 @@ def threads_option(func: Callable) -> Callable:
                         help="CPU threads for the model [default: the runtime's own choice].")(func)
 
 
+def streams_option(func: Callable) -> Callable:
+    return click.option("--streams", type=click.IntRange(1, 16), default=1, show_default=True,
+                        help="Blocks encoded + decoded side by side, each by its own copy of the model on "
+                             "--threads / STREAMS threads (CPU backends): more frames per second where one "
+                             "copy cannot keep every core busy, each block taking longer.")(func)
+
+
 def json_option(help: str = "Print the report as one JSON document.") -> Callable:
     return click.option("--json", "as_json", is_flag=True, help=help)
 

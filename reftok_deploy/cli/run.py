@@ -7,7 +7,8 @@ import json
 import click
 
 from reftok_deploy.cli import OneLineCommand, sigterm_as_interrupt, user_errors
-from reftok_deploy.cli.options import checkpoint_option, json_option, output_option, threads_option, verbose_option
+from reftok_deploy.cli.options import (checkpoint_option, json_option, output_option, streams_option, threads_option,
+                                       verbose_option)
 from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
 from reftok_deploy.video import DEFAULT_MAX_PIXELS
 
@@ -23,6 +24,7 @@ from reftok_deploy.video import DEFAULT_MAX_PIXELS
               help="auto | torch | onnxruntime[:fp32|fp16|int8] | openvino[:fp32|fp16|int8|bf16] | tensorrt[:fp16|int8|fp32].")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (torch / onnxruntime).")
 @threads_option
+@streams_option
 @click.option("--size", type=click.IntRange(8, 4096), default=None,
               help="Resize the short side to SIZE, then keep the centre SIZE x SIZE (smaller frames are scaled up).")
 @click.option("--refresh-blocks", default=1, show_default=True, type=click.IntRange(1),
@@ -46,8 +48,9 @@ from reftok_deploy.video import DEFAULT_MAX_PIXELS
 @verbose_option
 @user_errors
 @sigterm_as_interrupt()
-def main(camera, video, source, demo, checkpoint, export_folder, backend, device, threads, size, refresh_blocks, cut_threshold,
-         output, tokens_path, display, max_frames, max_pixels, open_timeout, read_timeout, as_json) -> None:
+def main(camera, video, source, demo, checkpoint, export_folder, backend, device, threads, streams, size, refresh_blocks,
+         cut_threshold, output, tokens_path, display, max_frames, max_pixels, open_timeout, read_timeout,
+         as_json) -> None:
     """Encode frames into tokens against unquantised references and decode them back, live.
 
     Shows (or writes with --output) original | reconstruction with fps, block latency,
@@ -66,7 +69,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
     from reftok_deploy.runtimes.codec import FrameCodec
     from reftok_deploy.backends import auto_backend
     from reftok_deploy.manifest import open_export
-    from reftok_deploy.runtimes.factory import backend_label, make_runner
+    from reftok_deploy.runtimes.factory import backend_label, make_runners
     from reftok_deploy.runtimes.gop import GopEncoder
     from reftok_deploy.runtimes.output import VideoFile, display_available, side_by_side
     from reftok_deploy.runtimes.stream import StreamStats, encode_stream
@@ -120,8 +123,10 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
                 if fresh is not None:
                     frames.count_dropped(1)  # the frame read before the measurement
                     first = fresh
-        runner = held.enter_context(make_runner(backend, export, checkpoint, device=device, threads=threads))
-        gop = GopEncoder(FrameCodec(runner), cfg.block_frames, refresh_blocks, cut_threshold or None)
+        runners = [held.enter_context(r) for r in make_runners(backend, export, checkpoint, device=device,
+                                                               threads=threads, streams=streams)]
+        runner = runners[0]
+        gop = GopEncoder([FrameCodec(r) for r in runners], cfg.block_frames, refresh_blocks, cut_threshold or None)
         stats = StreamStats(fps_source=frames.fps, codebook_size=math.prod(cfg.fsq_levels))
         say(f"capture: {spec.label} at {frames.fps:g} fps through {opencv_summary()}")
         writer = VideoFile(output, frames.fps, (2 * width, height)) if output else None
@@ -143,7 +148,8 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
                     raise KeyboardInterrupt
 
         try:
-            encode_stream(itertools.chain([first], stream), gop, stats, size=size, tokens=tokens, sink=sink,
+            encode_stream(itertools.chain([first], stream), gop, stats, size=size, tokens=tokens,
+                          sink=sink if writer or show else None,
                           label=runner.name, interrupt=getattr(frames, "interrupt", None))
         except KeyboardInterrupt:
             say("stopped; keeping what was written")
@@ -156,14 +162,14 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
             if handle:
                 handle.close()
         stats.capture_seconds = float(getattr(frames, "read_seconds", 0.0))
-        summary = dict(stats.summary(), backend=runner.name, source=spec.label, size=[height, width],
+        summary = dict(stats.summary(), backend=runner.name, streams=streams, source=spec.label, size=[height, width],
                        scene_changes=gop.scene_changes, dropped=frames.dropped, reconnects=frames.reconnects,
                        output=output, tokens=tokens_path)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(f"{stats.frames} frames ({stats.references} references, {stats.blocks} blocks) "
-                   f"from {spec.label} on {runner.name}: PSNR {summary['psnr_db']:.2f} dB, tokens "
+                   f"from {spec.label} on {runner.name}" + (f" x {streams} streams" if streams > 1 else "") + f": PSNR {summary['psnr_db']:.2f} dB, tokens "
                    f"{summary['token_kbps']:.1f} kbit/s ({summary['total_kbps']:.0f} kbit/s with the reference "
                    f"frames), {summary['fps']:.1f} fps end to end (model alone {summary['model_fps'] or 0:.1f} fps)"
                    + (f"; wrote {output}" if output else "") + (f", {tokens_path}" if tokens_path else ""))
