@@ -106,13 +106,14 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
                 # Replayed up to E2E_GOPS GOPs: the threads overlap only in steady state, and a run of two
                 # GOPs is mostly the pipeline filling and draining.
                 frames = list(itertools.islice(itertools.cycle(frames), max(len(frames), E2E_GOPS * (block + 1))))
-                # One GOP first, not reported: first-use start-up (the video encoder, the threads, the
-                # runtime's buffers for the pipeline's arrays) was a third of a two-GOP run at 640x480.
+                # One GOP per runner first, not reported: first-use start-up (the video encoder, the threads,
+                # the runtime's buffers for the pipeline's arrays) was a third of a two-GOP run at 640x480.
+                e2e_runners = copies or [fastest]
                 try:
                     for runner in copies:
                         runner.load()
-                    run_end_to_end(copies or [fastest], frames[: block + 1], block, codebook)
-                    summary = run_end_to_end(copies or [fastest], frames, block, codebook)
+                    run_end_to_end(e2e_runners, frames[: (block + 1) * len(e2e_runners)], block, codebook)
+                    summary = run_end_to_end(e2e_runners, frames, block, codebook)
                 finally:
                     for runner in copies:
                         runner.close()
