@@ -54,16 +54,36 @@ def _same_checkpoint(export: ExportFolder, checkpoint: str | Path | None) -> Non
 def make_runners(spec: str, export: ExportFolder | None, checkpoint: str | Path | None, device: str = "cpu",
                  threads: int | None = None, streams: int = 1) -> list[Runner]:
     """``streams`` runners of ``spec`` (built, not loaded) that encode and decode GOPs side by side, the
-    threads shared out among them (``threads`` or every core, at least one each). On CPUs only: one GPU
-    runs one GOP at a time here."""
+    threads shared out among them (``threads``, or the cores this process may use; the first copies get
+    one more where they do not divide evenly). On CPUs only: one GPU runs one GOP at a time here."""
     if streams == 1:
         return [make_runner(spec, export, checkpoint, device=device, threads=threads)]
-    backend, _ = parse_spec(spec)
-    if backend == "tensorrt" or device != "cpu":
-        raise ReftokError(f"--streams {streams} runs GOPs side by side on CPU cores; {spec} on {device} takes --streams 1")
-    per_stream = max(1, (threads or os.cpu_count() or 1) // streams)
-    return [make_runner(spec, export, checkpoint, device=device, threads=per_stream, pin_threads=False)
-            for _ in range(streams)]
+    check_streams(streams, spec, device, threads)
+    total = threads or usable_cores()
+    shares = [total // streams + (i < total % streams) for i in range(streams)]
+    return [make_runner(spec, export, checkpoint, device=device, threads=max(1, share), pin_threads=False)
+            for share in shares]
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask: taskset and container limits), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def check_streams(streams: int, spec: str, device: str, threads: int | None) -> None:
+    """Raise one ReftokError line unless ``streams`` copies of ``spec`` can run side by side: CPU
+    backends only, and at least one thread each."""
+    if streams == 1:
+        return
+    if device != "cpu" or (spec != "auto" and parse_spec(spec)[0] == "tensorrt"):
+        where = f"--device {device}" if device != "cpu" else spec
+        raise ReftokError(f"--streams {streams} runs copies of the model side by side on CPU cores; {where} "
+                          "takes --streams 1")
+    if threads is not None and threads < streams:
+        raise ReftokError(f"--streams {streams} needs at least one thread per copy: --threads {threads} is fewer")
 
 
 def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path | None,

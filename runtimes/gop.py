@@ -87,8 +87,10 @@ class GopEncoder:
             yield head
 
     def push(self, frame: np.ndarray) -> Iterator[ReferenceEvent | BlockEvent]:
-        """Feed one ``[H,W,3]`` uint8 RGB frame; yields the events it completes."""
+        """Feed one ``[H,W,3]`` uint8 RGB frame; yields the events it completes, and blocks that finished
+        on other threads since the last call."""
         yield from self._handle(self.planner.push(frame))
+        yield from self._ready(in_flight=len(self._workers))
 
     def flush(self) -> Iterator[ReferenceEvent | BlockEvent]:
         """Encode the tail (fewer than T frames) at the end of a stream and yield every event left."""

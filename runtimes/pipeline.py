@@ -9,6 +9,7 @@ losing tokens, and a live source then drops frames at capture.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from typing import Callable, Iterator, TypeVar
@@ -47,9 +48,10 @@ def threaded(produce: Callable[[threading.Event], Iterator[T]], depth: int = 4,
 
     def work() -> None:
         try:
-            for item in produce(stop):
-                if not put(item):
-                    return
+            with contextlib.closing(produce(stop)) as produced:  # its finally runs before join() returns
+                for item in produced:
+                    if not put(item):
+                        return
             put(_END)
         except BaseException as exc:  # noqa: BLE001 (handed to the consumer, which re-raises it)
             put(_Failure(exc))

@@ -29,7 +29,9 @@ class StreamStats:
     """Running figures of one stream. Rates count what a receiver needs: ``token_kbps`` the block
     tokens alone, ``total_kbps`` tokens plus the reference frames (PNG, as .rtok stores them).
     Stage times: ``capture`` (reading and converting frames, in the capture thread), ``model`` (GOP
-    planning, encode and decode), ``output`` (statistics, overlay, video, window, token stream)."""
+    planning, encode and decode; with several streams, planning and waiting for the copies of the model),
+    ``output`` (statistics, overlay, video, window, token stream). ``block_seconds``: each block's encode
+    + decode on the copy that ran it."""
 
     fps_source: float
     codebook_size: int

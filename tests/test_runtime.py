@@ -276,6 +276,36 @@ def test_gop_encoder_close_waits_for_blocks_in_flight():
     assert clock["done"] == 2 and clock["running"] == 0
 
 
+def test_gop_encoder_passes_on_finished_blocks_at_the_next_frame():
+    """A block finished on another thread comes out at the next push, not when the next block closes."""
+    import threading
+
+    clock = {"lock": threading.Lock(), "running": 0, "most": 0, "done": 0}
+    gop = GopEncoder([SlowCodec(0, [0.05] * 3, clock), SlowCodec(0, [0.05] * 3, clock)], 8, cut_threshold=None)
+    out_at = []
+    for i, frame in enumerate(moving_still("coffee", 9 * 4, 16)):
+        out_at += [i for e in gop.push(frame) if isinstance(e, BlockEvent)]
+        time.sleep(0.02)  # a 50 fps source
+    gop.close()
+    closed_at = [8 + 9 * k for k in range(4)]  # frame that completes each block
+    assert len(out_at) >= 3 and all(closed_at[k] < out_at[k] < closed_at[k + 1] for k in range(len(out_at) - 1))
+
+
+def test_a_failing_block_is_raised_in_the_consumer_and_no_worker_is_left(tiny_checkpoint):
+    import threading
+
+    from reftok_deploy.runtimes.stream import StreamStats, encode_stream
+
+    class FailingCodec(CountingCodec):
+        def decode(self, reference, tokens):
+            raise ReftokError("decoder blew up")
+
+    gop = GopEncoder([FailingCodec(0), FailingCodec(0)], 8, cut_threshold=None)
+    with pytest.raises(ReftokError, match="decoder blew up"):
+        encode_stream(moving_still("coffee", 27, 16), gop, StreamStats(10.0, 1000))
+    assert not any(t.name.startswith("reftok-gop") for t in threading.enumerate())
+
+
 def test_streams_share_the_threads_and_stay_on_the_cpu(export_dir, tiny_checkpoint):
     from reftok_deploy.manifest import open_export
     from reftok_deploy.runtimes.factory import make_runners
@@ -283,18 +313,45 @@ def test_streams_share_the_threads_and_stay_on_the_cpu(export_dir, tiny_checkpoi
     export = open_export(export_dir)
     runners = make_runners("onnxruntime:fp32", export, tiny_checkpoint, threads=4, streams=2)
     assert len(runners) == 2 and [r.threads for r in runners] == [2, 2] and runners[0] is not runners[1]
-    assert [r.threads for r in make_runners("torch", None, tiny_checkpoint, threads=1, streams=3)] == [1, 1, 1]
+    assert [r.threads for r in make_runners("torch", None, tiny_checkpoint, threads=3, streams=2)] == [2, 1]
+    assert [r.threads for r in make_runners("torch", None, tiny_checkpoint, threads=3, streams=3)] == [1, 1, 1]
+    with pytest.raises(ReftokError, match="needs at least one thread per copy"):
+        make_runners("torch", None, tiny_checkpoint, threads=1, streams=2)
     # OpenVINO pins its threads to cores by default: copies side by side were pinned to the same core
     assert make_runners("openvino:fp32", export, tiny_checkpoint, threads=2)[0].pin_threads
     assert not any(r.pin_threads for r in make_runners("openvino:fp32", export, tiny_checkpoint, threads=2, streams=2))
-    with pytest.raises(ReftokError, match="--streams 2 runs GOPs side by side on CPU cores"):
+    with pytest.raises(ReftokError, match="side by side on CPU cores; --device cuda takes --streams 1"):
         make_runners("torch", None, tiny_checkpoint, device="cuda", streams=2)
-    with pytest.raises(ReftokError, match="--streams 1"):
+    with pytest.raises(ReftokError, match="; tensorrt:fp16 takes --streams 1"):
         make_runners("tensorrt:fp16", export, tiny_checkpoint, streams=2)
 
 
-def test_run_with_two_streams_gives_the_same_stream(tmp_path, tiny_checkpoint, export_dir, clip_file):
-    common = ["--video", clip_file, "--checkpoint", tiny_checkpoint, "--backend", "onnxruntime", "--export", export_dir,
+def test_streams_that_cannot_run_are_refused_before_any_work(tiny_checkpoint, export_dir, clip_file):
+    started = time.perf_counter()
+    run = invoke(run_main, ["--video", clip_file, "--checkpoint", tiny_checkpoint, "--device", "cuda", "--streams", "2"])
+    assert run.exit_code == 2 and run.stderr.count("\n") == 1 and "takes --streams 1" in run.stderr
+    assert time.perf_counter() - started < 5  # no backend was measured, no model loaded
+    bench = invoke(bench_main, [export_dir, "--checkpoint", tiny_checkpoint, "--model-only", "--streams", "2"])
+    assert bench.exit_code == 2 and "--streams applies to the end-to-end row" in bench.stderr
+    assert invoke(run_main, ["--demo", "--streams", "0"]).exit_code == 2
+
+
+def test_openvino_copies_side_by_side_are_not_pinned_to_cores(tiny_checkpoint, export_dir):
+    pytest.importorskip("openvino")
+    from reftok_deploy.manifest import open_export
+    from reftok_deploy.runtimes.factory import make_runners
+
+    for streams, pinned in ((1, True), (2, False)):
+        runner = make_runners("openvino:fp32", open_export(export_dir), tiny_checkpoint, threads=2, streams=streams)[0]
+        with runner:
+            assert runner.compiled["encoder"].get_property("ENABLE_CPU_PINNING") is pinned
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino:fp32", "torch"])
+def test_run_with_two_streams_gives_the_same_stream(tmp_path, tiny_checkpoint, export_dir, clip_file, backend):
+    if backend.startswith("openvino"):
+        pytest.importorskip("openvino")
+    common = ["--video", clip_file, "--checkpoint", tiny_checkpoint, "--backend", backend, "--export", export_dir,
               "--threads", "2", "--no-display", "--json"]
     one = invoke(run_main, [*common, "--tokens", tmp_path / "one.rtok"])
     two = invoke(run_main, [*common, "--streams", "2", "--tokens", tmp_path / "two.rtok", "-o", tmp_path / "two.avi"])

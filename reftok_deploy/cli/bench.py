@@ -55,10 +55,13 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
     from reftok_deploy.flops import gop_flops
     from reftok_deploy.manifest import open_export
     from reftok_deploy.parity import gop_feeds
-    from reftok_deploy.runtimes.factory import make_runner, make_runners, parse_spec
+    from reftok_deploy.runtimes.factory import check_streams, make_runner, make_runners, parse_spec
     from reftok_deploy.spec import TOLERANCES
     from reftok_deploy.video import center_crop, read_video
 
+    if streams > 1 and not end_to_end:
+        raise ReftokError("--streams applies to the end-to-end row: drop --model-only or --streams")
+    check_streams(streams, "auto", device, threads)
     shapes = [parse_size(s) for s in sizes]
     export = open_export(export_folder)
     manifest = export.manifest
@@ -97,7 +100,8 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
                 # the fastest whose end-to-end PSNR is within its precision's tolerance of the baseline's
                 base_psnr = result["backends"][runners[0].name]["psnr_db"]
                 eligible = [r for r, spec in zip(runners, specs) if result["backends"][r.name]["psnr_db"]
-                            >= base_psnr - TOLERANCES[parse_spec(spec.strip())[1]].max_psnr_delta_db]
+                            >= base_psnr - TOLERANCES[parse_spec(spec.strip())[1]].max_psnr_delta_db
+                            and (streams == 1 or parse_spec(spec.strip())[0] != "tensorrt")]
                 fastest = min(eligible, key=lambda r: result["backends"][r.name]["total_ms"])
                 # --streams: copies of the fastest with the threads shared out, closed after the run
                 copies = make_runners(specs[runners.index(fastest)].strip(), export, checkpoint, device=device,

@@ -70,8 +70,9 @@ def threads_option(func: Callable) -> Callable:
 def streams_option(func: Callable) -> Callable:
     return click.option("--streams", type=click.IntRange(1, 16), default=1, show_default=True,
                         help="Blocks encoded + decoded side by side, each by its own copy of the model on "
-                             "--threads / STREAMS threads (CPU backends): more frames per second where one "
-                             "copy cannot keep every core busy, each block taking longer.")(func)
+                             "--threads / STREAMS threads [--threads default here: the cores this process may "
+                             "use] (CPU backends): more frames per second where one copy cannot keep every "
+                             "core busy, each block taking longer.")(func)
 
 
 def json_option(help: str = "Print the report as one JSON document.") -> Callable:

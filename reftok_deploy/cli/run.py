@@ -69,7 +69,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
     from reftok_deploy.runtimes.codec import FrameCodec
     from reftok_deploy.backends import auto_backend
     from reftok_deploy.manifest import open_export
-    from reftok_deploy.runtimes.factory import backend_label, make_runners
+    from reftok_deploy.runtimes.factory import backend_label, check_streams, make_runners
     from reftok_deploy.runtimes.gop import GopEncoder
     from reftok_deploy.runtimes.output import VideoFile, display_available, side_by_side
     from reftok_deploy.runtimes.stream import StreamStats, encode_stream
@@ -81,6 +81,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
         raise ReftokError("give exactly one of --camera N, --video PATH, --source URI or --demo")
     if video is not None and not Path(video).is_file():
         raise ReftokError(f"video not found: {video}")
+    check_streams(streams, backend, device, threads)
     checkpoint = checkpoint or default_checkpoint()
     say = (lambda msg: click.echo(msg, err=True))
     # Open the source first: a missing camera fails in a second, before any model work.
