@@ -9,7 +9,6 @@ losing tokens, and a live source then drops frames at capture.
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 from typing import Callable, Iterator, TypeVar
@@ -47,14 +46,17 @@ def threaded(produce: Callable[[threading.Event], Iterator[T]], depth: int = 4,
         return False
 
     def work() -> None:
+        produced = None
         try:
-            with contextlib.closing(produce(stop)) as produced:  # its finally runs before join() returns
-                for item in produced:
-                    if not put(item):
-                        return
+            produced = produce(stop)
+            for item in produced:
+                if not put(item):
+                    return
             put(_END)
         except BaseException as exc:  # noqa: BLE001 (handed to the consumer, which re-raises it)
             put(_Failure(exc))
+        finally:
+            getattr(produced, "close", lambda: None)()  # a generator's own finally runs before join() returns
 
     worker = threading.Thread(target=work, name=name, daemon=True)
     worker.start()
