@@ -629,6 +629,24 @@ def test_threaded_stage_passes_items_errors_and_stops_with_its_consumer():
     assert next(items) == 1
     with pytest.raises(ValueError, match="model failed"):
         next(items)
+
+    def refused(stop):  # fails when called, before any iterator exists
+        raise ValueError("no model")
+
+    with pytest.raises(ValueError, match="no model"):
+        list(threaded(refused))
+    cleaned = []
+
+    def cleans_up(stop):
+        try:
+            yield from range(100)
+        finally:
+            cleaned.append(True)
+
+    stopped_early = threaded(cleans_up, depth=2)
+    next(stopped_early)
+    stopped_early.close()
+    assert cleaned == [True]  # the producer's own finally ran before close() returned (GopEncoder.close)
     produced, started = [], threading.Event()
 
     def endless(stop):
