@@ -138,13 +138,11 @@ def measurement_key(export: ExportFolder, device: str, threads: int | None,
             import openvino
 
             versions["openvino"] = getattr(openvino, "__version__", "unknown")
-    from reftok_deploy.runtimes.factory import backend_label
+    from reftok_deploy.runtimes.factory import backend_label, usable_cores
     from reftok_deploy.spec import TOLERANCES
-    import os
     import platform
 
-    return {"cpu": cpu_name(), "machine": platform.machine(), "cpus": len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity") else os.cpu_count(), "gpu": gpu_name(), "device": device,
+    return {"cpu": cpu_name(), "machine": platform.machine(), "cpus": usable_cores(), "gpu": gpu_name(), "device": device,
             "threads": threads, "versions": versions, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
             # what can run here, and how (openvino:int8's float ops in bf16 or f32): a VM's CPU name does not
             # say whether it has bf16

@@ -115,7 +115,8 @@ def end_to_end(runners: list[Runner], frames: list[np.ndarray], block_frames: in
         writer = VideoFile(Path(tmp) / "run.mp4", fps, (2 * width, height))
         stats = StreamStats(fps_source=fps, codebook_size=codebook_size)
         try:
-            encode_stream(frames, GopEncoder([FrameCodec(r) for r in runners], block_frames), stats, label=runners[0].name,
+            encode_stream(frames, GopEncoder([FrameCodec(r) for r in runners], block_frames), stats,
+                          label=runners[0].name,
                           sink=lambda o, r, lines, labels: writer.write(side_by_side(o, r, lines, labels)))
         except BaseException:
             writer.abort()

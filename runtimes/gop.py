@@ -8,6 +8,7 @@ same planner, so both report the same quality on the same clip.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,7 +53,7 @@ class GopEncoder:
         self._workers = ([ThreadPoolExecutor(1, thread_name_prefix=f"reftok-gop{i}") for i in range(len(self.codecs))]
                          if len(self.codecs) > 1 else [])
         self._pending: deque[ReferenceEvent | BlockEvent | Future] = deque()  # stream order
-        self._blocks = 0
+        self._turns = itertools.cycle(zip(self._workers, self.codecs))  # blocks go round the copies
 
     @property
     def references(self) -> int:
@@ -67,11 +68,10 @@ class GopEncoder:
             if isinstance(event, NewReference):
                 self._pending.append(ReferenceEvent(event.frame, event.cut))
             elif self._workers:
-                i = self._blocks % len(self._workers)
-                self._pending.append(self._workers[i].submit(self._encode, self.codecs[i], event))
+                worker, codec = next(self._turns)
+                self._pending.append(worker.submit(self._encode, codec, event))
             else:
                 self._pending.append(self._encode(self.codec, event))
-            self._blocks += isinstance(event, Gop)
             yield from self._ready(in_flight=len(self._workers))
 
     def _ready(self, in_flight: int) -> Iterator[ReferenceEvent | BlockEvent]:

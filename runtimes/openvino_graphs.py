@@ -45,7 +45,8 @@ def float_skip_connections(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int
             dq = producer.get(name)
             q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
             if q is None or q.op_type != "QuantizeLinear" or len(consumers[dq.output[0]]) != 1 \
-                    or len(consumers[q.output[0]]) != 1 or dq.output[0] in outputs or not float_conv(producer.get(q.input[0])):
+                    or len(consumers[q.output[0]]) != 1 or dq.output[0] in outputs \
+                    or not float_conv(producer.get(q.input[0])):
                 continue
             add.input[k] = q.input[0]
             removed |= {id(q), id(dq)}

@@ -65,7 +65,7 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
     shapes = [parse_size(s) for s in sizes]
     export = open_export(export_folder)
     manifest = export.manifest
-    specs = backends.split(",") if backends else ["torch"] + [f"onnxruntime:{p}" for p in export.precisions]
+    specs = [s.strip() for s in backends.split(",")] if backends else ["torch"] + [f"onnxruntime:{p}" for p in export.precisions]
     checkpoint = checkpoint or manifest["checkpoint"].get("path")
     if not isinstance(checkpoint, str):
         raise ReftokError(f"{export_folder}: its manifest records no checkpoint path: pass --checkpoint")
@@ -76,7 +76,7 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
     del model
     peak = matmul_peak_gflops()
     source = {str(v): read_video(v, max_frames=max_gops * (block + 1)) for v in videos}  # only what is timed
-    runners = [make_runner(s.strip(), export, checkpoint, device=device, threads=threads) for s in specs]
+    runners = [make_runner(s, export, checkpoint, device=device, threads=threads) for s in specs]
     for runner in runners:
         runner.load()
     report = {"cpu": cpu_name(), "threads": threads or torch.get_num_threads(), "matmul_peak_gflops": round(peak, 1),
@@ -99,12 +99,12 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
             if end_to_end:
                 # the fastest whose end-to-end PSNR is within its precision's tolerance of the baseline's
                 base_psnr = result["backends"][runners[0].name]["psnr_db"]
-                eligible = [r for r, spec in zip(runners, specs) if result["backends"][r.name]["psnr_db"]
-                            >= base_psnr - TOLERANCES[parse_spec(spec.strip())[1]].max_psnr_delta_db
-                            and (streams == 1 or parse_spec(spec.strip())[0] != "tensorrt")]
+                eligible = [r for r, (backend, precision) in zip(runners, map(parse_spec, specs))
+                            if result["backends"][r.name]["psnr_db"] >= base_psnr - TOLERANCES[precision].max_psnr_delta_db
+                            and (streams == 1 or backend != "tensorrt")]
                 fastest = min(eligible, key=lambda r: result["backends"][r.name]["total_ms"])
                 # --streams: copies of the fastest with the threads shared out, closed after the run
-                copies = make_runners(specs[runners.index(fastest)].strip(), export, checkpoint, device=device,
+                copies = make_runners(specs[runners.index(fastest)], export, checkpoint, device=device,
                                       threads=threads, streams=streams) if streams > 1 else []
                 frames = [f for clip in clips.values() for f in clip]  # already max_gops GOPs per clip
                 # Replayed up to E2E_GOPS GOPs: the threads overlap only in steady state, and a run of two

@@ -170,7 +170,8 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(f"{stats.frames} frames ({stats.references} references, {stats.blocks} blocks) "
-                   f"from {spec.label} on {runner.name}" + (f" x {streams} streams" if streams > 1 else "") + f": PSNR {summary['psnr_db']:.2f} dB, tokens "
+                   f"from {spec.label} on {runner.name}{f' x {streams} streams' if streams > 1 else ''}: "
+                   f"PSNR {summary['psnr_db']:.2f} dB, tokens "
                    f"{summary['token_kbps']:.1f} kbit/s ({summary['total_kbps']:.0f} kbit/s with the reference "
                    f"frames), {summary['fps']:.1f} fps end to end (model alone {summary['model_fps'] or 0:.1f} fps)"
                    + (f"; wrote {output}" if output else "") + (f", {tokens_path}" if tokens_path else ""))
