@@ -30,11 +30,12 @@ def threaded(produce: Callable[[threading.Event], Iterator[T]], depth: int = 4,
     An exception in the worker is raised here, in the consumer's thread, with its traceback. When the
     consumer stops early (an error, Ctrl-C, ``close()``), ``stop`` is set; ``produce`` should check it
     before each unit of work. The consumer then waits for the worker to finish the unit it is in, so
-    nothing the worker uses (a runner) is closed under it. ``on_stop`` is called first, to wake a worker
+    nothing the worker uses (a runner) is closed under it, a second Ctrl-C included. ``on_stop`` is called first, to wake a worker
     blocked on its input (a live source that stopped delivering would hold it for its read timeout).
     """
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    finished = threading.Event()  # set by the worker as its very last step
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -56,7 +57,10 @@ def threaded(produce: Callable[[threading.Event], Iterator[T]], depth: int = 4,
         except BaseException as exc:  # noqa: BLE001 (handed to the consumer, which re-raises it)
             put(_Failure(exc))
         finally:
-            getattr(produced, "close", lambda: None)()  # a generator's own finally runs before join() returns
+            try:
+                getattr(produced, "close", lambda: None)()  # a generator's own finally runs before close() returns
+            finally:
+                finished.set()
 
     worker = threading.Thread(target=work, name=name, daemon=True)
     worker.start()
@@ -72,4 +76,19 @@ def threaded(produce: Callable[[threading.Event], Iterator[T]], depth: int = 4,
         stop.set()
         if on_stop is not None:
             on_stop()
+        _wait_through_interrupts(finished)
         worker.join()
+
+
+def _wait_through_interrupts(done: threading.Event) -> None:
+    """Wait until ``done`` is set even if Ctrl-C comes again meanwhile (raised once it is set): the caller
+    closes the runners next, and one closed under a running block can crash the process. (Not
+    ``Thread.join``: in Python 3.11 an interrupted join marks the thread finished while it still runs.)"""
+    interrupted = False
+    while not done.is_set():
+        try:
+            done.wait(0.1)
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt

@@ -666,6 +666,40 @@ def test_threaded_stage_passes_items_errors_and_stops_with_its_consumer():
     assert len(produced) == count and count <= 4  # bounded queue, worker gone
 
 
+def test_threaded_stage_waits_for_its_worker_through_a_second_ctrl_c():
+    import os
+    import signal
+    import threading
+
+    from reftok_deploy.runtimes.pipeline import threaded
+
+    in_block, release, finished = threading.Event(), threading.Event(), []
+
+    def slow_block(stop):
+        yield 0
+        in_block.set()
+        release.wait(10)  # a block running on a runner
+        finished.append(True)
+        yield 1
+
+    stream = threaded(slow_block, depth=1)
+    assert next(stream) == 0
+    assert in_block.wait(10)
+
+    def ctrl_c_then_finish_the_block():
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again while close() waits for the worker
+        time.sleep(0.3)
+        release.set()
+
+    helper = threading.Thread(target=ctrl_c_then_finish_the_block)
+    helper.start()
+    with pytest.raises(KeyboardInterrupt):
+        stream.close()
+    helper.join()
+    assert finished == [True]  # the interrupt was raised only after the block had ended
+
+
 def test_run_reports_stage_times_rates_with_references_and_the_full_sha(tmp_path, tiny_checkpoint, clip_file):
     result = invoke(run_main, ["--video", clip_file, "--checkpoint", tiny_checkpoint, "--backend", "torch",
                                "--size", "64", "--json", "--no-display", "--threads", "1"])
