@@ -1,4 +1,4 @@
-"""Weight averaging of checkpoints (how the shipped stage-7 RefTok was made)."""
+"""Weight averaging of checkpoints (how the shipped RefTok of stages 7 and 8 was made)."""
 
 from __future__ import annotations
 
