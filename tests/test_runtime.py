@@ -666,39 +666,85 @@ def test_threaded_stage_passes_items_errors_and_stops_with_its_consumer():
     assert len(produced) == count and count <= 4  # bounded queue, worker gone
 
 
-def test_threaded_stage_waits_for_its_worker_through_a_second_ctrl_c():
+@pytest.fixture
+def ctrl_c():
+    """``ctrl_c(n, after)``: a thread that sends n real SIGINTs, ``gap`` s apart, once ``after`` is set.
+    Only while the test is armed do they raise KeyboardInterrupt (a late one is ignored, not a crash of the run)."""
     import os
     import signal
     import threading
 
+    armed = threading.Event()
+    armed.set()
+
+    def handler(signum, frame):
+        if armed.is_set():
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    helpers = []
+
+    def send(n: int, after: threading.Event, gap: float = 0.3) -> None:
+        def run():
+            after.wait(10)
+            for _ in range(n):
+                time.sleep(gap)
+                os.kill(os.getpid(), signal.SIGINT)
+        helpers.append(threading.Thread(target=run))
+        helpers[-1].start()
+
+    yield send
+    for helper in helpers:
+        helper.join()
+    armed.clear()
+    signal.signal(signal.SIGINT, previous)
+
+
+def _slow_block_stage():
+    """A stage whose worker is inside a long unit of work (a block on a runner) once the consumer stops it."""
+    import threading
+
     from reftok_deploy.runtimes.pipeline import threaded
 
-    in_block, release, finished = threading.Event(), threading.Event(), []
+    waiting, release, finished = threading.Event(), threading.Event(), []
 
     def slow_block(stop):
         yield 0
-        in_block.set()
-        release.wait(10)  # a block running on a runner
+        release.wait(10)
         finished.append(True)
         yield 1
 
-    stream = threaded(slow_block, depth=1)
+    stream = threaded(slow_block, depth=1, on_stop=waiting.set)  # on_stop: the consumer starts waiting
     assert next(stream) == 0
-    assert in_block.wait(10)
+    return stream, waiting, release, finished
 
-    def ctrl_c_then_finish_the_block():
-        time.sleep(0.2)
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again while close() waits for the worker
-        time.sleep(0.3)
+
+def test_threaded_stage_waits_for_its_worker_through_a_second_ctrl_c(ctrl_c, capfd):
+    stream, waiting, release, finished = _slow_block_stage()
+    ctrl_c(1, after=waiting)
+    threading_timer = __import__("threading").Timer(1.0, release.set)  # the block ends after the Ctrl-C
+    threading_timer.start()
+    try:
+        try:
+            stream.close()  # the consumer is already stopping: the Ctrl-C is absorbed once the block has ended
+        except KeyboardInterrupt:
+            pytest.fail(f"close() gave up after one Ctrl-C (block finished: {finished})")
+        assert finished == [True]
+    finally:
         release.set()
+        threading_timer.join()
+    assert "Ctrl-C again to quit without waiting" in capfd.readouterr().err
 
-    helper = threading.Thread(target=ctrl_c_then_finish_the_block)
-    helper.start()
-    with pytest.raises(KeyboardInterrupt):
-        stream.close()
-    helper.join()
-    assert finished == [True]  # the interrupt was raised only after the block had ended
 
+def test_threaded_stage_gives_up_on_a_worker_after_two_more_ctrl_cs(ctrl_c):
+    stream, waiting, release, finished = _slow_block_stage()
+    ctrl_c(2, after=waiting)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            stream.close()
+        assert finished == []  # left running: a hung block cannot hold the process
+    finally:
+        release.set()
 
 def test_run_reports_stage_times_rates_with_references_and_the_full_sha(tmp_path, tiny_checkpoint, clip_file):
     result = invoke(run_main, ["--video", clip_file, "--checkpoint", tiny_checkpoint, "--backend", "torch",
