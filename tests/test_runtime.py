@@ -668,9 +668,8 @@ def test_threaded_stage_passes_items_errors_and_stops_with_its_consumer():
 
 @pytest.fixture
 def ctrl_c():
-    """``ctrl_c(n, after)``: a thread that sends n real SIGINTs, ``gap`` s apart, once ``after`` is set.
+    """``ctrl_c(n, after)``: a thread that sends n real SIGINTs to the main thread, ``gap`` s apart, once ``after`` is set.
     Only while the test is armed do they raise KeyboardInterrupt (a late one is ignored, not a crash of the run)."""
-    import os
     import signal
     import threading
 
@@ -684,12 +683,14 @@ def ctrl_c():
     previous = signal.signal(signal.SIGINT, handler)
     helpers = []
 
+    main = threading.main_thread().ident
+
     def send(n: int, after: threading.Event, gap: float = 0.3) -> None:
         def run():
             after.wait(10)
             for _ in range(n):
                 time.sleep(gap)
-                os.kill(os.getpid(), signal.SIGINT)
+                signal.pthread_kill(main, signal.SIGINT)  # to Python's thread, not a library's native one
         helpers.append(threading.Thread(target=run))
         helpers[-1].start()
 
@@ -839,7 +840,6 @@ def test_auto_on_a_live_camera_starts_from_a_fresh_frame(tmp_path, tiny_checkpoi
 def test_ctrl_c_on_a_stalled_live_source_stops_at_once(tmp_path, tiny_checkpoint, monkeypatch):
     """Ctrl-C while a camera has stopped delivering: reftok-run keeps what it wrote and returns in about
     a second, not after --read-timeout."""
-    import os
     import signal
     import threading
 
@@ -864,7 +864,9 @@ def test_ctrl_c_on_a_stalled_live_source_stops_at_once(tmp_path, tiny_checkpoint
     # Ctrl-C as a terminal delivers it, whatever handler an earlier library installed in this process
     # (in the full suite one did, and the run never stopped); --max-frames bounds the run either way.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    # To the main thread: a process-wide signal can land in a native library's thread (seen: the suite
+    # crashed with SIGSEGV after tests that sent several).
+    timer = threading.Timer(3.0, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
     timer.start()
     start = time.monotonic()
     try:
