@@ -761,7 +761,19 @@ def test_ctrl_c_on_a_stalled_live_source_stops_at_once(tmp_path, tiny_checkpoint
     a second, not after --read-timeout."""
     import os
     import signal
+    import subprocess
+    import sys
     import threading
+
+    if os.environ.get("REFTOK_TEST_ISOLATED") != "1":
+        # Run in a process of its own: in the full suite (CI, 2026-11-27) the pytest process crashed with
+        # SIGSEGV at the test after this one's SIGINT; alone it passes. Cause not found yet.
+        name = f"{__file__}::test_ctrl_c_on_a_stalled_live_source_stops_at_once"
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", name],
+                                env={**os.environ, "REFTOK_TEST_ISOLATED": "1"}, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
+        return
 
     import reftok_deploy.runtimes.capture as capture
 
