@@ -138,7 +138,8 @@ def measurement_key(export: ExportFolder, device: str, threads: int | None,
             import openvino
 
             versions["openvino"] = getattr(openvino, "__version__", "unknown")
-    from reftok_deploy.runtimes.factory import backend_label, usable_cores
+    from reftok_deploy.machine import usable_cores
+    from reftok_deploy.runtimes.factory import backend_label
     from reftok_deploy.spec import TOLERANCES
     import platform
 

@@ -29,10 +29,14 @@ MAX_CONFIG_BYTES = 1 << 20
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors ``save_file`` whole or not at all (see :class:`reftok_deploy.files.AtomicFile`)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     with AtomicFile(path) as out:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(out.tmp), metadata=metadata)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(out.tmp), metadata=metadata)
+        except SafetensorError as exc:  # its writer's I/O errors (a full disk) come as this, not as OSError
+            raise ReftokError(f"cannot write {path}: {str(exc).splitlines()[0]}; nothing was written there") from None
 
 
 def save_checkpoint(model: RefTok, folder: str | Path, training: dict[str, Any] | None = None,

@@ -66,7 +66,7 @@ class TrainingSampler:
         if not videos and not images and not use_builtin_stills:
             raise ReftokError("no training data: give video or image files/folders")
         self.clips = []
-        for path in tqdm(videos, desc="loading videos", unit="video", leave=False, disable=not progress):
+        for path in tqdm(videos, desc="loading videos", unit="video", leave=False, disable=None if progress else True):
             clip = read_video(path, short_side=WORKING_SHORT_SIDE)
             if len(clip) < block_frames + 1:
                 raise ReftokError(f"{path}: {len(clip)} frames, shorter than one reference + block ({block_frames + 1})")

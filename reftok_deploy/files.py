@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,10 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# Errors of a write that the user can act on (space, quota, file size limit, hardware, permissions).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 class AtomicFile:
@@ -43,7 +48,9 @@ class AtomicFile:
         fd = os.open(self.tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0))
         return os.fdopen(fd, mode)
 
-    def commit(self) -> Path:
+    def sync(self) -> None:
+        """Flush the temp file to disk (a full disk or an I/O error shows here at the latest) and give it
+        the mode a plain open() would; the temp file is removed and a ReftokError raised on failure."""
         try:
             fd = os.open(self.tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
             try:
@@ -54,12 +61,26 @@ class AtomicFile:
                     pass
             finally:
                 os.close(fd)
-            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.discard()
+            raise write_error(self.path, exc) from None
         except BaseException:
             self.discard()
             raise
+
+    def publish(self) -> Path:
+        """Rename the synced temp file over ``path`` (atomic on POSIX) and sync the folder."""
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.discard()
+            raise write_error(self.path, exc) from None
         _fsync_folder(self.path.parent)
         return self.path
+
+    def commit(self) -> Path:
+        self.sync()
+        return self.publish()
 
     def discard(self) -> None:
         self.tmp.unlink(missing_ok=True)
@@ -67,11 +88,19 @@ class AtomicFile:
     def __enter__(self) -> "AtomicFile":
         return self
 
-    def __exit__(self, exc_type, *_) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.commit()
-        else:
-            self.discard()
+            return
+        self.discard()
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            raise write_error(self.path, exc) from None
+
+
+def write_error(path: str | Path, exc: OSError) -> ReftokError:
+    """One line for a write that failed (disk full, quota, I/O error, permissions), naming the target."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return ReftokError(f"cannot write {path}: {reason}; nothing was written there")
 
 
 def _umask() -> int:

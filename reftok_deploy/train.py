@@ -6,6 +6,7 @@ A run folder holds ``checkpoint/`` (the model, loadable by every command) and
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -21,6 +22,7 @@ from reftok_deploy.checkpoint import WEIGHTS, atomic_save_tensors, load_checkpoi
 from reftok_deploy.files import check_writable_folder, sha256_file
 from reftok_deploy.data import TrainingSampler, batch_stream
 from reftok_deploy.errors import ReftokError
+from reftok_deploy.machine import physical_memory_bytes
 from reftok_deploy.model import RefTok, RefTokConfig, warp_reference
 from reftok_deploy.video import list_media
 from reftok_deploy.warm_start import load_source_weights, upgrade_v1_state, warm_start_state
@@ -140,6 +142,28 @@ def log_line(run: Path, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
+# Peak bytes of one training step per pixel of crop per clip (forward + backward, float32), measured with
+# ru_maxrss at batch 2-4, crops 128-256: tiny 6.3-6.7 KB, small 9.2 KB, base 13.8 KB; rounded up.
+TRAIN_BYTES_PER_PIXEL = {"tiny": 7_000, "small": 10_000, "base": 15_000}
+
+
+def device_memory_bytes(device: str) -> int:
+    """Memory a training step can use: the GPU's for a CUDA device, else the machine's physical memory."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return physical_memory_bytes()
+
+
+def check_training_memory(preset: str, batch: int, crop: int, device: str) -> None:
+    """Refuse (one line) a --batch x --crop whose estimated peak memory exceeds the device's, before any
+    work: a huge batch otherwise hangs the machine allocating."""
+    need = batch * crop * crop * TRAIN_BYTES_PER_PIXEL.get(preset, max(TRAIN_BYTES_PER_PIXEL.values()))
+    have = device_memory_bytes(device)
+    if need > have:
+        raise ReftokError(f"--batch {batch} at --crop {crop} needs about {need / 1e9:.0f} GB for one {preset} training "
+                          f"step; {device} has {have / 1e9:.0f} GB: lower --batch or --crop")
+
+
 def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, resume: bool = False,
           threads: int | None = None, progress: bool = True, init_from: str | Path | None = None,
           device: str = "cpu", workers: int = 0) -> Path:
@@ -168,6 +192,7 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         torch.set_num_threads(threads)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
+    source = None if resume or init_from is None else load_source_weights(init_from)  # a bad one fails before the data
     videos, images = list_media(data) if data else ([], [])
     sampler = TrainingSampler(videos, images, cfg.block_frames, recipe.crop, recipe.seed,
                               use_builtin_stills=recipe.builtin_stills)
@@ -193,8 +218,8 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         recipe = replace(recipe, init_from=config.get("training", {}).get("recipe", {}).get("init_from"))
     else:
         elapsed = 0.0
-        if init_from is not None:
-            source_config, source_state = load_source_weights(init_from)
+        if source is not None:
+            source_config, source_state = source
             if source_config.get("model_version") == 1:
                 model.load_state_dict(upgrade_v1_state(source_config, source_state, model))
             else:
@@ -216,10 +241,13 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         "data_workers": workers,
     }
     started = time.perf_counter()
-    bar = tqdm(total=recipe.steps, initial=step, desc="training " + ("RefTok" if cfg.reference else "twin"),
-               unit="step", disable=not progress, dynamic_ncols=True)
     running = None
-    batches = batch_stream(sampler, recipe.batch, workers, recipe.seed, step)
+    stream = batch_stream(sampler, recipe.batch, workers, recipe.seed, step)
+    first = next(stream)  # bad data fails here, before a progress bar is drawn
+    batches = itertools.chain([first], stream)
+    bar = tqdm(total=recipe.steps, initial=step, desc="training " + ("RefTok" if cfg.reference else "twin"),
+               unit="step", disable=None if progress else True, dynamic_ncols=True)  # terminals only
+    saved_step = step if resume else None
     stop_at = recipe.steps
     autocast = torch.autocast(torch.device(device).type, dtype=AUTOCAST_DTYPES.get(recipe.autocast, torch.float32),
                               enabled=recipe.autocast is not None)
@@ -247,6 +275,12 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
             flow_l1 = ((parts["motion"].float() - flow).abs().sum(1, keepdim=True) * trusted).sum() / trusted.sum().clamp(min=1.0)
             loss = loss + recipe.flow_weight * flow_l1 + recipe.gate_penalty * parts["gate"].float().mean()
             motion_error = flow_l1.item()
+        if not torch.isfinite(loss):
+            bar.close()
+            stream.close()
+            kept = f"the checkpoint of step {saved_step} is kept" if saved_step else "no checkpoint was written"
+            raise ReftokError(f"training diverged: the loss is {loss.item()} at step {step + 1}; {kept}; lower --lr "
+                              "or check the data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -276,6 +310,7 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
             # checkpoint older than the state, which resume detects by their steps.
             _save_state(run, step, optimizer, sampler)
             save_checkpoint(model, run / "checkpoint", training=training)
-    batches.close()
+            saved_step = step
+    stream.close()
     bar.close()
     return run / "checkpoint"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from reftok_deploy.errors import ReftokError
+from reftok_deploy.machine import usable_cores
 from reftok_deploy.runtimes.base import Runner
 from reftok_deploy.manifest import ExportFolder
 from reftok_deploy.spec import GRAPH_NAMES
@@ -63,14 +63,6 @@ def make_runners(spec: str, export: ExportFolder | None, checkpoint: str | Path 
     shares = [total // streams + (i < total % streams) for i in range(streams)]
     return [make_runner(spec, export, checkpoint, device=device, threads=max(1, share), pin_threads=False)
             for share in shares]
-
-
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask: taskset and container limits), else all."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def check_streams(streams: int, spec: str, device: str, threads: int | None) -> None:

@@ -13,7 +13,15 @@ from reftok_deploy.files import AtomicFile
 
 
 class VideoFile:
-    """cv2.VideoWriter into a temp file in the target folder, renamed on close (never a half-written file)."""
+    """cv2.VideoWriter into a temp file in the target folder, checked and renamed on close (never a
+    half-written file, never a claimed one that does not play).
+
+    OpenCV reports a failed write only through the file it leaves (a full disk gives a few KB with no
+    readable frame, or an AVI whose header lists every frame while its data stops early): :meth:`finish`
+    opens the written file again and checks that it lists exactly the frames written and that the last
+    one decodes. :meth:`close` is :meth:`finish` then :meth:`commit`; a writer of several outputs finishes
+    them all before it commits any.
+    """
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int]) -> None:
         self.path = Path(path)
@@ -36,13 +44,48 @@ class VideoFile:
         self._writer.write(np.ascontiguousarray(frame_rgb[:, :, ::-1]))
         self.frames += 1
 
-    def close(self) -> Path:
+    def finish(self) -> None:
+        """Close the writer, check the file it wrote and sync it (ReftokError, temp file removed, if bad)."""
         self._writer.release()
-        return self._out.commit()
+        listed, last_decodes = _written_frames(self._out.tmp, self.frames)
+        if listed != self.frames or not last_decodes:
+            self._out.discard()
+            found = ("does not open" if listed < 0 else
+                     f"lists {listed} of the {self.frames} frames written" if listed != self.frames else
+                     "does not decode to its last frame")
+            raise ReftokError(f"cannot write video {self.path}: the file OpenCV wrote {found} (disk full or an I/O "
+                              "error?); nothing was written there")
+        self._out.sync()
+
+    def commit(self) -> Path:
+        """Move the finished file into place."""
+        return self._out.publish()
+
+    def close(self) -> Path:
+        self.finish()
+        return self.commit()
 
     def abort(self) -> None:
         self._writer.release()
         self._out.discard()
+
+
+def _written_frames(path: Path, expected: int) -> tuple[int, bool]:
+    """(frames the container at ``path`` lists, -1 if it does not open; whether frame ``expected`` - 1
+    decodes and is the last one). One seek, not a full decode."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return -1, False
+        listed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if expected == 0:
+            return listed, True
+        if not cap.set(cv2.CAP_PROP_POS_FRAMES, expected - 1):
+            return listed, False
+        ok, _ = cap.read()
+        return listed, bool(ok) and not cap.read()[0]
+    finally:
+        cap.release()
 
 
 def display_available() -> bool:
@@ -81,3 +124,17 @@ def _draw_lines(canvas: np.ndarray, lines: list[str], top: int, line_height: int
     for i, line in enumerate(lines):
         cv2.putText(canvas, line, (5, top + line_height * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
                     cv2.LINE_AA)
+
+
+def commit_together(outputs: list) -> None:
+    """Finish every output (VideoFile, TokenStreamWriter: written, checked, synced) before moving any into
+    place: one that fails aborts them all, so a command never leaves one output beside a lost other."""
+    try:
+        for out in outputs:
+            out.finish()
+    except BaseException:
+        for out in outputs:
+            out.abort()
+        raise
+    for out in outputs:
+        out.commit()

@@ -84,3 +84,65 @@ def exported(tmp_path_factory, tiny_model):
         return cache[exporter]
 
     return get
+
+
+def one_error_line(result, fragment: str = "", exit_code: int = 2) -> str:
+    """Assert a CliRunner result is exit ``exit_code`` with exactly one stderr line, starting ``error:`` and
+    holding ``fragment``, and no traceback -> that line."""
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a traceback is a failure, shown whole
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == exit_code, (result.exit_code, result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], result.stderr
+    return lines[0]
+
+
+def tree_listing(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file and folder under ``folder`` -> (size, content hash): compare two listings to prove a command
+    changed nothing and left nothing."""
+    import hashlib
+
+    listing = {}
+    for path in sorted(folder.rglob("*")):
+        key = str(path.relative_to(folder))
+        listing[key] = (-1, b"") if path.is_dir() else (path.stat().st_size, hashlib.sha256(path.read_bytes()).digest())
+    return listing
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_checkpoint) -> Path:
+    """An FP32 export folder of the tiny checkpoint (torchscript exporter, no validation); copy before editing."""
+    from reftok_deploy.export.pipeline import ExportOptions, run_export
+
+    folder = tmp_path_factory.mktemp("tiny-export") / "export"
+    run_export(tiny_checkpoint, folder, ExportOptions(dynamo=False, tensorrt="skip"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def users_files(tmp_path_factory, tiny_checkpoint, tiny_export) -> dict:
+    """The user's files: a video, a folder of videos, a token stream, links to them, a run folder; the tiny
+    checkpoint and export. Tests prove with :func:`tree_listing` of ``root`` that a command left them as they were."""
+    import os
+    import shutil
+
+    root = tmp_path_factory.mktemp("users-files")
+    video = write_video(root / "in.avi", moving_still("chelsea", 18, 64, seed=3))
+    (root / "data").mkdir()
+    shutil.copy(video, root / "data" / "clip.avi")
+    (root / "other").mkdir()
+    shutil.copy(video, root / "other" / "clip.avi")
+    stream = root / "s.rtok"
+    from click.testing import CliRunner
+
+    from reftok_deploy.cli.run import main as run_main
+
+    result = CliRunner().invoke(run_main, ["--video", str(video), "--checkpoint", str(tiny_checkpoint), "--backend",
+                                           "torch", "--tokens", str(stream)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    os.link(video, root / "hardlink.avi")
+    (root / "symlink.avi").symlink_to(video)
+    os.link(stream, root / "stream-link.mp4")
+    run = root / "run"
+    shutil.copytree(tiny_checkpoint, run / "checkpoint")
+    return {"root": root, "video": video, "stream": stream, "ck": tiny_checkpoint, "export": tiny_export, "run": run}

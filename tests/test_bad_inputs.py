@@ -36,13 +36,25 @@ def record(kind: int, payload: bytes) -> bytes:
 
 
 def rewrite_stream(data: bytes, header_edit: dict | None = None, records: list | None = None) -> bytes:
-    """A .rtok with an edited header and/or other records, every CRC kept valid."""
+    """A version-2 .rtok like ``data`` (version 2) with an edited header and/or other ``records`` (encoded,
+    without the end record), its header CRC and end record (count, file CRC) made to match: only the edit differs."""
     hlen = struct.unpack("<I", data[6:10])[0]
+    assert struct.unpack("<H", data[4:6])[0] == 2
     header = json.loads(data[10:10 + hlen])
     header.update(header_edit or {})
     blob = json.dumps(header).encode()
-    body = data[10 + hlen:] if records is None else b"".join(records)
-    return b"RTOK" + struct.pack("<HI", 1, len(blob)) + blob + body
+    head = b"RTOK" + struct.pack("<HI", 2, len(blob)) + blob
+    if records is None:
+        records, pos, body = [], 0, data[10 + hlen + 4:-17]  # between the header CRC and the end record
+        while pos < len(body):
+            size = 9 + struct.unpack("<I", body[pos + 1:pos + 5])[0]
+            records.append(body[pos:pos + size])
+            pos += size
+    crc = zlib.crc32(head)  # the file CRC leaves out the CRC fields (each one's last 4 bytes)
+    for item in records:
+        crc = zlib.crc32(item[:-4], crc)
+    end = record(3, struct.pack("<II", len(records), crc))
+    return head + struct.pack("<I", zlib.crc32(head)) + b"".join(records) + end
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +161,8 @@ def files(tmp_path_factory, tiny_checkpoint):
         "rtok_levels": rewrite_stream(data, {"fsq_levels": [8, 5, 5, 5, 2], "codebook_size": 2000}),
         "rtok_version": rewrite_stream(data, {"model_version": 1}),
         "rtok_huge": rewrite_stream(data, {"width": 16384, "height": 16384}),
-        "rtok_emptyref": rewrite_stream(data, records=[record(1, b""), record(3, struct.pack("<I", 1))]),
-        "rtok_nothing": data[:data.index(b"RTOK") + 10 + struct.unpack("<I", data[6:10])[0] + 3],
+        "rtok_emptyref": rewrite_stream(data, records=[record(1, b"")]),
+        "rtok_nothing": data[:10 + struct.unpack("<I", data[6:10])[0] + 4 + 3],  # cut inside the first record
         "rtok_othersha": rewrite_stream(data, {"checkpoint_sha256": "ab" * 32}),
     }
     for name, blob in streams.items():
@@ -166,9 +178,9 @@ CASES = [
     ("train", ["{empty_dir}", "--out", "{out}/run", *FAST_TRAIN], "no training data"),
     ("train", ["{short}", "--out", "{out}/run", *FAST_TRAIN], "shorter than one reference"),
     ("train", ["{data}", "--out", "{out}/run", "--crop", "36"], "multiple of 8"),
-    ("train", ["{data}", "--out", "{out}/run", "--device", "bogus"], "unknown --device"),
-    ("train", ["{data}", "--out", "{out}/run", "--lr", "nan"], "--lr must be"),
-    ("train", ["{data}", "--out", "{out}/run", "--lr", "-1"], "--lr must be"),
+    ("train", ["{data}", "--out", "{out}/run", "--device", "bogus"], "use cpu, cuda or cuda:N"),
+    ("train", ["{data}", "--out", "{out}/run", "--lr", "nan"], "Invalid value for '--lr'"),
+    ("train", ["{data}", "--out", "{out}/run", "--lr", "-1"], "Invalid value for '--lr'"),
     ("train", ["{data}", "--out", "{out}/run", "--steps", "0"], "Invalid value for '--steps'"),
     ("train", ["{data}", "--out", "{out}/run", "--fsq-levels", "1,2"], "every level must be >= 2"),
     ("train", ["{data}", "--out", "{out}/run", "--fsq-levels", "a,b"], "comma-separated"),
@@ -230,12 +242,12 @@ CASES = [
     ("run", ["--camera", "7", "--backend", "torch"], "cannot open camera 7"),
     ("run", ["--video", "{corrupt}", "--backend", "torch"], "cannot open"),
     ("run", ["--video", "{video}", "--checkpoint", "{ck}", "--backend", "bogus"], "unknown backend"),
-    ("run", ["--video", "{video}", "--checkpoint", "{ck}", "--backend", "torch", "--device", "bogus"], "unknown --device"),
+    ("run", ["--video", "{video}", "--checkpoint", "{ck}", "--backend", "torch", "--device", "bogus"], "use cpu, cuda or cuda:N"),
     ("run", ["--video", "{video}", "--checkpoint", "{ck}", "--backend", "torch", "--output", "{out}/x.txt"], "must end in"),
-    ("run", ["--video", "{video}", "--checkpoint", "{ck}", "--backend", "torch", "--output", "{out}/no/x.mp4"],
-     "does not exist"),
+    ("run", ["--video", "{video}", "--checkpoint", "{ck}", "--backend", "torch", "--output", "{video}/x.mp4"],
+     "is a file, not a folder"),
     ("run", ["--video", "{video}", "--checkpoint", "{ck}", "--backend", "torch", "--tokens", "{unwritable}/t.rtok"],
-     "cannot write token stream"),
+     "not writable"),
     ("run", ["--video", "{video}", "--checkpoint", "{ck}", "--backend", "torch", "--max-pixels", "1000",
              "--output", "{out}/x.mp4"], "more than --max-pixels 1000"),
     ("run", ["--source", "csi://x"], "bad CSI source"),

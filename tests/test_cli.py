@@ -142,7 +142,7 @@ def test_train_bad_inputs(tmp_path):
     write_video(short / "s.avi", moving_still("astronaut", 4, 64))
     one_line_error(invoke(train_main, [short, "--out", tmp_path / "run", *FAST]), "shorter than one reference")
     one_line_error(invoke(train_main, [short, "--out", tmp_path / "run", "--crop", "36"]), "multiple of 8")
-    one_line_error(invoke(train_main, [short, "--out", tmp_path / "run", "--device", "bogus"]), "unknown --device")
+    one_line_error(invoke(train_main, [short, "--out", tmp_path / "run", "--device", "bogus"]), "use cpu, cuda or cuda:N")
 
 
 def test_train_time_budget_stops_with_a_checkpoint_at_the_low_rate(trained, tmp_path):

@@ -1,5 +1,7 @@
 """The .rtok format: round trip, and clear errors for truncated, corrupted or hostile files (fuzzed)."""
 
+import io
+import json
 import struct
 import zlib
 
@@ -9,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reftok_deploy.errors import ReftokError
-from reftok_deploy.tokenstream import Block, TokenStreamWriter, parse_bytes, read_stream
+from reftok_deploy.tokenstream import Block, TokenStreamWriter, iter_records, parse_bytes, read_header, read_stream
 from tests.conftest import moving_still
 
 HEADER = {"width": 40, "height": 24, "fps": 10.0, "block_frames": 8, "temporal_factor": 4, "spatial_factor": 8,
@@ -30,6 +32,51 @@ def stream_bytes(tmp_path_factory):
     return path.read_bytes(), frames
 
 
+def record(kind: int, payload: bytes) -> bytes:
+    return struct.pack("<BI", kind, len(payload)) + payload + struct.pack("<I", zlib.crc32(payload))
+
+
+def header_section(blob: bytes, version: int = 2) -> bytes:
+    """magic | version | hlen | header JSON ``blob`` [| crc32 of all that, version 2]."""
+    head = b"RTOK" + struct.pack("<HI", version, len(blob)) + blob
+    return head + (struct.pack("<I", zlib.crc32(head)) if version >= 2 else b"")
+
+
+def end_record(head: bytes, records: list[bytes], version: int = 2) -> bytes:
+    """The end record after ``head`` (a :func:`header_section`) and ``records``: their count and, in version 2,
+    the crc32 of every byte before it except the CRC fields (each one's last 4 bytes)."""
+    if version < 2:
+        return record(3, struct.pack("<I", len(records)))
+    crc = zlib.crc32(head[:-4])
+    for item in records:
+        crc = zlib.crc32(item[:-4], crc)
+    return record(3, struct.pack("<II", len(records), crc))
+
+
+def assemble(head: bytes, records: list[bytes], version: int = 2) -> bytes:
+    """A well-formed stream: ``head`` (a :func:`header_section`), ``records`` and the end record they need."""
+    return head + b"".join(records) + end_record(head, records, version)
+
+
+def split_records(data: bytes) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """(header section with its CRC, [(kind, payload)] of the records before the end record) of a v2 stream."""
+    head_len = 10 + struct.unpack("<I", data[6:10])[0] + 4
+    records, pos = [], head_len
+    while pos < len(data):
+        kind, length = struct.unpack("<BI", data[pos:pos + 5])
+        records.append((kind, data[pos + 5:pos + 5 + length]))
+        pos += 9 + length
+    assert records[-1][0] == 3
+    return data[:head_len], records[:-1]
+
+
+def salvaged(data: bytes) -> tuple[list, list[str]]:
+    """(records, damage reports) of ``data`` read with ``on_damage``."""
+    damage: list[str] = []
+    fh = io.BytesIO(data)
+    return list(iter_records(fh, read_header(fh), "s.rtok", on_damage=damage.append)), damage
+
+
 def test_round_trip(tmp_path, stream_bytes):
     data, frames = stream_bytes
     path = tmp_path / "copy.rtok"
@@ -40,6 +87,169 @@ def test_round_trip(tmp_path, stream_bytes):
     assert kinds == ["ndarray", "Block", "ndarray", "Block", "Block"]
     assert np.array_equal(records[0], frames[0]) and np.array_equal(records[2], frames[1])  # lossless references
     assert records[4].frames == 3 and records[1].tokens.dtype == np.int32 and records[1].tokens.shape == (2, 3, 5)
+
+
+def test_the_writer_writes_version_2_exactly_as_documented(stream_bytes):
+    data, _ = stream_bytes
+    assert data[:4] == b"RTOK" and struct.unpack("<H", data[4:6])[0] == 2
+    hlen = struct.unpack("<I", data[6:10])[0]
+    assert json.loads(data[10:10 + hlen]) == HEADER
+    assert data[10 + hlen:14 + hlen] == struct.pack("<I", zlib.crc32(data[:10 + hlen]))
+    head, records = split_records(data)
+    assert len(records) == 5  # rebuilt from the documented layout, byte for byte
+    assert assemble(head, [record(k, p) for k, p in records]) == data
+
+
+def test_a_version_1_stream_still_reads(stream_bytes):
+    data, frames = stream_bytes
+    _, records = split_records(data)
+    head, body = header_section(json.dumps(HEADER).encode(), version=1), [record(k, p) for k, p in records]
+    v1 = assemble(head, body, 1)
+    header, parsed = parse_bytes(v1)
+    assert header == HEADER and header.version == 1
+    assert [type(r).__name__ for r in parsed] == ["ndarray", "Block", "ndarray", "Block", "Block"]
+    assert np.array_equal(parsed[2], frames[1]) and parsed[4].frames == 3
+    with pytest.raises(ReftokError, match="end record does not match"):  # a v2 end record in a v1 stream
+        parse_bytes(v1[:-13] + record(3, struct.pack("<II", 5, 0)))
+    with pytest.raises(ReftokError, match="^stream: 3 bytes after the end record$"):
+        parse_bytes(v1 + b"abc")
+    kept, damage = salvaged(v1 + b"abc")
+    assert len(kept) == 5 and damage == ["s.rtok: 3 bytes after the end record"]
+
+
+def test_other_versions_are_refused(stream_bytes):
+    data, _ = stream_bytes
+    for version in (0, 3, 0x0102):
+        with pytest.raises(ReftokError, match=f"version {version}; this reftok-deploy reads versions 1, 2"):
+            parse_bytes(data[:4] + struct.pack("<H", version) + data[6:])
+
+
+def test_every_byte_flip_in_the_header_is_refused(stream_bytes):
+    data, _ = stream_bytes
+    head_len = 10 + struct.unpack("<I", data[6:10])[0] + 4  # magic .. header CRC
+    accepted = []
+    for pos in range(head_len):
+        for mask in range(1, 256):
+            flipped = bytearray(data)
+            flipped[pos] ^= mask
+            try:
+                parse_bytes(bytes(flipped))
+            except ReftokError as exc:
+                assert "\n" not in str(exc)
+            else:
+                accepted.append((pos, mask))
+    assert accepted == []
+
+
+def test_a_corrupt_header_is_refused_by_its_crc(stream_bytes):
+    data, _ = stream_bytes
+    hlen = struct.unpack("<I", data[6:10])[0]
+    speed = data.index(b'"fps": 10.0') + len('"fps": ')
+    edited = data[:speed] + b"2" + data[speed + 1:]  # one digit: fps 10.0 -> 20.0, still a valid header
+    assert json.loads(edited[10:10 + hlen])["fps"] == 20.0
+    with pytest.raises(ReftokError, match="^stream: header is corrupt \\(CRC mismatch\\)$"):
+        parse_bytes(edited)
+    with pytest.raises(ReftokError, match="truncated inside its header"):
+        parse_bytes(data[:10 + hlen + 2])
+
+
+FPS_EDITS = [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"0", b"0.0", b"1e-9", b"0.09", b"5000", b"1000.5", b"-10",
+             b"true"]
+
+
+@pytest.mark.parametrize("fps", FPS_EDITS, ids=[f.decode() for f in FPS_EDITS])
+def test_fps_out_of_range_is_refused_even_with_a_valid_header_crc(stream_bytes, fps):
+    data, _ = stream_bytes
+    head, records = split_records(data)
+    blob = json.dumps(HEADER).encode().replace(b'"fps": 10.0', b'"fps": ' + fps)
+    edited = assemble(header_section(blob), [record(k, p) for k, p in records])
+    with pytest.raises(ReftokError, match="fps|non-finite") as caught:
+        parse_bytes(edited)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ReftokError, match="fps|non-finite"):  # and in a version-1 stream
+        parse_bytes(assemble(header_section(blob, 1), [record(k, p) for k, p in records], 1))
+
+
+@pytest.mark.parametrize("fps", [0.1, 1000, 1000.0, 29.97])
+def test_fps_at_the_bounds_is_accepted(stream_bytes, fps):
+    data, _ = stream_bytes
+    head, records = split_records(data)
+    blob = json.dumps(dict(HEADER, fps=fps)).encode()
+    header, parsed = parse_bytes(assemble(header_section(blob), [record(k, p) for k, p in records]))
+    assert header["fps"] == fps and len(parsed) == 5
+
+
+def test_nan_elsewhere_in_the_header_and_huge_numbers_are_refused(stream_bytes):
+    data, _ = stream_bytes
+    _, records = split_records(data)
+    body = [record(k, p) for k, p in records]
+    blob = json.dumps(dict(HEADER, extra=float("nan"))).encode()
+    with pytest.raises(ReftokError, match="non-finite number NaN"):
+        parse_bytes(assemble(header_section(blob), body))
+    blob = json.dumps(HEADER).encode().replace(b'"width": 40', b'"width": 1' + b"0" * 5000)  # past Python's int digit limit
+    with pytest.raises(ReftokError, match="^stream: header is not valid JSON$"):
+        parse_bytes(assemble(header_section(blob), body))
+
+
+def test_the_writer_refuses_an_fps_no_video_can_have(tmp_path):
+    for fps in (float("nan"), float("inf"), 0.0, 0.05, 1e4):
+        with pytest.raises(ReftokError, match="fps"):
+            TokenStreamWriter(tmp_path / "s.rtok", dict(HEADER, fps=fps))
+    assert list(tmp_path.iterdir()) == []
+
+
+def tail_damage(data: bytes) -> dict[str, tuple[bytes, int, str]]:
+    """Streams damaged at their end -> (bytes, records yielded before the damage shows, error pattern).
+
+    The rewritten and swapped blocks keep their own CRCs valid and their lengths: a file CRC that also ran
+    over the records' CRC fields would miss them (CRC-32 over data and its own CRC is a constant)."""
+    head, records = split_records(data)
+    body = head + b"".join(record(k, p) for k, p in records[:-1])
+    old_crc = struct.unpack("<II", data[-12:-4])[1]
+    edited = [record(k, p) for k, p in records]
+    edited[3] = record(2, records[3][1][:8] + bytes(len(records[3][1]) - 8))  # its own CRC valid
+    swapped = [record(k, p) for k, p in records]
+    swapped[1], swapped[3] = swapped[3], swapped[1]  # two blocks of the same length
+    return {
+        "one trailing byte": (data + b"\0", 5, "^stream: 1 byte after the end record$"),
+        "trailing garbage": (data + b"garbage" * 100, 5, "^stream: 700 bytes after the end record$"),
+        "a second stream appended": (data + data, 5, f"^stream: {len(data)} bytes after the end record$"),
+        "last block removed, count fixed": (body + record(3, struct.pack("<II", 4, old_crc)), 4, "file CRC"),
+        "last block removed, old end record": (body + data[-17:], 4, "end record does not match the 4 records"),
+        "a record rewritten with a valid CRC": (b"".join([head, *edited]) + data[-17:], 5, "file CRC"),
+        "two blocks swapped": (b"".join([head, *swapped]) + data[-17:], 5, "file CRC"),
+        "a v1 end record": (data[:-17] + record(3, struct.pack("<I", 5)), 5, "end record does not match"),
+    }
+
+
+@pytest.mark.parametrize("case", ["one trailing byte", "trailing garbage", "a second stream appended",
+                                  "last block removed, count fixed", "last block removed, old end record",
+                                  "a record rewritten with a valid CRC", "two blocks swapped", "a v1 end record"])
+def test_damage_at_the_end_is_refused_and_salvaged_up_to_it(stream_bytes, case):
+    blob, intact, pattern = tail_damage(stream_bytes[0])[case]
+    with pytest.raises(ReftokError, match=pattern) as caught:
+        parse_bytes(blob)
+    assert "\n" not in str(caught.value)
+    records, damage = salvaged(blob)
+    assert len(records) == intact and len(damage) == 1 and damage[0] == "s.rtok" + str(caught.value)[len("stream"):]
+    assert all(isinstance(r, (np.ndarray, Block)) for r in records)
+
+
+def test_records_are_yielded_before_the_end_is_checked(stream_bytes):
+    """reftok-decode streams: it gets every record, then the error (and aborts its atomic output)."""
+    data, _ = stream_bytes
+    fh = io.BytesIO(data + b"x")
+    records = iter_records(fh, read_header(fh))
+    assert len([next(records) for _ in range(5)]) == 5
+    with pytest.raises(ReftokError, match="1 byte after the end record"):
+        next(records)
+
+
+def test_iter_records_needs_the_header_read_header_returned(stream_bytes):
+    fh = io.BytesIO(stream_bytes[0])
+    header = dict(read_header(fh))
+    with pytest.raises(TypeError):
+        next(iter_records(fh, header))
 
 
 def test_writer_refuses_mismatched_records_and_leaves_no_partial_file(tmp_path):
@@ -65,24 +275,19 @@ def test_flipped_payload_byte_fails_the_crc(stream_bytes):
         parse_bytes(bytes(corrupted))
 
 
-def record(kind: int, payload: bytes) -> bytes:
-    return struct.pack("<BI", kind, len(payload)) + payload + struct.pack("<I", zlib.crc32(payload))
-
-
 def test_hostile_but_well_formed_records_are_refused(stream_bytes):
     data, _ = stream_bytes
-    head_len = 10 + struct.unpack("<I", data[6:10])[0]
-    head = data[:head_len]
+    head, records = split_records(data)
     block = struct.pack("<HHHH", 8, 2, 3, 5) + np.full(30, 999, "<u2").tobytes()
     with pytest.raises(ReftokError, match="before any reference"):
-        parse_bytes(head + record(2, block) + record(3, struct.pack("<I", 1)))
+        parse_bytes(assemble(head, [record(2, block)]))
     ids_out_of_range = struct.pack("<HHHH", 8, 2, 3, 5) + np.full(30, 4000, "<u2").tobytes()
     with pytest.raises(ReftokError, match="outside the codebook"):
-        parse_bytes(data[: len(data) - 13] + record(2, ids_out_of_range) + record(3, struct.pack("<I", 6)))
+        parse_bytes(assemble(head, [record(k, p) for k, p in records] + [record(2, ids_out_of_range)]))
     with pytest.raises(ReftokError, match="claims"):
         parse_bytes(head + struct.pack("<BI", 1, 1 << 31))
     with pytest.raises(ReftokError, match="not a 40x24 RGB PNG"):
-        parse_bytes(head + record(1, b"\x89PNG not really") + record(3, struct.pack("<I", 1)))
+        parse_bytes(assemble(head, [record(1, b"\x89PNG not really")]))
 
 
 def mutate(original: bytes, data, edits: int, cut: int, insert: int) -> bytes:
@@ -122,27 +327,14 @@ def test_random_bytes_are_refused(blob):
 
 def test_deeply_nested_header_is_refused():
     blob = b"[" * 20000 + b"]" * 20000
-    with pytest.raises(ReftokError, match="header"):
-        parse_bytes(b"RTOK" + struct.pack("<HI", 1, len(blob)) + blob)
-
-
-def split_records(data: bytes) -> tuple[bytes, list[tuple[int, bytes]]]:
-    """(header bytes, [(kind, payload)]) of a well-formed stream."""
-    head_len = 10 + struct.unpack("<I", data[6:10])[0]
-    records, pos = [], head_len
-    while pos < len(data):
-        kind, length = struct.unpack("<BI", data[pos:pos + 5])
-        records.append((kind, data[pos + 5:pos + 5 + length]))
-        pos += 9 + length
-    return data[:head_len], records
+    for version in (1, 2):
+        with pytest.raises(ReftokError, match="header"):
+            parse_bytes(header_section(blob, version))
 
 
 def with_header(data: bytes, header: dict) -> bytes:
-    import json
-
-    blob = json.dumps(header).encode()
     _, records = split_records(data)
-    return b"RTOK" + struct.pack("<HI", 1, len(blob)) + blob + b"".join(record(k, p) for k, p in records)
+    return assemble(header_section(json.dumps(header).encode()), [record(k, p) for k, p in records])
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -155,7 +347,7 @@ def test_crc_consistent_payload_edits_never_crash(stream_bytes, data):
     kind, payload = records[index]
     records[index] = (kind, mutate(payload, data, edits=6, cut=32, insert=8))
     try:
-        _, parsed = parse_bytes(head + b"".join(record(k, p) for k, p in records))
+        _, parsed = parse_bytes(assemble(head, [record(k, p) for k, p in records]))
     except ReftokError as exc:
         assert "\n" not in str(exc)
         return
@@ -197,7 +389,7 @@ def test_huge_frames_are_refused_before_any_png_is_decoded(stream_bytes):
     # a CRC-valid PNG record whose IHDR claims 30000x30000: refused from its first 24 bytes
     bomb = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 30000, 30000) + bytes(40)
     with pytest.raises(ReftokError, match="not a 40x24 RGB PNG"):
-        parse_bytes(head + record(1, bomb) + record(3, struct.pack("<I", 1)))
+        parse_bytes(assemble(head, [record(1, bomb)]))
 
 
 def test_header_fields_are_checked_against_the_model():
@@ -214,10 +406,6 @@ def test_header_fields_are_checked_against_the_model():
 
 
 def test_a_cut_off_stream_is_salvaged_up_to_its_last_intact_record(stream_bytes):
-    import io
-
-    from reftok_deploy.tokenstream import iter_records, read_header
-
     data, frames = stream_bytes
     cut = data[:-20]  # the last block and the end record are damaged
     with pytest.raises(ReftokError, match="truncated"):

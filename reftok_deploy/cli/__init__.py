@@ -10,7 +10,9 @@ from typing import Callable, TypeVar
 
 import click
 
-from reftok_deploy.errors import ReftokError
+from reftok_deploy.errors import (EXIT_BAD_INPUT, EXIT_DAMAGED_INPUT, EXIT_INTERRUPTED, ReftokError, damaged_inputs,
+                                  forget_damaged_inputs)
+from reftok_deploy.files import WRITE_ERRNOS
 
 F = TypeVar("F", bound=Callable)
 
@@ -77,22 +79,34 @@ class OneLineCommand(click.Command):
             sys.exit(2)
         except click.Abort:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 def user_errors(func: F) -> F:
-    """Report ReftokError (and Ctrl-C) as one line; everything else keeps its traceback (a bug)."""
+    """Report ReftokError, a failed write (disk full, I/O error) and Ctrl-C as one line with the exit codes
+    of :mod:`reftok_deploy.errors`; a command that finished on a damaged input exits 3. Everything else
+    keeps its traceback (a bug)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        forget_damaged_inputs()
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
         except ReftokError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            # a write outside AtomicFile (a library's writer): the file and the reason, whatever was being done
+            click.echo(f"error: {exc.filename or 'output'}: {exc.strerror or exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
+        if damaged_inputs():
+            sys.exit(EXIT_DAMAGED_INPUT)
+        return result
 
     return wrapper  # type: ignore[return-value]
 

@@ -8,7 +8,7 @@ import json
 import click
 
 from reftok_deploy.cli import OneLineCommand, user_errors
-from reftok_deploy.cli.options import (checkpoint_option, json_option, max_gops_option, streams_option, threads_option,
+from reftok_deploy.cli.options import (check_device, checkpoint_option, json_option, max_gops_option, streams_option, threads_option,
                                        verbose_option, videos_option)
 
 
@@ -25,13 +25,13 @@ E2E_GOPS = 10  # GOPs of the end-to-end run (the timed clips' frames replayed)
               help="Frame size: N (short side resized to N, centre N x N) or WIDTHxHEIGHT (resized to cover, "
                    "centre crop), multiples of 8; repeat for several, e.g. --size 256 --size 640x480 --size 1280x720.")
 @max_gops_option(2, "GOPs per clip.", hidden_aliases=("--gops",))
-@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1), help="Timed rounds (medians).")
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1, 10_000), help="Timed rounds (medians).")
 @click.option("--end-to-end/--model-only", default=True, show_default=True,
               help="Also run the fastest backend whose PSNR is within its precision's tolerance of the "
                    "baseline's through reftok-run's whole path (GOPs, overlay, MP4 writing).")
 @threads_option
 @streams_option
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", default="cpu", show_default=True, callback=check_device, help="cpu or cuda.")
 @json_option()
 @verbose_option
 @user_errors
@@ -59,6 +59,8 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
     from reftok_deploy.spec import TOLERANCES
     from reftok_deploy.video import center_crop, read_video
 
+    if backends is not None and not backends.strip():
+        raise ReftokError("--backends is empty: give a comma list such as torch,onnxruntime:fp32")
     if streams > 1 and not end_to_end:
         raise ReftokError("--streams applies to the end-to-end row: drop --model-only or --streams")
     check_streams(streams, "auto", device, threads)

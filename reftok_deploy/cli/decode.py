@@ -8,7 +8,7 @@ import click
 from tqdm import tqdm
 
 from reftok_deploy.cli import OneLineCommand, user_errors
-from reftok_deploy.cli.options import checkpoint_option, json_option, output_option, threads_option, verbose_option
+from reftok_deploy.cli.options import check_device, checkpoint_option, json_option, output_option, threads_option, verbose_option
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,7 +17,7 @@ from reftok_deploy.cli.options import checkpoint_option, json_option, output_opt
 @checkpoint_option()
 @click.option("--export", "export_folder", type=click.Path(), default=None, help="reftok-export folder.")
 @click.option("--backend", default="auto", show_default=True, help="Same choices as reftok-run.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (torch / onnxruntime).")
+@click.option("--device", default="cpu", show_default=True, callback=check_device, help="cpu or cuda (torch / onnxruntime).")
 @threads_option
 @click.option("--salvage", is_flag=True,
               help="Decode a damaged or cut-off stream (no end record, e.g. after a crash) up to its last "
@@ -27,13 +27,15 @@ from reftok_deploy.cli.options import checkpoint_option, json_option, output_opt
 @user_errors
 def main(stream, output, checkpoint, export_folder, backend, device, threads, salvage, as_json) -> None:
     """Decode STREAM (written by reftok-run --tokens) with the checkpoint it was made with.
+    With --salvage, a damaged stream is decoded up to its damage and the command exits 3.
 
     Prints reconstruction_sha256: equal to reftok-run's for the same backend when the
     replay is bit-exact. Records are read and decoded one at a time."""
     from reftok_deploy.backends import auto_backend
     from reftok_deploy.checkpoint import config_from_checkpoint, default_checkpoint, read_config, weights_sha256
-    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.errors import ReftokError, report_damaged_input
     from reftok_deploy.manifest import open_export
+    from reftok_deploy.paths import OutputPlan
     from reftok_deploy.runtimes.codec import FrameCodec
     from reftok_deploy.runtimes.factory import backend_label, make_runner
     from reftok_deploy.runtimes.output import VideoFile
@@ -43,49 +45,56 @@ def main(stream, output, checkpoint, export_folder, backend, device, threads, sa
     say = (lambda msg: click.echo(msg, err=True))
     damage: list[str] = []
     checkpoint = checkpoint or default_checkpoint()
-    with open_stream(stream, on_damage=damage.append if salvage else None) as (header, records):
+    plan = OutputPlan()  # every path before any work: the stream is never its own output
+    plan.reads(stream, "the token stream")
+    plan.reads(checkpoint, "the checkpoint")
+    plan.reads(export_folder, "the export folder")
+    if output:
+        plan.file(output, "--output", opencv=True)
+    with plan, open_stream(stream, on_damage=damage.append if salvage else None) as (header, records):
         if weights_sha256(checkpoint) != header["checkpoint_sha256"]:
             raise ReftokError(f"{stream} was encoded with another checkpoint (weights "
                               f"{header['checkpoint_sha256'][:12]}...): pass --checkpoint")
         check_header_matches(header, config_from_checkpoint(read_config(checkpoint), checkpoint), str(stream))
         export = open_export(export_folder) if export_folder is not None else None
-        if backend == "auto":
-            backend, export, why = auto_backend(export, checkpoint, device, say, threads=threads,
-                                                size=(header["height"], header["width"]))
-            say(f"backend: {backend} ({why})")
-        encoded_with, decoding_with = header.get("backend"), backend_label(backend, device)
-        if encoded_with is not None and encoded_with != decoding_with:
-            say(f"note: {stream} was encoded with {encoded_with}; decoding with {decoding_with}, so frames may "
-                "differ from reftok-run's by that backend's tolerance")
-        runner = make_runner(backend, export, checkpoint, device=device, threads=threads)
         writer = VideoFile(output, header["fps"], (header["width"], header["height"])) if output else None
-        frames = 0
-        bar = tqdm(desc="decoding", unit="frame", disable=None, leave=False)  # on a terminal only
-
-        def on_frame(frame):
-            nonlocal frames
-            frames += 1
-            bar.update()
-            if writer:
-                writer.write(frame)
-
         try:
-            with runner:
-                digest = decode_stream(records, FrameCodec(runner), on_frame)
+            if backend == "auto":
+                backend, export, why = auto_backend(export, checkpoint, device, say, threads=threads,
+                                                    size=(header["height"], header["width"]))
+                say(f"backend: {backend} ({why})")
+            runner = make_runner(backend, export, checkpoint, device=device, threads=threads)
+            encoded_with, decoding_with = header.get("backend"), backend_label(backend, device)
+            if encoded_with is not None and encoded_with != decoding_with:
+                say(f"note: {stream} was encoded with {encoded_with}; decoding with {decoding_with}, so frames may "
+                    "differ from reftok-run's by that backend's tolerance")
+            frames = 0
+            bar = tqdm(desc="decoding", unit="frame", disable=None, leave=False)  # on a terminal only
+
+            def on_frame(frame):
+                nonlocal frames
+                frames += 1
+                bar.update()
+                if writer:
+                    writer.write(frame)
+
+            try:
+                with runner:
+                    digest = decode_stream(records, FrameCodec(runner), on_frame)
+            finally:
+                bar.close()
+            if damage and frames == 0:
+                raise ReftokError(f"nothing to salvage: {damage[0]}")
+            if writer:
+                writer.finish()
         except BaseException:
             if writer:
                 writer.abort()
             raise
-        finally:
-            bar.close()
-    if damage and frames == 0:
+        if damage:
+            report_damaged_input(f"{damage[0]}; decoded the {frames} frames before it")
         if writer:
-            writer.abort()
-        raise ReftokError(f"nothing to salvage: {damage[0]}")
-    if damage:
-        say(f"warning: {damage[0]}; decoded the {frames} frames before it")
-    if writer:
-        writer.close()
+            writer.commit()
     summary = {"frames": frames, "backend": runner.name, "reconstruction_sha256": digest.hexdigest(), "output": output,
                "salvaged": bool(damage)}
     if as_json:

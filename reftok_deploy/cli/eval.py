@@ -8,9 +8,15 @@ import click
 from tqdm import tqdm
 
 from reftok_deploy.cli import OneLineCommand, user_errors
-from reftok_deploy.cli.options import (resolve_checkpoint, checkpoint_option, json_option, max_gops_option,
-                                       threads_option, verbose_option, videos_option)
+from reftok_deploy.cli.options import (MAX_COUNT, OUTPUT_RULE, FiniteFloatRange, checkpoint_option, json_option,
+                                       max_gops_option, resolve_checkpoint, threads_option, verbose_option,
+                                       videos_option)
 from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
+
+
+# Peak bytes per pixel of one GOP through the model at inference (reftok-run measured about 3 GB at 1280x720
+# and 6 GB at 1920x1080, see reftok_deploy.video.DEFAULT_MAX_PIXELS); --batch GOPs run together.
+INFERENCE_BYTES_PER_PIXEL = 3_500
 
 
 class _LegacyVideos(click.Argument):
@@ -36,13 +42,15 @@ class _LegacyVideos(click.Argument):
 @click.option("--size", default=256, show_default=True, type=click.IntRange(16, 4096),
               help="Frames are resized (short side) and centre-cropped to SIZE x SIZE.")
 @max_gops_option(None, "Score at most this many GOPs per clip [default: all].")
-@click.option("--refresh-blocks", default=1, show_default=True, type=click.IntRange(1),
+@click.option("--refresh-blocks", default=1, show_default=True, type=click.IntRange(1, MAX_COUNT),
               help="New reference after this many blocks (as reftok-run).")
-@click.option("--cut-threshold", default=DEFAULT_CUT_THRESHOLD, show_default=True, type=click.FloatRange(0),
-              help="Scene-cut score above which a frame starts a new reference (as reftok-run); 0 disables.")
+@click.option("--cut-threshold", default=DEFAULT_CUT_THRESHOLD, show_default=True, type=FiniteFloatRange(0, 255),
+              help="Scene-cut score (mean absolute change, 0-255 levels) above which a frame starts a new reference "
+                   "(as reftok-run); 0 disables.")
 @click.option("--grid", "grid_dir", type=click.Path(file_okay=False), default=None,
-              help="Save a PNG per clip: original | RefTok | twin | copy the reference, frames 1, 4, 8.")
-@click.option("--batch", default=4, show_default=True, type=click.IntRange(1), help="GOPs per forward pass.")
+              help=f"Save a PNG per clip: original | RefTok | twin | copy the reference, frames 1, 4, 8. {OUTPUT_RULE}")
+@click.option("--batch", default=4, show_default=True, type=click.IntRange(1, 4096),
+              help="GOPs per forward pass; refused when its estimated memory at --size exceeds the machine's.")
 @threads_option
 @json_option("Print one JSON document instead of a table.")
 @verbose_option
@@ -60,6 +68,8 @@ def main(legacy_videos, videos, suite, demo, checkpoint, twin_path, no_twin, wit
     from reftok_deploy.data import demo_clips
     from reftok_deploy.errors import ReftokError
     from reftok_deploy.evaluate import evaluate_frames, summarize
+    from reftok_deploy.machine import physical_memory_bytes
+    from reftok_deploy.paths import OutputPlan, utf8_name
     from reftok_deploy.suite import suite_clips
     from reftok_deploy.video import read_video
     from reftok_deploy import x264
@@ -73,23 +83,37 @@ def main(legacy_videos, videos, suite, demo, checkpoint, twin_path, no_twin, wit
         with_x264 = x264.available()
         if not with_x264:
             click.echo("note: imageio-ffmpeg not installed: no x264 baseline (pip install imageio-ffmpeg)", err=True)
-    reftok, _ = load_checkpoint(checkpoint or default_checkpoint())
-    twin = None if no_twin else load_checkpoint(twin_path or default_checkpoint(twin=True))[0]
-    sources = [(v, None) for v in videos]
-    if suite:
-        sources += list(suite_clips(size, reftok.cfg.block_frames).items())
-    if demo:
-        sources += list(demo_clips(size, block_frames=reftok.cfg.block_frames).items())
-    clips = []
-    for name, frames in tqdm(sources, desc="evaluating", unit="clip", disable=None):  # a bar on a terminal only
-        if frames is None:
-            frames = read_video(name, size=size)
-        grid = None
-        if grid_dir:
-            grid = Path(grid_dir) / (Path(name).stem.replace(":", "-") + ".png")
-        clips.append(evaluate_frames(str(name), frames, reftok, twin, batch=batch, max_gops=max_gops,
-                                     refresh_blocks=refresh_blocks, cut_threshold=cut_threshold or None,
-                                     x264=with_x264, grid=grid))
+    need = batch * size * size * INFERENCE_BYTES_PER_PIXEL
+    if need > physical_memory_bytes():
+        raise ReftokError(f"--batch {batch} at --size {size} needs about {need / 1e9:.0f} GB; this machine has "
+                          f"{physical_memory_bytes() / 1e9:.0f} GB: lower --batch or --size")
+    for video in videos:
+        utf8_name(video, "--video")
+    checkpoint, twin_path = checkpoint or default_checkpoint(), None if no_twin else twin_path or default_checkpoint(twin=True)
+    plan = OutputPlan()  # every path before any work; a failed run leaves no grid behind
+    for path, what in [(v, "the video") for v in videos] + [(checkpoint, "the checkpoint"), (twin_path, "the twin")]:
+        plan.reads(path, what)
+    if grid_dir:
+        utf8_name(grid_dir, "--grid")
+        plan.folder(grid_dir, "--grid")
+    with plan:
+        reftok, _ = load_checkpoint(checkpoint)
+        twin = None if no_twin else load_checkpoint(twin_path)[0]
+        sources = [(v, None) for v in videos]
+        if suite:
+            sources += list(suite_clips(size, reftok.cfg.block_frames).items())
+        if demo:
+            sources += list(demo_clips(size, block_frames=reftok.cfg.block_frames).items())
+        grids = [plan.file(Path(grid_dir) / (Path(name).stem.replace(":", "-") + ".png"), f"--grid picture of {name}")
+                 if grid_dir else None for name, _ in sources]
+        clips = []
+        for (name, frames), grid in tqdm(list(zip(sources, grids)), desc="evaluating", unit="clip",
+                                         disable=None):  # a bar on a terminal only
+            if frames is None:
+                frames = read_video(name, size=size)
+            clips.append(evaluate_frames(str(name), frames, reftok, twin, batch=batch, max_gops=max_gops,
+                                         refresh_blocks=refresh_blocks, cut_threshold=cut_threshold or None,
+                                         x264=with_x264, grid=grid))
     summary = summarize(clips)
     if as_json:
         click.echo(json.dumps({"clips": clips, "mean": summary}, indent=2))

@@ -10,6 +10,7 @@ import click
 from reftok_deploy.cli import ManyValuesOption, OneLineCommand, user_errors
 from reftok_deploy.cli.options import (checkpoint_option, json_option, max_gops_option, output_option, threads_option,
                                        verbose_option)
+from reftok_deploy.errors import EXIT_CHECK_FAILED
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +21,7 @@ from reftok_deploy.cli.options import (checkpoint_option, json_option, max_gops_
 @click.option("--int8", is_flag=True, help="Also write the INT8 Q/DQ ONNX calibrated on --calib-data.")
 @click.option("--calib-data", cls=ManyValuesOption, type=click.Path(), metavar="PATH [PATH...]",
               help="Videos, stills or folders of them for INT8 calibration; several paths may follow one flag.")
-@click.option("--calib-size", default=32, show_default=True, type=click.IntRange(1),
+@click.option("--calib-size", default=32, show_default=True, type=click.IntRange(1, 100_000),
               help="Calibration GOPs (a video gives one per 9 frames, a still 4); fewer data: all of it is used.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="percentile",
               show_default=True)
@@ -29,7 +30,7 @@ from reftok_deploy.cli.options import (checkpoint_option, json_option, max_gops_
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
 @click.option("--opset", default=18, show_default=True, type=click.IntRange(18, 22))
 @click.option("--validate-data", multiple=True, type=click.Path(), help="Videos to validate on [default: built-in real stills under motion].")
-@click.option("--validate-size", default=256, show_default=True, type=click.IntRange(8), help="Centre crop for validation (multiple of 8).")
+@click.option("--validate-size", default=256, show_default=True, type=click.IntRange(8, 4096), help="Centre crop for validation (multiple of 8).")
 @max_gops_option(2, "Validation GOPs per clip.")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch.")
 @click.option("--tensorrt", type=click.Choice(["auto", "skip", "require"]), default="auto", show_default=True,
@@ -50,11 +51,11 @@ def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, t
     validation or the pre-flight fails (the report says what), 2 on bad input.
     """
     from reftok_deploy.checkpoint import default_checkpoint
-    from reftok_deploy.errors import ReftokError
-    from reftok_deploy.export.pipeline import ExportOptions, run_export
     from reftok_deploy.engines import ShapeProfile
-    from reftok_deploy.validation import validate_folder
-    from reftok_deploy.video import read_video
+    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.manifest import MANIFEST
+    from reftok_deploy.paths import OutputPlan
+    from reftok_deploy.spec import GRAPH_NAMES, artifact_name
 
     if calib_data and not int8:
         raise ReftokError("--calib-data is for --int8 (calibration frames); add --int8 or drop --calib-data")
@@ -64,11 +65,37 @@ def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, t
         raise ReftokError("--int8 needs --calib-data PATH... (videos, stills or folders of real frames)")
     checkpoint = checkpoint or default_checkpoint()
     precisions = ("fp32",) + (("fp16",) if fp16 else ()) + (("int8",) if int8 else ())
+    profile_shapes = ShapeProfile.parse(profile)
+    plan = OutputPlan()  # every path before any work; a failed export into a new folder leaves no folder
+    plan.reads(checkpoint, "the checkpoint")
+    for path in (*calib_data, *validate_data):
+        plan.reads(path, "the data")
+    plan.folder(output, "--output", writes=[artifact_name(g, p) for g in GRAPH_NAMES for p in precisions] + [MANIFEST])
+    with plan:
+        manifest = _export(checkpoint, output, precisions, int8, calib_data, calib_size, calib_method, trt_implicit_int8,
+                           exporter, opset, validate_data, validate_size, max_gops, no_validate, tensorrt, profile_shapes)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2, default=float))
+    else:
+        _summary(output, manifest)
+    failed = [f"pre-flight {k}: {e}" for k, r in manifest["preflight"].items() for e in r["errors"]]
+    failed += manifest.get("validation", {}).get("failures", [])
+    if failed:
+        click.echo(f"error: {len(failed)} check(s) failed: " + "; ".join(failed), err=True)
+        sys.exit(EXIT_CHECK_FAILED)
+
+
+def _export(checkpoint, output, precisions, int8, calib_data, calib_size, calib_method, trt_implicit_int8, exporter,
+            opset, validate_data, validate_size, max_gops, no_validate, tensorrt, profile) -> dict:
+    """reftok-export's work once every path is checked -> the manifest."""
+    from reftok_deploy.export.pipeline import ExportOptions, run_export
+    from reftok_deploy.validation import validate_folder
+    from reftok_deploy.video import read_video
+
     clips = {str(v): read_video(v, size=validate_size) for v in validate_data} or None
     options = ExportOptions(precisions=precisions, dynamo=exporter == "dynamo", opset=opset,
                             validator=None if no_validate else validate_folder,
-                            validation_clips=clips, max_gops=max_gops, tensorrt=tensorrt,
-                            profile=ShapeProfile.parse(profile))
+                            validation_clips=clips, max_gops=max_gops, tensorrt=tensorrt, profile=profile)
     if int8:
         from reftok_deploy.calibration.feeds import calibration_feeds
         from reftok_deploy.checkpoint import read_config
@@ -88,18 +115,9 @@ def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, t
         tqdm.write(msg, file=sys.stderr)
 
     try:
-        manifest = run_export(checkpoint, output, options, progress=say)
+        return run_export(checkpoint, output, options, progress=say)
     finally:
         status.close()
-    if as_json:
-        click.echo(json.dumps(manifest, indent=2, default=float))
-    else:
-        _summary(output, manifest)
-    failed = [f"pre-flight {k}: {e}" for k, r in manifest["preflight"].items() for e in r["errors"]]
-    failed += manifest.get("validation", {}).get("failures", [])
-    if failed:
-        click.echo(f"error: {len(failed)} check(s) failed: " + "; ".join(failed), err=True)
-        sys.exit(1)
 
 
 def describe_checks(report: dict) -> str:

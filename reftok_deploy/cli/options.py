@@ -9,16 +9,42 @@
 - ``-v/--verbose`` show the libraries' own messages (quiet by default)
 
 Old spellings (``--out``, ``--gops``) still work for one release and are hidden from ``--help``.
+
+Every number a command takes has a range that means something: floats are finite and bounded, integers
+are bounded by what the machine can do (``--threads`` at most 4x its cores). A value outside is one
+``error:`` line before any work.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import click
+
+from reftok_deploy.machine import usable_cores
+
+# More threads than this only oversubscribes the cores (and a huge count made libgomp reserve 216 GB).
+MAX_THREADS = 4 * usable_cores()
+MAX_COUNT = 10**9  # frames, GOPs, steps: bounds that keep an int an int in every library it reaches
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A float within [min, max] that is a number: ``nan`` and ``inf`` are refused (click's FloatRange
+    lets nan through, every comparison with it being false)."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
 
 LIBRARY_LOGGERS = ("torch", "onnx", "onnxscript", "onnxruntime", "onnx_ir", "polygraphy", "openvino", "numba")
 
@@ -41,15 +67,19 @@ class HiddenAliasOption(click.Option):
         return " / ".join(f"'{o}'" for o in self.opts if o not in self.hidden_aliases)
 
 
+# Said in the --help of every output option: one rule for all of them (see reftok_deploy.paths).
+OUTPUT_RULE = "Missing parent folders are created; an input of the command is never overwritten."
+
+
 def output_option(help: str, hidden_aliases: tuple[str, ...] = (), **kwargs: Any) -> Callable:
     return click.option("-o", "--output", *hidden_aliases, "output", cls=HiddenAliasOption,
-                        hidden_aliases=hidden_aliases, help=help, **kwargs)
+                        hidden_aliases=hidden_aliases, help=f"{help} {OUTPUT_RULE}", **kwargs)
 
 
 def max_gops_option(default: int | None, help: str = "At most this many GOPs per clip.",
                     hidden_aliases: tuple[str, ...] = ()) -> Callable:
     return click.option("--max-gops", *hidden_aliases, "max_gops", cls=HiddenAliasOption, hidden_aliases=hidden_aliases,
-                        type=click.IntRange(1), default=default, show_default=default is not None, help=help)
+                        type=click.IntRange(1, MAX_COUNT), default=default, show_default=default is not None, help=help)
 
 
 def _set_torch_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -63,8 +93,9 @@ def _set_torch_threads(ctx: click.Context, param: click.Parameter, value: int | 
 
 
 def threads_option(func: Callable) -> Callable:
-    return click.option("--threads", type=click.IntRange(1), default=None, callback=_set_torch_threads,
-                        help="CPU threads for the model [default: the runtime's own choice].")(func)
+    return click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, callback=_set_torch_threads,
+                        help=f"CPU threads for the model, at most 4x the cores ({MAX_THREADS} here) "
+                             "[default: the runtime's own choice].")(func)
 
 
 def streams_option(func: Callable) -> Callable:
@@ -73,6 +104,15 @@ def streams_option(func: Callable) -> Callable:
                              "--threads / STREAMS threads [--threads default here: the cores this process may "
                              "use] (CPU backends): more frames per second where one copy cannot keep every "
                              "core busy, each block taking longer.")(func)
+
+
+def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--device is cpu, cuda or cuda:N: anything else is refused while parsing, before any work."""
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d{1,3})?", value):
+        raise click.BadParameter(f"{value!r}: use cpu, cuda or cuda:N", ctx, param)
+    return value
 
 
 def json_option(help: str = "Print the report as one JSON document.") -> Callable:
@@ -107,6 +147,23 @@ def quiet_libraries(verbose: bool) -> None:
     warnings.filterwarnings("ignore")
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_opencv_and_ffmpeg()
+
+
+def quiet_opencv_and_ffmpeg() -> None:
+    """OpenCV's ``[ERROR:0@...]`` lines and FFmpeg's ``[mov,mp4 @ ...]`` lines off stderr: the command's own
+    one line says what went wrong. FFmpeg's level is read when OpenCV first uses it (AV_LOG_QUIET = -8)."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    import cv2
+
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log is not None and hasattr(log, "setLogLevel"):
+        log.setLogLevel(log.LOG_LEVEL_SILENT)
+    elif hasattr(cv2, "setLogLevel"):  # older bindings (Debian's 4.6): 0 = silent
+        try:
+            cv2.setLogLevel(0)
+        except Exception:
+            pass
 
 
 def _verbose_callback(ctx: click.Context, param: click.Parameter, value: bool) -> bool:

@@ -8,7 +8,8 @@ import math
 import click
 
 from reftok_deploy.cli import OneLineCommand, user_errors
-from reftok_deploy.cli.options import json_option, output_option, threads_option, verbose_option
+from reftok_deploy.cli.options import (check_device, MAX_COUNT, MAX_THREADS, FiniteFloatRange, json_option, output_option,
+                                       threads_option, verbose_option)
 from reftok_deploy.model import PRESETS
 
 
@@ -41,26 +42,28 @@ def parse_levels(text: str) -> tuple[int, ...]:
                    "a version-1 checkpoint seeds every tensor version 2 kept).")
 @click.option("--loss", type=click.Choice(["l1", "mse"]), default="l1", show_default=True,
               help="Reconstruction loss (mse optimises PSNR directly).")
-@click.option("--steps", default=4000, show_default=True, type=click.IntRange(1))
-@click.option("--batch", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--crop", default=96, show_default=True, type=click.IntRange(32), help="Square crop size (multiple of 8).")
-@click.option("--lr", default=None, type=float,
-              help="Peak learning rate. Default per preset: tiny 1.5e-3, small/base 5e-4 (small collapsed at 1.5e-3).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--reference-dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--steps", default=4000, show_default=True, type=click.IntRange(1, MAX_COUNT))
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(1, 4096),
+              help="Clips per step; with --crop, refused when the estimated memory exceeds the device's.")
+@click.option("--crop", default=96, show_default=True, type=click.IntRange(32, 4096), help="Square crop size (multiple of 8).")
+@click.option("--lr", default=None, type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
+              help="Peak learning rate, in (0, 1). Default per preset: tiny 1.5e-3, small/base 5e-4 (small collapsed "
+                   "at 1.5e-3).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--reference-dropout", default=0.0, show_default=True, type=FiniteFloatRange(0, 1),
               help="Fraction of RefTok samples trained with a blank reference (version 1 needed 0.25 to keep "
                    "its tokens in use; version 2's flow teacher does that).")
-@click.option("--flow-weight", default=0.2, show_default=True, type=click.FloatRange(0),
-              help="Weight of the flow teacher (decoded motion vs true/DIS flow, L1 in pixels).")
-@click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1))
+@click.option("--flow-weight", default=0.2, show_default=True, type=FiniteFloatRange(0, 100),
+              help="Weight of the flow teacher (decoded motion vs true/DIS flow, L1 in pixels), 0 to 100.")
+@click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1, MAX_COUNT))
 @click.option("--no-builtin-stills", is_flag=True, help="Do not add scikit-image's bundled photographs.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
 @threads_option
-@click.option("--device", default="cpu", show_default=True, help="Where the model trains: cpu, cuda or cuda:N.")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
-              help="Processes making training batches (use several to keep a GPU busy); 0 = in the training "
-                   "process, which makes a run resume exactly.")
-@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--device", default="cpu", show_default=True, callback=check_device, help="Where the model trains: cpu, cuda or cuda:N.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0, MAX_THREADS),
+              help=f"Processes making training batches (use several to keep a GPU busy), at most {MAX_THREADS} "
+                   "(4x the cores); 0 = in the training process, which makes a run resume exactly.")
+@click.option("--max-minutes", type=FiniteFloatRange(0, 10**6, min_open=True), default=None,
               help="Stop with a checkpoint after this much training time; the learning rate then decays "
                    "by time or by --steps, whichever is further along.")
 @click.option("--autocast", type=click.Choice(["bf16"]), default=None,
@@ -73,24 +76,33 @@ def main(data, output, preset, no_reference, fsq_levels, group_context, init_fro
          resume, threads, device, workers, max_minutes, autocast, as_json) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
     from reftok_deploy.errors import ReftokError
-    from reftok_deploy.train import PRESET_LR, Recipe, train
+    from reftok_deploy.paths import OutputPlan
+    from reftok_deploy.train import PRESET_LR, STATE, Recipe, check_training_memory, train
 
     if crop % 8:
         raise ReftokError(f"--crop must be a multiple of 8, got {crop}")
-    if lr is not None and not (math.isfinite(lr) and 0 < lr < 1):
-        raise ReftokError(f"--lr must be a positive number below 1, got {lr}")
     cfg = dataclasses.replace(PRESETS[preset], group_context=group_context)
     cfg = cfg.twin() if no_reference else cfg
     if fsq_levels is not None:
         cfg = dataclasses.replace(cfg, fsq_levels=parse_levels(fsq_levels))
+    check_training_memory(preset, batch, crop, device)
     if lr is None:
         lr = PRESET_LR[preset]
     recipe = Recipe(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
                     reference_dropout=reference_dropout, flow_weight=flow_weight, loss=loss,
                     builtin_stills=not no_builtin_stills, max_minutes=max_minutes,
                     autocast=autocast)
-    folder = train(cfg, list(data), output, recipe, resume=resume, threads=threads, init_from=init_from,
-                   device=device, workers=workers)
+    plan = OutputPlan()  # every path before any work; a run that fails before its first checkpoint leaves nothing
+    for path in data:
+        plan.reads(path, "the training data")
+    if not resume:  # a resumed run reads its own folder on purpose
+        plan.reads(init_from, "the --init-from checkpoint")
+    plan.folder(output, "--output", writes=("checkpoint/model.safetensors", "checkpoint/config.json", STATE,
+                                            "train_log.jsonl"),
+                keep_if=lambda run: (run / "checkpoint" / "config.json").is_file())
+    with plan:
+        folder = train(cfg, list(data), output, recipe, resume=resume, threads=threads, init_from=init_from,
+                       device=device, workers=workers)
     if as_json:
         import json
 
