@@ -55,6 +55,8 @@ class ExportOptions:
 
 def _annotate(proto: onnx.ModelProto, config: dict[str, Any], graph: str, precision: str, options: ExportOptions,
               checkpoint_sha: str) -> onnx.ModelProto:
+    # model_config is the manifest's "model" section verbatim and checkpoint_sha256 its checkpoint hash:
+    # manifest.open_export holds the manifest to them, so an edited manifest is refused.
     props = {
         "reftok.model_version": str(config["model_version"]),
         "reftok.model_config": json.dumps(config, sort_keys=True),

@@ -11,7 +11,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from reftok_deploy.errors import ReftokError
+from reftok_deploy.errors import ReftokError, report_damaged_input
+from reftok_deploy.video_integrity import FrameTally, ended_early, unopenable_reason
 
 # Largest frame (pixels) the commands run the model on unless told otherwise: 1920x1088. Memory
 # grows linearly with pixels (measured: ~3 GB at 1280x720, ~6 GB at 1920x1080, OOM at 4000x3000).
@@ -76,23 +77,30 @@ def center_square(frame: np.ndarray, size: int) -> np.ndarray:
 
 
 def iter_video(path: str | Path) -> Iterator[np.ndarray]:
-    """Yield RGB uint8 ``[H,W,3]`` frames of a video file; raise ReftokError if it cannot be read."""
+    """Yield RGB uint8 ``[H,W,3]`` frames of a video file; raise ReftokError if it cannot be read.
+
+    A file that stops decoding before its end (truncated or damaged) yields what it has and is
+    reported once (:func:`ended_early`); a caller that stops early (closes the generator) is
+    not.
+    """
     path = Path(path)
     if not path.is_file():
         raise ReftokError(f"video not found: {path}")
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
-            raise ReftokError(f"cannot open video {path}: not a readable video file")
-        count = 0
+            raise ReftokError(f"cannot open video {path}: {unopenable_reason(path)}")
+        tally = FrameTally()
         while True:
             ok, frame = cap.read()
             if not ok:
                 break
-            count += 1
+            tally.add(cap)
             yield to_rgb(frame, "BGR")
-        if count == 0:
+        if tally.frames == 0:
             raise ReftokError(f"cannot decode any frame of {path}: corrupt or unsupported video")
+        if (message := ended_early(path, cap, tally)) is not None:
+            report_damaged_input(message)
     finally:
         cap.release()
 

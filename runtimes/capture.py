@@ -31,8 +31,9 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from reftok_deploy.errors import ReftokError
+from reftok_deploy.errors import ReftokError, report_damaged_input
 from reftok_deploy.video import to_rgb
+from reftok_deploy.video_integrity import FrameTally, ended_early
 
 _END = object()
 
@@ -72,10 +73,12 @@ def quiet_opencv() -> None:
     better); distribution builds such as Debian's 4.6 have no ``cv2.utils.logging``."""
     logging = getattr(getattr(cv2, "utils", None), "logging", None)
     if logging is not None and hasattr(logging, "setLogLevel"):
-        logging.setLogLevel(logging.LOG_LEVEL_ERROR)
+        if logging.getLogLevel() > logging.LOG_LEVEL_ERROR:  # never louder than the command made it (silent)
+            logging.setLogLevel(logging.LOG_LEVEL_ERROR)
     elif hasattr(cv2, "setLogLevel"):
         try:
-            cv2.setLogLevel(2)  # older bindings: 2 = error
+            if getattr(cv2, "getLogLevel", lambda: 3)() > 2:
+                cv2.setLogLevel(2)  # older bindings: 2 = error
         except Exception:
             pass
 
@@ -163,6 +166,12 @@ def parse_source(text: str) -> SourceSpec:
     return SourceSpec(path, path)
 
 
+def is_file_source(spec: SourceSpec) -> bool:
+    """A video file (``--video``, ``file://``), not a camera, stream, pipeline or image sequence."""
+    return (not spec.live and spec.api == cv2.CAP_ANY and isinstance(spec.target, str)
+            and os.path.isfile(spec.target))
+
+
 def open_capture(spec: SourceSpec, timeout: float = DEFAULT_OPEN_TIMEOUT) -> cv2.VideoCapture:
     """cv2.VideoCapture of ``spec``, opened on a watchdog thread: a hang past ``timeout`` seconds
     is one clear error (the stuck open is abandoned on its daemon thread)."""
@@ -189,6 +198,8 @@ class FrameSource:
     Files block the reader when the queue is full (no frame lost); live sources drop the
     oldest frame instead (latency stays low). A live source that stops delivering is
     reopened up to ``retries`` times with back-off; after that the stream ends cleanly.
+    A file that stops before its end (truncated, damaged) is reported once through
+    ``report_damaged_input`` when iteration reaches that end (see ``reftok_deploy.video_integrity.ended_early``).
     """
 
     def __init__(self, spec: SourceSpec, queue_size: int = 16, retries: int = 5, backoff: float = 0.5,
@@ -216,6 +227,8 @@ class FrameSource:
         self._newest: np.ndarray | None = None
         self._ended = False  # skip_backlog took the reader's end mark
         self._drop_lock = threading.Lock()
+        self._tally = FrameTally() if is_file_source(spec) else None  # files only: frames read, last timestamp
+        self._damage: str | None = None  # set by the reader when a file ends early; reported at the end
 
     def __enter__(self) -> "FrameSource":
         self._thread.start()
@@ -265,10 +278,16 @@ class FrameSource:
                 if generation != self._generation:
                     break  # abandoned while blocked in read(): a newer reader owns the source
                 if ok:
+                    if self._tally is not None:
+                        self._tally.add(cap)
                     frame = to_rgb(frame, "BGR")
                     self.read_seconds += time.perf_counter() - start
                     self._put(frame)
-                elif not self.spec.live or (cap := self._reopen(cap, generation)) is None:
+                elif not self.spec.live:
+                    if self._tally is not None and self._tally.frames:
+                        self._damage = ended_early(self.spec.target, cap, self._tally)
+                    break
+                elif (cap := self._reopen(cap, generation)) is None:
                     break
         except Exception as exc:  # surfaced to the consumer, never lost in the thread
             if generation == self._generation:
@@ -356,6 +375,8 @@ class FrameSource:
             if item is _END:
                 if self.error is not None:
                     raise ReftokError(f"reading {self.spec.label} failed: {self.error}")
+                if self._damage is not None:
+                    report_damaged_input(self._damage)
                 return
             self._stalled_in_a_row = 0  # a 24/7 stream may stall now and then: give up on a run of them
             yield item

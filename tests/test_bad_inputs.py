@@ -58,10 +58,8 @@ def rewrite_stream(data: bytes, header_edit: dict | None = None, records: list |
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, tiny_checkpoint):
+def files(tmp_path_factory, tiny_checkpoint, tiny_export):
     """Every hostile or broken input the cases below use, made once."""
-    from reftok_deploy.export.pipeline import ExportOptions, run_export
-
     root = tmp_path_factory.mktemp("bad")
     f = {"root": root, "ck": tiny_checkpoint}
     f["video"] = write_video(root / "clip.avi", moving_still("chelsea", 18, 64, seed=3))
@@ -93,7 +91,7 @@ def files(tmp_path_factory, tiny_checkpoint):
     shutil.copytree(tiny_checkpoint, f["ck_badweights"])
     (f["ck_badweights"] / "model.safetensors").write_bytes(b"garbage" * 100)
     f["export"] = root / "export"
-    run_export(tiny_checkpoint, f["export"], ExportOptions(dynamo=False, tensorrt="skip"))
+    shutil.copytree(tiny_export, f["export"])
     manifest = json.loads((f["export"] / "manifest.json").read_text())
     for name, change in {"ex_badjson": "json", "ex_version": "version", "ex_noartifacts": "artifacts",
                          "ex_tampered": "tamper", "ex_nomanifest": "nomanifest"}.items():
@@ -151,6 +149,7 @@ def files(tmp_path_factory, tiny_checkpoint):
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     data = rtok.read_bytes()
+    assert b'"fps": 10.0' in data  # one digit of it is flipped below
     f["rtok"] = rtok
     streams = {
         "rtok_truncated": data[:-40],
@@ -164,6 +163,10 @@ def files(tmp_path_factory, tiny_checkpoint):
         "rtok_emptyref": rewrite_stream(data, records=[record(1, b"")]),
         "rtok_nothing": data[:10 + struct.unpack("<I", data[6:10])[0] + 4 + 3],  # cut inside the first record
         "rtok_othersha": rewrite_stream(data, {"checkpoint_sha256": "ab" * 32}),
+        "rtok_fps": rewrite_stream(data, {"fps": 5000.0}),
+        "rtok_trailing": data + b"trailing bytes",
+        "rtok_twice": data + data,
+        "rtok_fpsdigit": data.replace(b'"fps": 10.0', b'"fps": 70.0'),  # header CRC left as it was
     }
     for name, blob in streams.items():
         f[name] = root / f"{name}.rtok"
@@ -264,6 +267,13 @@ CASES = [
     ("decode", ["{rtok_truncated}", "--checkpoint", "{ck}", "--backend", "torch", "-o", "{out}/d.mp4"], "truncated"),
     ("decode", ["{rtok_crc}", "--checkpoint", "{ck}", "--backend", "torch", "-o", "{out}/d.mp4"], "CRC"),
     ("decode", ["{rtok_othersha}", "--checkpoint", "{ck}", "--backend", "torch"], "another checkpoint"),
+    ("decode", ["{rtok_fps}", "--checkpoint", "{ck}", "--backend", "torch", "-o", "{out}/d.mp4"], "fps"),
+    ("decode", ["{rtok_trailing}", "--checkpoint", "{ck}", "--backend", "torch", "-o", "{out}/d.mp4"],
+     "after the end record"),
+    ("decode", ["{rtok_twice}", "--checkpoint", "{ck}", "--backend", "torch", "-o", "{out}/d.mp4"],
+     "after the end record"),
+    ("decode", ["{rtok_fpsdigit}", "--checkpoint", "{ck}", "--backend", "torch", "-o", "{out}/d.mp4"],
+     "header is corrupt"),
     ("decode", ["{rtok_block16}", "--checkpoint", "{ck}", "--backend", "torch"], "header block_frames"),
     ("decode", ["{rtok_levels}", "--checkpoint", "{ck}", "--backend", "torch"], "header fsq_levels"),
     ("decode", ["{rtok_version}", "--checkpoint", "{ck}", "--backend", "torch"], "header model_version"),
