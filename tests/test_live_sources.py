@@ -48,7 +48,7 @@ def capture_tree(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("syspkg")
     package = root / "reftok_deploy"
     (package / "runtimes").mkdir(parents=True)
-    for name in ("__init__.py", "errors.py", "video.py", "files.py"):
+    for name in ("__init__.py", "errors.py", "video.py", "video_integrity.py", "files.py"):
         shutil.copy(ROOT / "reftok_deploy" / name, package / name)
     for name in ("__init__.py", "capture.py", "output.py"):
         shutil.copy(ROOT / "runtimes" / name, package / "runtimes" / name)

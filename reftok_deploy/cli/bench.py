@@ -8,8 +8,8 @@ import json
 import click
 
 from reftok_deploy.cli import OneLineCommand, user_errors
-from reftok_deploy.cli.options import (check_device, checkpoint_option, json_option, max_gops_option, streams_option, threads_option,
-                                       verbose_option, videos_option)
+from reftok_deploy.cli.options import (checkpoint_option, device_option, json_option, max_gops_option, streams_option,
+                                       threads_option, verbose_option, videos_option)
 
 
 E2E_GOPS = 10  # GOPs of the end-to-end run (the timed clips' frames replayed)
@@ -31,7 +31,7 @@ E2E_GOPS = 10  # GOPs of the end-to-end run (the timed clips' frames replayed)
                    "baseline's through reftok-run's whole path (GOPs, overlay, MP4 writing).")
 @threads_option
 @streams_option
-@click.option("--device", default="cpu", show_default=True, callback=check_device, help="cpu or cuda.")
+@device_option("cpu or cuda.")
 @json_option()
 @verbose_option
 @user_errors

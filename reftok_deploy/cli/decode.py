@@ -8,7 +8,8 @@ import click
 from tqdm import tqdm
 
 from reftok_deploy.cli import OneLineCommand, user_errors
-from reftok_deploy.cli.options import check_device, checkpoint_option, json_option, output_option, threads_option, verbose_option
+from reftok_deploy.cli.options import (checkpoint_option, device_option, json_option, output_option, threads_option,
+                                       verbose_option)
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,7 +18,7 @@ from reftok_deploy.cli.options import check_device, checkpoint_option, json_opti
 @checkpoint_option()
 @click.option("--export", "export_folder", type=click.Path(), default=None, help="reftok-export folder.")
 @click.option("--backend", default="auto", show_default=True, help="Same choices as reftok-run.")
-@click.option("--device", default="cpu", show_default=True, callback=check_device, help="cpu or cuda (torch / onnxruntime).")
+@device_option("cpu or cuda (torch / onnxruntime).")
 @threads_option
 @click.option("--salvage", is_flag=True,
               help="Decode a damaged or cut-off stream (no end record, e.g. after a crash) up to its last "

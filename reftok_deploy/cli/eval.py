@@ -89,10 +89,13 @@ def main(legacy_videos, videos, suite, demo, checkpoint, twin_path, no_twin, wit
                           f"{physical_memory_bytes() / 1e9:.0f} GB: lower --batch or --size")
     for video in videos:
         utf8_name(video, "--video")
-    checkpoint, twin_path = checkpoint or default_checkpoint(), None if no_twin else twin_path or default_checkpoint(twin=True)
+    checkpoint = checkpoint or default_checkpoint()
+    twin_path = None if no_twin else twin_path or default_checkpoint(twin=True)
     plan = OutputPlan()  # every path before any work; a failed run leaves no grid behind
-    for path, what in [(v, "the video") for v in videos] + [(checkpoint, "the checkpoint"), (twin_path, "the twin")]:
-        plan.reads(path, what)
+    for video in videos:
+        plan.reads(video, "the video")
+    plan.reads(checkpoint, "the checkpoint")
+    plan.reads(twin_path, "the twin")
     if grid_dir:
         utf8_name(grid_dir, "--grid")
         plan.folder(grid_dir, "--grid")

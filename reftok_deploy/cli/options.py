@@ -5,6 +5,7 @@
 - ``--checkpoint`` a checkpoint folder, or the run folder reftok-train wrote (its ``checkpoint/`` is used)
 - ``--max-gops``   at most this many GOPs per clip
 - ``--threads``    CPU threads for the model
+- ``--device``     cpu, cuda or cuda:N
 - ``--json``       print the command's report as one JSON document
 - ``-v/--verbose`` show the libraries' own messages (quiet by default)
 
@@ -37,7 +38,7 @@ class FiniteFloatRange(click.FloatRange):
     """A float within [min, max] that is a number: ``nan`` and ``inf`` are refused (click's FloatRange
     lets nan through, every comparison with it being false)."""
 
-    name = "finite float range"
+    name = "float range"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         number = click.FLOAT.convert(value, param, ctx)
@@ -113,6 +114,10 @@ def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if not re.fullmatch(r"cpu|cuda(:\d{1,3})?", value):
         raise click.BadParameter(f"{value!r}: use cpu, cuda or cuda:N", ctx, param)
     return value
+
+
+def device_option(help: str = "cpu, cuda or cuda:N (torch / onnxruntime).") -> Callable:
+    return click.option("--device", default="cpu", show_default=True, callback=check_device, help=help)
 
 
 def json_option(help: str = "Print the report as one JSON document.") -> Callable:

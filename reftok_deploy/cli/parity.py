@@ -8,8 +8,8 @@ import sys
 import click
 
 from reftok_deploy.cli import OneLineCommand, user_errors
-from reftok_deploy.cli.options import (check_device, checkpoint_option, json_option, max_gops_option, threads_option, verbose_option,
-                                       videos_option)
+from reftok_deploy.cli.options import (checkpoint_option, device_option, json_option, max_gops_option, threads_option,
+                                       verbose_option, videos_option)
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,7 +23,7 @@ from reftok_deploy.cli.options import (check_device, checkpoint_option, json_opt
 @click.option("--size", default=256, show_default=True, type=click.IntRange(8, 4096),
               help="Short side resized to SIZE, then the centre SIZE x SIZE (a multiple of 8).")
 @max_gops_option(4, "GOPs per clip.")
-@click.option("--device", default="cpu", show_default=True, callback=check_device, help="cpu or cuda (torch and onnxruntime backends).")
+@device_option("cpu or cuda (torch and onnxruntime backends).")
 @threads_option
 @json_option("Print the report as JSON.")
 @verbose_option

@@ -7,8 +7,8 @@ import json
 import click
 
 from reftok_deploy.cli import OneLineCommand, sigterm_as_interrupt, user_errors
-from reftok_deploy.cli.options import (check_device, MAX_COUNT, OUTPUT_RULE, FiniteFloatRange, checkpoint_option, json_option,
-                                       output_option, streams_option, threads_option, verbose_option)
+from reftok_deploy.cli.options import (MAX_COUNT, OUTPUT_RULE, FiniteFloatRange, checkpoint_option, device_option,
+                                       json_option, output_option, streams_option, threads_option, verbose_option)
 from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
 from reftok_deploy.tokenstream import MAX_PIXELS as MAX_FRAME_PIXELS
 from reftok_deploy.video import DEFAULT_MAX_PIXELS
@@ -23,7 +23,7 @@ from reftok_deploy.video import DEFAULT_MAX_PIXELS
 @click.option("--export", "export_folder", type=click.Path(), default=None, help="reftok-export folder (ONNX/engines).")
 @click.option("--backend", default="auto", show_default=True,
               help="auto | torch | onnxruntime[:fp32|fp16|int8] | openvino[:fp32|fp16|int8|bf16] | tensorrt[:fp16|int8|fp32].")
-@click.option("--device", default="cpu", show_default=True, callback=check_device, help="cpu or cuda (torch / onnxruntime).")
+@device_option("cpu or cuda (torch / onnxruntime).")
 @threads_option
 @streams_option
 @click.option("--size", type=click.IntRange(8, 4096), default=None,

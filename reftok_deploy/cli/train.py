@@ -8,8 +8,8 @@ import math
 import click
 
 from reftok_deploy.cli import OneLineCommand, user_errors
-from reftok_deploy.cli.options import (check_device, MAX_COUNT, MAX_THREADS, FiniteFloatRange, json_option, output_option,
-                                       threads_option, verbose_option)
+from reftok_deploy.cli.options import (MAX_COUNT, MAX_THREADS, FiniteFloatRange, device_option, json_option,
+                                       output_option, threads_option, verbose_option)
 from reftok_deploy.model import PRESETS
 
 
@@ -59,7 +59,7 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @click.option("--no-builtin-stills", is_flag=True, help="Do not add scikit-image's bundled photographs.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
 @threads_option
-@click.option("--device", default="cpu", show_default=True, callback=check_device, help="Where the model trains: cpu, cuda or cuda:N.")
+@device_option("Where the model trains: cpu, cuda or cuda:N.")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0, MAX_THREADS),
               help=f"Processes making training batches (use several to keep a GPU busy), at most {MAX_THREADS} "
                    "(4x the cores); 0 = in the training process, which makes a run resume exactly.")
