@@ -14,9 +14,9 @@ A command declares its inputs and outputs in one :class:`OutputPlan` at its star
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -45,6 +45,22 @@ def _identity(path: Path) -> tuple[str, tuple[int, int] | None]:
         return resolved, None
 
 
+def _normalized(path: str | Path, what: str) -> Path:
+    """``path`` with its folder resolved as the OS will resolve it (symlinks, ``..``), the last name kept as
+    given (an output that is a symlink is replaced, not followed). A ``..`` below a folder that does not
+    exist yet is refused: it would mean another place once that folder is created."""
+    path = Path(os.path.abspath(path))
+    if path.name in ("", ".", ".."):
+        raise ReftokError(f"{what} {path}: give a name, not '..'")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    rest = path.parent.relative_to(existing)
+    if ".." in rest.parts:
+        raise ReftokError(f"{what} {path}: '..' after a folder that does not exist")
+    return Path(os.path.realpath(existing)) / rest / path.name
+
+
 def _files_under(path: Path, limit: int = 100_000) -> Iterable[Path]:
     """``path`` itself if a file, else every file under it (at most ``limit``: a data folder may be large)."""
     if path.is_file():
@@ -54,12 +70,6 @@ def _files_under(path: Path, limit: int = 100_000) -> Iterable[Path]:
             if count >= limit:
                 return
             yield file
-
-
-@dataclass
-class _Input:
-    label: str
-    identities: dict[tuple[int, int] | str, Path] = field(default_factory=dict)
 
 
 class OutputPlan:
@@ -100,39 +110,60 @@ class OutputPlan:
 
     # -- outputs ------------------------------------------------------------------------------------------
     def file(self, path: str | Path, what: str, opencv: bool = False) -> Path:
-        """Declare an output file -> its path. Refused: same as an input or another output, an existing
-        folder, an unwritable folder. Its missing parent folders are created (removed again on failure)."""
-        path = Path(path)
-        if opencv:
-            utf8_name(path, what)
-        self._check_new_output(path, what)
-        if path.is_dir():
-            raise ReftokError(f"{what} {path} is a folder; give a file name")
-        if not path.exists() and not path.is_symlink():
-            self._new_files.append(path)
-        self._writable_folder(path.parent, what)
-        return path
+        """Declare an output file -> its path as given. Refused: same as an input or another output, an
+        existing folder, an unwritable folder. Its missing parent folders are created (removed again on
+        failure, as is everything this plan created when a declaration is refused)."""
+        given = Path(path)
+        with self._undo_on_error():
+            if opencv:
+                utf8_name(given, what)
+            path = _normalized(given, what)
+            self._check_new_output(path, what)
+            if path.is_dir():
+                raise ReftokError(f"{what} {given} is a folder; give a file name")
+            if not path.exists() and not path.is_symlink():
+                self._new_files.append(path)
+            self._writable_folder(path.parent, what)
+        return given
 
     def folder(self, path: str | Path, what: str, writes: Iterable[str] = (),
                keep_if: Callable[[Path], bool] | None = None) -> Path:
         """Declare an output folder that will hold the files ``writes`` (relative names) -> its path.
         Created when missing, and then removed with everything in it if the command fails, unless
         ``keep_if(folder)`` says what was written by then is worth keeping (a training checkpoint)."""
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise ReftokError(f"{what} {path} is a file; give a folder")
-        self._check_new_output(path, what)
-        for name in writes:
-            inner = path / name
-            clash = self._clash(inner)
-            if clash is not None:
-                raise ReftokError(f"{what} {path} would overwrite {clash}, which this command reads; choose "
-                                  "another output folder")
-            if inner.is_dir():
-                raise ReftokError(f"{what} {path}: {inner} is a folder where this command writes a file; "
-                                  "move it away or choose another output folder")
-        self._writable_folder(path, what, keep_if)
-        return path
+        given = Path(path)
+        with self._undo_on_error():
+            path = _normalized(given, what)
+            if path.exists() and not path.is_dir():
+                raise ReftokError(f"{what} {given} is a file; give a folder")
+            self._check_new_output(path, what)
+            for name in writes:
+                inner = path / name
+                clash = self._clash(inner)
+                if clash is not None:
+                    raise ReftokError(f"{what} {given} would overwrite {clash}, which this command reads; choose "
+                                      "another output folder")
+                if inner.is_dir():
+                    raise ReftokError(f"{what} {given}: {given / name} is a folder where this command writes a "
+                                      "file; move it away or choose another output folder")
+            self._writable_folder(path, what, keep_if)
+        return given
+
+    def keep(self, *paths: str | Path | None) -> None:
+        """The outputs ``paths`` are finished and published: a later failure (a Ctrl-C while sources close)
+        must not remove them, nor the folders they are in."""
+        kept = {_normalized(p, "output") for p in paths if p is not None}
+        self._new_files = [f for f in self._new_files if f not in kept]
+        self._new_folders = [(folder, keep_if) for folder, keep_if in self._new_folders
+                             if not any(folder in k.parents for k in kept)]
+
+    @contextlib.contextmanager
+    def _undo_on_error(self):
+        try:
+            yield
+        except BaseException:
+            self.undo()
+            raise
 
     def _check_new_output(self, path: Path, what: str) -> None:
         clash = self._clash(path)

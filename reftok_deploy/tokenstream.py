@@ -74,7 +74,9 @@ def stream_header(cfg, width: int, height: int, fps: float, checkpoint_sha256: s
                   backend: str | None = None) -> dict:
     """Header of a stream of ``width`` x ``height`` frames tokenized by a model of config ``cfg`` (RefTokConfig)
     with ``backend`` (a --backend spec such as ``onnxruntime:int8``; optional, for reftok-decode to report)."""
-    header = {"width": width, "height": height, "fps": float(fps), "block_frames": cfg.block_frames,
+    # A source slower than 0.1 fps (a time-lapse) is recorded at 0.1: OpenCV's writers refuse less.
+    header = {"width": width, "height": height, "fps": min(max(float(fps), MIN_FPS), MAX_FPS),
+              "block_frames": cfg.block_frames,
               "temporal_factor": cfg.temporal_factor, "spatial_factor": cfg.spatial_factor,
               "fsq_levels": list(cfg.fsq_levels), "codebook_size": int(np.prod(cfg.fsq_levels)),
               "model_version": cfg.model_version, "checkpoint_sha256": checkpoint_sha256, "reference_codec": "png"}

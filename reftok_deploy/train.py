@@ -150,7 +150,10 @@ TRAIN_BYTES_PER_PIXEL = {"tiny": 7_000, "small": 10_000, "base": 15_000}
 def device_memory_bytes(device: str) -> int:
     """Memory a training step can use: the GPU's for a CUDA device, else the machine's physical memory."""
     if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+        index = torch.device(device).index or 0
+        if index >= torch.cuda.device_count():
+            raise ReftokError(f"--device {device}: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s)")
+        return torch.cuda.get_device_properties(index).total_memory
     return physical_memory_bytes()
 
 
@@ -283,7 +286,13 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
                               "or check the data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not torch.isfinite(grad_norm):  # a finite loss can still have nan/inf gradients: never step on them
+            bar.close()
+            stream.close()
+            kept = f"the checkpoint of step {saved_step} is kept" if saved_step else "no checkpoint was written"
+            raise ReftokError(f"training diverged: the gradient is {grad_norm.item()} at step {step + 1}; {kept}; "
+                              "lower --lr or check the data")
         optimizer.step()
         step += 1
         with torch.no_grad():

@@ -52,8 +52,6 @@ SAME_FILE = [
      "is the token stream"),
     ("train", ["{root}/data", "-o", "{run}", "--init-from", "{run}/checkpoint", *FAST_TRAIN],
      "would overwrite the --init-from checkpoint"),
-    ("eval", ["--video", "{root}/data/clip.avi", "--video", "{root}/other/clip.avi", "--checkpoint", "{ck}",
-              "--no-twin", "--no-x264", "--grid", "{out}/grid"], "are the same file"),
 ]
 
 
@@ -65,6 +63,46 @@ def test_an_output_that_is_an_input_is_refused_and_nothing_changes(world, tmp_pa
     assert time.perf_counter() - started < 5
     assert tree_listing(world["root"]) == before
     assert not list(tmp_path.iterdir())
+
+
+def test_grid_pictures_of_clips_with_one_name_get_their_own_files():
+    from reftok_deploy.cli.eval import grid_names
+
+    assert grid_names(["a/clip.avi", "b/clip.avi", "suite:pan", "c/other.mp4"]) == \
+        ["clip-1", "clip-2", "suite-pan", "other"]
+
+
+def test_a_path_through_a_folder_that_does_not_exist_cannot_reach_an_existing_file(world, tmp_path):
+    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.paths import OutputPlan
+
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "existing" / "keep.mp4").write_bytes(b"the user's video")
+    with pytest.raises(ReftokError, match="the command failed"):
+        with OutputPlan() as plan:
+            plan.file(tmp_path / "new" / ".." / "existing" / "keep.mp4", "--output")
+            raise ReftokError("the command failed")
+    assert (tmp_path / "existing" / "keep.mp4").read_bytes() == b"the user's video"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
+def test_a_refused_declaration_removes_the_folders_made_for_earlier_outputs(world, tmp_path):
+    one_error_line(invoke("run", ["--demo", "--checkpoint", "{ck}", "--backend", "torch", "-o", "{out}/a/o.mp4",
+                                  "--tokens", "{out}/a/o.mp4"], world, tmp_path), "are the same file")
+    assert not list(tmp_path.iterdir())
+
+
+def test_published_outputs_survive_an_interrupt_while_the_source_closes(world, tmp_path, monkeypatch):
+    from reftok_deploy.runtimes.capture import ArraySource
+
+    def interrupted_close(self, *exc):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ArraySource, "__exit__", interrupted_close)
+    result = invoke("run", ["--demo", "--checkpoint", "{ck}", "--backend", "torch", "--max-frames", "18", "-o",
+                            "{out}/new/o.mp4", "--tokens", "{out}/new/t.rtok"], world, tmp_path)
+    assert result.exit_code == 130, result.stderr
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["o.mp4", "t.rtok"]
 
 
 def test_an_export_folder_holding_a_folder_named_like_an_artefact_is_refused(world, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 from tqdm import tqdm
@@ -17,6 +18,16 @@ from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
 # Peak bytes per pixel of one GOP through the model at inference (reftok-run measured about 3 GB at 1280x720
 # and 6 GB at 1920x1080, see reftok_deploy.video.DEFAULT_MAX_PIXELS); --batch GOPs run together.
 INFERENCE_BYTES_PER_PIXEL = 3_500
+
+
+def grid_names(sources: list[str]) -> list[str]:
+    """A picture name per clip: its stem, with a counter where two clips share one (a/clip.mp4, b/clip.mp4)."""
+    stems = [Path(name).stem.replace(":", "-") for name in sources]
+    names, seen = [], {}
+    for stem in stems:
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if stems.count(stem) == 1 else f"{stem}-{seen[stem]}")
+    return names
 
 
 class _LegacyVideos(click.Argument):
@@ -62,7 +73,6 @@ def main(legacy_videos, videos, suite, demo, checkpoint, twin_path, no_twin, wit
     PSNR/SSIM are averaged over the block frames (uint8, RGB; references are exact and not
     scored); bpp counts the tokens alone and the tokens plus the PNG references.
     """
-    from pathlib import Path
 
     from reftok_deploy.checkpoint import default_checkpoint, load_checkpoint
     from reftok_deploy.data import demo_clips
@@ -107,8 +117,8 @@ def main(legacy_videos, videos, suite, demo, checkpoint, twin_path, no_twin, wit
             sources += list(suite_clips(size, reftok.cfg.block_frames).items())
         if demo:
             sources += list(demo_clips(size, block_frames=reftok.cfg.block_frames).items())
-        grids = [plan.file(Path(grid_dir) / (Path(name).stem.replace(":", "-") + ".png"), f"--grid picture of {name}")
-                 if grid_dir else None for name, _ in sources]
+        grids = [plan.file(Path(grid_dir) / f"{stem}.png", f"--grid picture of {name}") if grid_dir else None
+                 for stem, (name, _) in zip(grid_names([name for name, _ in sources]), sources)]
         clips = []
         for (name, frames), grid in tqdm(list(zip(sources, grids)), desc="evaluating", unit="clip",
                                          disable=None):  # a bar on a terminal only

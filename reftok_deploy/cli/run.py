@@ -89,7 +89,7 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
     if tokens_path:
         plan.file(tokens_path, "--tokens")
     with plan:
-        summary, stats, runner = _run(source_spec, demo, checkpoint, export_folder, backend, device, threads,
+        summary, stats, runner = _run(plan, source_spec, demo, checkpoint, export_folder, backend, device, threads,
                                       streams, size, refresh_blocks, cut_threshold, output, tokens_path, display,
                                       max_frames, max_pixels, open_timeout, read_timeout, say)
     if as_json:
@@ -111,7 +111,7 @@ def _source_file(spec) -> str | None:
     return spec.target
 
 
-def _run(source_spec, demo, checkpoint, export_folder, backend, device, threads, streams, size, refresh_blocks,
+def _run(plan, source_spec, demo, checkpoint, export_folder, backend, device, threads, streams, size, refresh_blocks,
          cut_threshold, output, tokens_path, display, max_frames, max_pixels, open_timeout, read_timeout, say):
     """reftok-run's pipeline once every path is checked -> (summary dict, StreamStats, the first runner)."""
     import contextlib
@@ -211,6 +211,7 @@ def _run(source_spec, demo, checkpoint, export_folder, backend, device, threads,
                 handle.abort()
             raise
         commit_together(outputs)
+        plan.keep(output, tokens_path)  # published: closing the source or the runners must not undo them
         stats.capture_seconds = float(getattr(frames, "read_seconds", 0.0))
         summary = dict(stats.summary(), backend=runner.name, streams=streams, source=spec.label, size=[height, width],
                        scene_changes=gop.scene_changes, dropped=frames.dropped, reconnects=frames.reconnects,
