@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import click
@@ -14,6 +15,7 @@ from reftok_deploy.cli.options import (checkpoint_option, device_option, json_op
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("stream", type=click.Path())
+@click.option("--clip", "clip_id", default=None, help="With a reftok-tokenize dataset folder as STREAM: the clip to decode.")
 @output_option("Reconstructed video (.mp4/.avi).", type=click.Path(dir_okay=False), default=None)
 @checkpoint_option()
 @click.option("--export", "export_folder", type=click.Path(), default=None, help="reftok-export folder.")
@@ -26,8 +28,9 @@ from reftok_deploy.cli.options import (checkpoint_option, device_option, json_op
 @json_option("Print the summary as JSON.")
 @verbose_option
 @user_errors
-def main(stream, output, checkpoint, export_folder, backend, device, threads, salvage, as_json) -> None:
-    """Decode STREAM (written by reftok-run --tokens) with the checkpoint it was made with.
+def main(stream, clip_id, output, checkpoint, export_folder, backend, device, threads, salvage, as_json) -> None:
+    """Decode STREAM (written by reftok-run --tokens, or a reftok-tokenize dataset folder with --clip ID) with
+    the checkpoint it was made with.
     With --salvage, a damaged stream is decoded up to its damage and the command exits 3.
 
     Prints reconstruction_sha256: equal to reftok-run's for the same backend when the
@@ -41,7 +44,7 @@ def main(stream, output, checkpoint, export_folder, backend, device, threads, sa
     from reftok_deploy.runtimes.factory import backend_label, make_runner
     from reftok_deploy.runtimes.output import VideoFile
     from reftok_deploy.runtimes.stream import decode_stream
-    from reftok_deploy.tokenstream import check_header_matches, open_stream
+    from reftok_deploy.tokenstream import check_header_matches
 
     say = (lambda msg: click.echo(msg, err=True))
     damage: list[str] = []
@@ -52,7 +55,7 @@ def main(stream, output, checkpoint, export_folder, backend, device, threads, sa
     plan.reads(export_folder, "the export folder")
     if output:
         plan.file(output, "--output", opencv=True)
-    with plan, open_stream(stream, on_damage=damage.append if salvage else None) as (header, records):
+    with plan, _open(stream, clip_id, damage.append if salvage else None) as (header, records):
         if weights_sha256(checkpoint) != header["checkpoint_sha256"]:
             raise ReftokError(f"{stream} was encoded with another checkpoint (weights "
                               f"{header['checkpoint_sha256'][:12]}...): pass --checkpoint")
@@ -103,3 +106,25 @@ def main(stream, output, checkpoint, export_folder, backend, device, threads, sa
     else:
         click.echo(f"decoded {frames} frames on {runner.name}" + (f" into {output}" if output else "")
                    + f"; reconstruction sha256 {summary['reconstruction_sha256']}")
+
+
+@contextlib.contextmanager
+def _open(stream: str, clip_id: str | None, on_damage):
+    """(header, records) of a .rtok file, or of one clip of a reftok-tokenize dataset folder."""
+    from pathlib import Path
+
+    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.tokenstream import open_stream
+
+    if not Path(stream).is_dir():
+        if clip_id is not None:
+            raise ReftokError("--clip is for a reftok-tokenize dataset folder; STREAM is a file")
+        with open_stream(stream, on_damage=on_damage) as opened:
+            yield opened
+        return
+    from reftok_deploy.token_dataset import clip_header, clip_records, read_manifest
+
+    if clip_id is None:
+        raise ReftokError(f"{stream} is a folder: give --clip ID to decode one clip of a reftok-tokenize dataset")
+    manifest = read_manifest(stream)
+    yield clip_header(stream, clip_id, manifest), clip_records(stream, clip_id, manifest)
