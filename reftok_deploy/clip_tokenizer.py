@@ -26,7 +26,7 @@ from reftok_deploy.files import AtomicFile
 from reftok_deploy.gop import Gop, GopPlanner, NewReference
 from reftok_deploy.token_dataset import remove_clip_shards, write_done, write_shard
 from reftok_deploy.tokenstream import reference_png
-from reftok_deploy.video import center_square, iter_video
+from reftok_deploy.video import iter_video
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,15 @@ class ClipTokenizer:
         from reftok_deploy.runtimes.codec import FrameCodec
         from reftok_deploy.runtimes.factory import make_runner
 
+        import cv2
+
         self.settings = settings
+        cv2.setNumThreads(settings.threads)  # OpenCV's resize and decode pools: this worker's share of the cores
         export = open_export(settings.export_folder) if settings.export_folder else None
+        # Unpinned: OpenVINO pins a copy's threads to the first cores, so workers of one machine would share one
+        # core (two one-thread copies ran at 0.7x of one pinned two-thread copy; see reftok-run --streams).
         self.runner = make_runner(settings.backend, export, settings.checkpoint, device=settings.device,
-                                  threads=settings.threads)
+                                  threads=settings.threads, pin_threads=False)
         self.runner.load()
         self.codec = FrameCodec(self.runner)
         self.node = socket.gethostname()
@@ -160,9 +165,7 @@ class ClipTokenizer:
                     rows, shard = [], shard + 1
 
         index = -1
-        for index, frame in enumerate(iter_video(local)):
-            if s.size is not None:
-                frame = center_square(frame, s.size)
+        for index, frame in enumerate(iter_video(local, size=s.size)):
             if frame.shape[0] * frame.shape[1] > s.max_pixels:
                 raise ReftokError(f"{frame.shape[1]}x{frame.shape[0]} frames, more than --max-pixels {s.max_pixels}: "
                                   "pass --size N")

@@ -76,8 +76,10 @@ def center_square(frame: np.ndarray, size: int) -> np.ndarray:
     return center_crop(frame, size, size)
 
 
-def iter_video(path: str | Path) -> Iterator[np.ndarray]:
-    """Yield RGB uint8 ``[H,W,3]`` frames of a video file; raise ReftokError if it cannot be read.
+def iter_video(path: str | Path, size: int | None = None) -> Iterator[np.ndarray]:
+    """Yield RGB uint8 ``[H,W,3]`` frames of a video file (``size``: :func:`center_square` to ``[size,size,3]``,
+    done before the BGR -> RGB copy, on fewer pixels; per channel, so the frames are the same); raise
+    ReftokError if it cannot be read.
 
     A file that stops decoding before its end (truncated or damaged) yields what it has and is
     reported once (:func:`ended_early`); a caller that stops early (closes the generator) is
@@ -96,7 +98,7 @@ def iter_video(path: str | Path) -> Iterator[np.ndarray]:
             if not ok:
                 break
             tally.add(cap)
-            yield to_rgb(frame, "BGR")
+            yield to_rgb(frame if size is None else center_square(frame, size), "BGR")
         if tally.frames == 0:
             raise ReftokError(f"cannot decode any frame of {path}: corrupt or unsupported video")
         if (message := ended_early(path, cap, tally)) is not None:
