@@ -36,8 +36,10 @@ finally:
 """
 
 
-def model_only_fps(videos: list[str], backend: str, export, checkpoint: str, size: int, threads: int) -> float:
-    """Frames per second of the encoder alone on the GOPs of ``videos`` (decoded first), one process."""
+def model_only_fps(videos: list[str], backend: str, export, checkpoint: str, size: int,
+                   threads: int) -> tuple[float, float]:
+    """Frames per second of the model alone on the GOPs of ``videos`` (decoded first), one process:
+    (encoder only, as reftok-tokenize runs it; encoder + decoder, reftok-bench's model-only row)."""
     from reftok_deploy.checkpoint import config_from_checkpoint, read_config
     from reftok_deploy.gop import plan_gops
     from reftok_deploy.runtimes.codec import FrameCodec
@@ -49,12 +51,17 @@ def model_only_fps(videos: list[str], backend: str, export, checkpoint: str, siz
     with make_runner(backend, export, checkpoint, threads=threads) as runner:
         codec = FrameCodec(runner)
         codec.encode(gops[0].reference, gops[0].padded(cfg.block_frames))  # warm-up
-        started = time.perf_counter()
+        encode = decode = 0.0
         for gop in gops:
-            codec.encode(gop.reference, gop.padded(cfg.block_frames))
-        seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            tokens = codec.encode(gop.reference, gop.padded(cfg.block_frames))
+            encode += time.perf_counter() - started
+            started = time.perf_counter()
+            codec.decode(gop.reference, tokens)
+            decode += time.perf_counter() - started
     references = sum(1 for i, g in enumerate(gops) if i == 0 or g.reference is not gops[i - 1].reference)
-    return (sum(len(g.block) for g in gops) + references) / seconds
+    frames = sum(len(g.block) for g in gops) + references
+    return frames / encode, frames / (encode + decode)
 
 
 def tokenize_fps(args: list[str], cluster_nodes: int | None = None) -> dict:
@@ -93,15 +100,16 @@ def main() -> None:
                                             size=(options.size, options.size))
         print(f"backend: {backend} ({why})")
     cores = usable_cores()
-    alone = model_only_fps(options.videos, backend, export, checkpoint, options.size, cores)
+    alone, alone_with_decoder = model_only_fps(options.videos, backend, export, checkpoint, options.size, cores)
     with tempfile.TemporaryDirectory(prefix="reftok-bench-") as tmp:
         listing = Path(tmp) / "clips.csv"
         listing.write_text("path,clip_id\n" + "".join(f"{Path(v).resolve()},{Path(v).stem}-{i}\n"
                                                        for i in range(options.repeat) for v in options.videos))
-        report(options, backend, export, checkpoint, alone, cores, listing, tmp)
+        report(options, backend, export, checkpoint, (alone, alone_with_decoder), cores, listing, tmp)
 
 
-def report(options, backend: str, export, checkpoint: str, alone: float, cores: int, listing: Path, tmp: str) -> None:
+def report(options, backend: str, export, checkpoint: str, model: tuple[float, float], cores: int, listing: Path,
+           tmp: str) -> None:
     from reftok_deploy.backends import cpu_name
 
     common = [str(listing), "--checkpoint", checkpoint, "--backend", backend, "--size", str(options.size),
@@ -110,11 +118,14 @@ def report(options, backend: str, export, checkpoint: str, alone: float, cores: 
     nodes = {} if options.no_cluster else {n: tokenize_fps(common + ["-o", f"{tmp}/nodes{n}"], n) for n in (1, 2)}
     print(f"{cpu_name()}, {cores} cores; {backend}; {options.size}x{options.size}; clips: "
           + ", ".join(Path(v).name for v in options.videos) + f", each {options.repeat} times")
-    print(f"(a) model alone, one process on {cores} threads, encode only: {alone:.1f} frames/s")
+    alone, with_decoder = model
+    print(f"(a) model alone, one process on {cores} threads: encoder only (what reftok-tokenize runs) {alone:.1f} "
+          f"frames/s; encoder + decoder (reftok-bench's model-only row) {with_decoder:.1f} frames/s")
     print(f"(b) reftok-tokenize on local Ray ({local['frames']} frames, {len(local['nodes'])} node, "
           f"{local['worker_pids']} workers x {options.threads} thread(s)): {local['frames_per_second']:.1f} frames/s "
           f"after {local['ray_start_seconds']:.1f} s of Ray start-up ({local['seconds']:.1f} s in all)")
-    print(f"pipeline efficiency (b)/(a): {local['frames_per_second'] / alone:.2f}")
+    print(f"pipeline efficiency (b)/(a), against the encoder alone: {local['frames_per_second'] / alone:.2f} "
+          f"(against the encoder + decoder row: {local['frames_per_second'] / with_decoder:.2f})")
     for n, summary in nodes.items():
         print(f"(c) local cluster of {n} node(s), 1 CPU each, {n} worker(s): {summary['frames_per_second']:.1f} frames/s "
               f"({len(summary['nodes'])} node(s) did work)")

@@ -1,4 +1,4 @@
-"""Hundreds of bad invocations of the seven commands, made by walking their click parameters: every one
+"""Hundreds of bad invocations of the eight commands, made by walking their click parameters: every one
 exits 2 with exactly one ``error:`` line and no traceback, in seconds, changes no input and leaves no output."""
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from reftok_deploy.cli.eval import main as eval_main
 from reftok_deploy.cli.export import main as export_main
 from reftok_deploy.cli.parity import main as parity_main
 from reftok_deploy.cli.run import main as run_main
+from reftok_deploy.cli.tokenize import main as tokenize_main
 from reftok_deploy.cli.train import main as train_main
 from tests.conftest import tree_listing
 
 COMMANDS = {"train": train_main, "eval": eval_main, "export": export_main, "parity": parity_main,
-            "bench": bench_main, "run": run_main, "decode": decode_main}
+            "bench": bench_main, "run": run_main, "decode": decode_main, "tokenize": tokenize_main}
 # A valid, cheap invocation of each command; a case appends one bad option to it (click keeps the last value).
 BASE = {
     "train": ["{root}/data", "-o", "{out}/run", "--steps", "1", "--batch", "1", "--crop", "32", "--no-builtin-stills",
@@ -35,6 +36,7 @@ BASE = {
     "bench": ["{export}", "--checkpoint", "{ck}", "--max-gops", "1", "--repeats", "1", "--model-only"],
     "run": ["--video", "{video}", "--checkpoint", "{ck}", "--backend", "torch", "--max-frames", "9"],
     "decode": ["{stream}", "--checkpoint", "{ck}", "--backend", "torch"],
+    "tokenize": ["{video}", "-o", "{out}/ds", "--checkpoint", "{ck}", "--backend", "torch"],
 }
 NOT_NUMBERS = ["nan", "NaN", "inf", "-inf", "1e999"]
 HUGE_INTS = [str(10**12), str(-10**12), "-1"]

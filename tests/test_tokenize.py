@@ -134,6 +134,7 @@ def ray_workers() -> list[int]:
     return [int(line.split()[0]) for line in listing if "RayClipTokenizer" in line and "ps -eo" not in line]
 
 
+@pytest.mark.slow  # end-to-end tier (.ci/run's second step): three Ray jobs, about 80 s on 2 cores
 def test_a_killed_driver_or_worker_loses_nothing(corpus, tiny_checkpoint, tmp_path):
     common = ["--checkpoint", tiny_checkpoint, "--backend", "torch", "--workers", "2", "--rows-per-shard", "3"]
     whole = tokenize([corpus["big"], "-o", tmp_path / "whole", *common])
@@ -184,6 +185,7 @@ finally:
 """
 
 
+@pytest.mark.slow  # end-to-end tier: a Ray cluster of two nodes
 def test_a_two_node_cluster_shares_the_clips(corpus, tiny_checkpoint, tmp_path):
     out = tmp_path / "ds"
     done = subprocess.run([sys.executable, "-c", TWO_NODES, str(corpus["big"]), "-o", str(out), "--checkpoint",
