@@ -12,16 +12,18 @@ from reftok_deploy.cli.eval import main as eval_main
 from reftok_deploy.cli.export import main as export_main
 from reftok_deploy.cli.parity import main as parity_main
 from reftok_deploy.cli.run import main as run_main
+from reftok_deploy.cli.tokenize import main as tokenize_main
 from reftok_deploy.cli.train import main as train_main
 from tests.conftest import moving_still, write_video
 
 COMMANDS = {"reftok-train": train_main, "reftok-eval": eval_main, "reftok-export": export_main,
             "reftok-parity": parity_main, "reftok-bench": bench_main, "reftok-run": run_main,
-            "reftok-decode": decode_main}
-WRITES_OUTPUT = {"reftok-train", "reftok-export", "reftok-run", "reftok-decode"}
+            "reftok-decode": decode_main, "reftok-tokenize": tokenize_main}
+WRITES_OUTPUT = {"reftok-train", "reftok-export", "reftok-run", "reftok-decode", "reftok-tokenize"}
 READS_VIDEOS = {"reftok-eval", "reftok-parity", "reftok-bench", "reftok-run"}
 LIMITS_GOPS = {"reftok-eval", "reftok-export", "reftok-parity", "reftok-bench"}
-TAKES_CHECKPOINT = {"reftok-eval", "reftok-export", "reftok-parity", "reftok-bench", "reftok-run", "reftok-decode"}
+TAKES_CHECKPOINT = {"reftok-eval", "reftok-export", "reftok-parity", "reftok-bench", "reftok-run", "reftok-decode",
+                    "reftok-tokenize"}
 OLD_SPELLINGS = ("--out", "--gops")
 
 
