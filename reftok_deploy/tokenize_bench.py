@@ -89,6 +89,7 @@ def main() -> None:
 
     from reftok_deploy.backends import auto_backend
     from reftok_deploy.checkpoint import default_checkpoint
+    from reftok_deploy.files import atomic_write_bytes
     from reftok_deploy.machine import usable_cores
     from reftok_deploy.manifest import open_export
 
@@ -103,8 +104,9 @@ def main() -> None:
     alone, alone_with_decoder = model_only_fps(options.videos, backend, export, checkpoint, options.size, cores)
     with tempfile.TemporaryDirectory(prefix="reftok-bench-") as tmp:
         listing = Path(tmp) / "clips.csv"
-        listing.write_text("path,clip_id\n" + "".join(f"{Path(v).resolve()},{Path(v).stem}-{i}\n"
-                                                       for i in range(options.repeat) for v in options.videos))
+        atomic_write_bytes(listing, ("path,clip_id\n" + "".join(f"{Path(v).resolve()},{Path(v).stem}-{i}\n"
+                                                                for i in range(options.repeat)
+                                                                for v in options.videos)).encode())
         report(options, backend, export, checkpoint, (alone, alone_with_decoder), cores, listing, tmp)
 
 

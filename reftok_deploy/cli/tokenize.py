@@ -123,7 +123,7 @@ def main(inputs, output, checkpoint, export_folder, backend, device, threads, wo
         for clip_id, reason in failed.items():
             say(f"failed: {clip_id}: {reason}")
         click.echo(f"{summary['clips']} clips tokenized ({summary['skipped']} skipped as already done, "
-                   f"{summary['failed']} failed), {summary['gops']} GOPs, {summary['frames']} frames; this run "
+                   f"{summary['failed']} failed), {summary['gops']} GOPs, {summary.get('frames', 0)} frames; this run "
                    f"{summary['frames_per_second']:.1f} frames/s after {summary['ray_start_seconds']:.1f} s of Ray "
                    f"start-up on {len(summary['nodes'])} node(s); tokens {summary['token_bytes'] / 1e6:.2f} MB, "
                    f"references {summary['reference_bytes'] / 1e6:.2f} MB; wrote {output}")
