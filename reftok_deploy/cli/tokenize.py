@@ -88,7 +88,8 @@ def main(inputs, output, checkpoint, export_folder, backend, device, threads, wo
         plan.reads(clip.source if "://" not in clip.source else None, "the input")
     plan.reads(checkpoint, "the checkpoint")
     plan.reads(export_folder, "the export folder")
-    plan.folder(output, "--output")
+    # a job stopped part way (Ctrl-C, a lost cluster) keeps what it finished: the same command resumes it
+    plan.folder(output, "--output", keep_if=lambda folder: any((folder / "done").glob("*.json")))
     with plan:
         cfg = config_from_checkpoint(read_config(checkpoint), checkpoint)
         export = open_export(export_folder) if export_folder is not None else None
