@@ -216,3 +216,22 @@ def test_bad_input_is_one_line_and_leaves_nothing(corpus, tiny_checkpoint, tmp_p
                                                                   "--backend", "torch", *extra])
     one_error_line(result, fragment)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.slow  # end-to-end tier: a Ray job stopped with Ctrl-C, then resumed
+def test_ctrl_c_keeps_the_finished_clips_and_the_same_command_resumes(corpus, tiny_checkpoint, tmp_path):
+    out = tmp_path / "ds"
+    args = [str(a) for a in [corpus["big"], "-o", out, "--checkpoint", tiny_checkpoint, "--backend", "torch",
+                             "--workers", "2"]]
+    driver = subprocess.Popen(TOKENIZE + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert wait_for(lambda: any((out / "done").glob("*.json")), 120)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130 and stderr.strip().splitlines()[-1] == "interrupted", stderr[-2000:]
+    kept = {p.stem for p in (out / "done").glob("*.json")}
+    assert kept and not (out / "manifest.json").exists()  # the new folder and its finished clips are kept
+    assert wait_for(lambda: not ray_workers(), 60)
+    rerun = tokenize(args + ["--json"])
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["skipped"] >= len(kept) and json.loads(rerun.stdout)["clips"] == len(STILLS)
