@@ -97,6 +97,43 @@ class AtomicFile:
             raise write_error(self.path, exc) from None
 
 
+class StagedOutput:
+    """An output written to an :class:`AtomicFile` (``self._out``) and finished in two steps, so that a command
+    with several outputs finishes (writes, checks, syncs) all of them before it publishes any. Subclasses
+    implement :meth:`finish` and :meth:`abort`."""
+
+    _out: AtomicFile
+
+    def finish(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> Path:
+        """Move the finished file into place."""
+        return self._out.publish()
+
+    def close(self) -> Path:
+        """Finish, then move into place."""
+        self.finish()
+        return self.commit()
+
+
+def commit_together(outputs: list[StagedOutput]) -> None:
+    """Finish every output (written, checked, synced) before moving any into
+    place: one that fails aborts them all, so a command never leaves one output beside a lost other."""
+    try:
+        for out in outputs:
+            out.finish()
+    except BaseException:
+        for out in outputs:
+            out.abort()
+        raise
+    for out in outputs:
+        out.commit()
+
+
 def write_error(path: str | Path, exc: OSError) -> ReftokError:
     """One line for a write that failed (disk full, quota, I/O error, permissions), naming the target."""
     reason = exc.strerror or str(exc) or type(exc).__name__

@@ -25,7 +25,7 @@ from reftok_deploy.corpus import Clip
 from reftok_deploy.errors import ReftokError
 from reftok_deploy.machine import usable_cores
 from reftok_deploy.token_dataset import (DONE, ERRORS, FORMAT, FORMAT_VERSION, JOB, MANIFEST, SHARDS, read_done,
-                                         remove_clip_shards, write_json)
+                                         remove_clip_shards, write_json, write_table)
 
 
 def actor_class(settings: TokenizeSettings) -> type:
@@ -134,7 +134,6 @@ def tokenize_corpus(clips: list[Clip], settings: TokenizeSettings, job: dict[str
     ``num_gpus`` of a GPU where set);
     ``on_clip`` gets each clip's summary as it finishes (progress)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
     import ray
     import ray.data
 
@@ -171,10 +170,7 @@ def tokenize_corpus(clips: list[Clip], settings: TokenizeSettings, job: dict[str
     failed = [r for r in results if r["status"] == "failed"]
     table = pa.table({"clip_id": [r["clip_id"] for r in failed], "source": [r["source"] for r in failed],
                       "reason": [r["reason"] for r in failed]})
-    from reftok_deploy.files import AtomicFile
-
-    with AtomicFile(out / ERRORS, suffix=".parquet") as target:
-        pq.write_table(table, str(target.tmp))
+    write_table(out / ERRORS, table)
     write_json(out / MANIFEST, manifest)
     return manifest
 

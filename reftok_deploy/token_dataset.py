@@ -54,13 +54,18 @@ def shard_name(clip_id: str, index: int) -> str:
 def write_shard(out: Path, clip_id: str, index: int, rows: list[dict[str, Any]], token_count: int) -> Path:
     """Write ``rows`` (dicts of the schema's columns) as one Parquet shard, atomically -> its path."""
     import pyarrow as pa
+
+    path = out / SHARDS / shard_name(clip_id, index)
+    write_table(path, pa.Table.from_pylist(rows, schema=schema(token_count)))
+    return path
+
+
+def write_table(path: Path, table) -> None:
+    """Write a pyarrow table as a Parquet file, whole or not at all."""
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(rows, schema=schema(token_count))
-    path = out / SHARDS / shard_name(clip_id, index)
     with AtomicFile(path, suffix=".parquet") as target:
         pq.write_table(table, str(target.tmp))
-    return path
 
 
 def clip_shards(out: Path, clip_id: str) -> list[Path]:

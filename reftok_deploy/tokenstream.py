@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 
 from reftok_deploy.errors import ReftokError
-from reftok_deploy.files import AtomicFile, write_error
+from reftok_deploy.files import AtomicFile, StagedOutput, write_error
 
 MAGIC = b"RTOK"
 VERSION = 2  # the version written
@@ -138,7 +138,7 @@ def reference_png(frame_rgb: np.ndarray) -> bytes:
     return png.tobytes()
 
 
-class TokenStreamWriter:
+class TokenStreamWriter(StagedOutput):
     """Write a version-2 .rtok file atomically: records go to a temp file renamed on :meth:`close`."""
 
     def __init__(self, path: str | Path, header: dict) -> None:
@@ -194,15 +194,6 @@ class TokenStreamWriter:
             self.abort()
             raise write_error(self.path, exc) from None
         self._out.sync()
-
-    def commit(self) -> Path:
-        """Move the finished stream into place."""
-        return self._out.publish()
-
-    def close(self) -> Path:
-        """Finish the stream and move it into place."""
-        self.finish()
-        return self.commit()
 
     def abort(self) -> None:
         self._fh.close()

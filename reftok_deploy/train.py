@@ -251,6 +251,14 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
     bar = tqdm(total=recipe.steps, initial=step, desc="training " + ("RefTok" if cfg.reference else "twin"),
                unit="step", disable=None if progress else True, dynamic_ncols=True)  # terminals only
     saved_step = step if resume else None
+
+    def diverged(what: str, value: float) -> None:
+        """Stop with one line, before the step could reach the weights or a checkpoint."""
+        bar.close()
+        stream.close()
+        kept = f"the checkpoint of step {saved_step} is kept" if saved_step else "no checkpoint was written"
+        raise ReftokError(f"training diverged: the {what} is {value} at step {step + 1}; {kept}; lower --lr or "
+                          "check the data")
     stop_at = recipe.steps
     autocast = torch.autocast(torch.device(device).type, dtype=AUTOCAST_DTYPES.get(recipe.autocast, torch.float32),
                               enabled=recipe.autocast is not None)
@@ -279,20 +287,12 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
             loss = loss + recipe.flow_weight * flow_l1 + recipe.gate_penalty * parts["gate"].float().mean()
             motion_error = flow_l1.item()
         if not torch.isfinite(loss):
-            bar.close()
-            stream.close()
-            kept = f"the checkpoint of step {saved_step} is kept" if saved_step else "no checkpoint was written"
-            raise ReftokError(f"training diverged: the loss is {loss.item()} at step {step + 1}; {kept}; lower --lr "
-                              "or check the data")
+            diverged("loss", loss.item())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         if not torch.isfinite(grad_norm):  # a finite loss can still have nan/inf gradients: never step on them
-            bar.close()
-            stream.close()
-            kept = f"the checkpoint of step {saved_step} is kept" if saved_step else "no checkpoint was written"
-            raise ReftokError(f"training diverged: the gradient is {grad_norm.item()} at step {step + 1}; {kept}; "
-                              "lower --lr or check the data")
+            diverged("gradient", grad_norm.item())
         optimizer.step()
         step += 1
         with torch.no_grad():

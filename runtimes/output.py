@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 
 from reftok_deploy.errors import ReftokError
-from reftok_deploy.files import AtomicFile
+from reftok_deploy.files import AtomicFile, StagedOutput
 
 
-class VideoFile:
+class VideoFile(StagedOutput):
     """cv2.VideoWriter into a temp file in the target folder, checked and renamed on close (never a
     half-written file, never a claimed one that does not play).
 
@@ -56,14 +56,6 @@ class VideoFile:
             raise ReftokError(f"cannot write video {self.path}: the file OpenCV wrote {found} (disk full or an I/O "
                               "error?); nothing was written there")
         self._out.sync()
-
-    def commit(self) -> Path:
-        """Move the finished file into place."""
-        return self._out.publish()
-
-    def close(self) -> Path:
-        self.finish()
-        return self.commit()
 
     def abort(self) -> None:
         self._writer.release()
@@ -125,16 +117,3 @@ def _draw_lines(canvas: np.ndarray, lines: list[str], top: int, line_height: int
         cv2.putText(canvas, line, (5, top + line_height * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
                     cv2.LINE_AA)
 
-
-def commit_together(outputs: list) -> None:
-    """Finish every output (VideoFile, TokenStreamWriter: written, checked, synced) before moving any into
-    place: one that fails aborts them all, so a command never leaves one output beside a lost other."""
-    try:
-        for out in outputs:
-            out.finish()
-    except BaseException:
-        for out in outputs:
-            out.abort()
-        raise
-    for out in outputs:
-        out.commit()

@@ -9,10 +9,8 @@ import click
 from tqdm import tqdm
 
 from reftok_deploy.cli import OneLineCommand, user_errors
-from reftok_deploy.cli.options import (MAX_COUNT, OUTPUT_RULE, FiniteFloatRange, checkpoint_option, json_option,
-                                       max_gops_option, resolve_checkpoint, threads_option, verbose_option,
-                                       videos_option)
-from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
+from reftok_deploy.cli.options import (OUTPUT_RULE, checkpoint_option, gop_options, json_option, max_gops_option,
+                                       resolve_checkpoint, threads_option, verbose_option, videos_option)
 
 
 # Peak bytes per pixel of one GOP through the model at inference (reftok-run measured about 3 GB at 1280x720
@@ -53,11 +51,7 @@ class _LegacyVideos(click.Argument):
 @click.option("--size", default=256, show_default=True, type=click.IntRange(16, 4096),
               help="Frames are resized (short side) and centre-cropped to SIZE x SIZE.")
 @max_gops_option(None, "Score at most this many GOPs per clip [default: all].")
-@click.option("--refresh-blocks", default=1, show_default=True, type=click.IntRange(1, MAX_COUNT),
-              help="New reference after this many blocks (as reftok-run).")
-@click.option("--cut-threshold", default=DEFAULT_CUT_THRESHOLD, show_default=True, type=FiniteFloatRange(0, 255),
-              help="Scene-cut score (mean absolute change, 0-255 levels) above which a frame starts a new reference "
-                   "(as reftok-run); 0 disables.")
+@gop_options
 @click.option("--grid", "grid_dir", type=click.Path(file_okay=False), default=None,
               help=f"Save a PNG per clip: original | RefTok | twin | copy the reference, frames 1, 4, 8. {OUTPUT_RULE}")
 @click.option("--batch", default=4, show_default=True, type=click.IntRange(1, 4096),

@@ -107,6 +107,20 @@ def streams_option(func: Callable) -> Callable:
                              "core busy, each block taking longer.")(func)
 
 
+def gop_options(func: Callable) -> Callable:
+    """--refresh-blocks and --cut-threshold: how reftok-run, reftok-eval and reftok-tokenize form GOPs, spelled and
+    bounded once so that the three commands form the same GOPs from the same words."""
+    from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
+
+    func = click.option("--cut-threshold", default=DEFAULT_CUT_THRESHOLD, show_default=True,
+                        type=FiniteFloatRange(0, 255),
+                        help="Scene-cut score (mean absolute change, 0-255 levels) above which a frame starts a new "
+                             "reference, before it is encoded; 0 disables. The same in reftok-run, -eval and "
+                             "-tokenize.")(func)
+    return click.option("--refresh-blocks", default=1, show_default=True, type=click.IntRange(1, MAX_COUNT),
+                        help="New reference after this many blocks.")(func)
+
+
 def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """--device is cpu, cuda or cuda:N: anything else is refused while parsing, before any work."""
     import re

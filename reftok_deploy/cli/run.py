@@ -8,8 +8,8 @@ import click
 
 from reftok_deploy.cli import OneLineCommand, sigterm_as_interrupt, user_errors
 from reftok_deploy.cli.options import (MAX_COUNT, OUTPUT_RULE, FiniteFloatRange, checkpoint_option, device_option,
-                                       json_option, output_option, streams_option, threads_option, verbose_option)
-from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
+                                       gop_options, json_option, output_option, streams_option, threads_option,
+                                       verbose_option)
 from reftok_deploy.tokenstream import MAX_PIXELS as MAX_FRAME_PIXELS
 from reftok_deploy.video import DEFAULT_MAX_PIXELS
 
@@ -28,11 +28,7 @@ from reftok_deploy.video import DEFAULT_MAX_PIXELS
 @streams_option
 @click.option("--size", type=click.IntRange(8, 4096), default=None,
               help="Resize the short side to SIZE, then keep the centre SIZE x SIZE (smaller frames are scaled up).")
-@click.option("--refresh-blocks", default=1, show_default=True, type=click.IntRange(1, MAX_COUNT),
-              help="New reference after this many blocks.")
-@click.option("--cut-threshold", default=DEFAULT_CUT_THRESHOLD, show_default=True, type=FiniteFloatRange(0, 255),
-              help="Scene-cut score (mean absolute change, 0-255 levels) above which a frame starts a new "
-                   "reference, before it is encoded (as reftok-eval); 0 disables.")
+@gop_options
 @output_option("Side-by-side video (.mp4/.avi): original | reconstruction with the figures.",
                type=click.Path(dir_okay=False), default=None)
 @click.option("--tokens", "tokens_path", type=click.Path(dir_okay=False), default=None,
@@ -128,7 +124,8 @@ def _run(plan, source_spec, demo, checkpoint, export_folder, backend, device, th
     from reftok_deploy.runtimes.codec import FrameCodec
     from reftok_deploy.runtimes.factory import backend_label, make_runners
     from reftok_deploy.runtimes.gop import GopEncoder
-    from reftok_deploy.runtimes.output import VideoFile, commit_together, display_available, side_by_side
+    from reftok_deploy.files import commit_together
+    from reftok_deploy.runtimes.output import VideoFile, display_available, side_by_side
     from reftok_deploy.runtimes.stream import StreamStats, encode_stream
     from reftok_deploy.tokenstream import TokenStreamWriter, stream_header
     from reftok_deploy.video import center_square

@@ -8,9 +8,8 @@ import math
 import click
 
 from reftok_deploy.cli import OneLineCommand, user_errors
-from reftok_deploy.cli.options import (MAX_COUNT, MAX_THREADS, FiniteFloatRange, checkpoint_option, device_option,
-                                       json_option, output_option, verbose_option)
-from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
+from reftok_deploy.cli.options import (MAX_THREADS, FiniteFloatRange, checkpoint_option, device_option,
+                                       gop_options, json_option, output_option, verbose_option)
 from reftok_deploy.tokenstream import MAX_PIXELS as MAX_FRAME_PIXELS
 from reftok_deploy.video import DEFAULT_MAX_PIXELS
 
@@ -37,10 +36,7 @@ from reftok_deploy.video import DEFAULT_MAX_PIXELS
               help="Ray cluster to run on (host:port, ray://...) [default: $RAY_ADDRESS, else an embedded local Ray].")
 @click.option("--size", type=click.IntRange(8, 4096), default=None,
               help="Resize the short side to SIZE, then keep the centre SIZE x SIZE (as reftok-run).")
-@click.option("--refresh-blocks", default=1, show_default=True, type=click.IntRange(1, MAX_COUNT),
-              help="New reference after this many blocks (as reftok-run).")
-@click.option("--cut-threshold", default=DEFAULT_CUT_THRESHOLD, show_default=True, type=FiniteFloatRange(0, 255),
-              help="Scene-cut score above which a frame starts a new reference (as reftok-run); 0 disables.")
+@gop_options
 @click.option("--max-pixels", type=click.IntRange(64, MAX_FRAME_PIXELS), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Largest frame (H x W, after --size) a clip may have; larger clips fail with a reason.")
 @click.option("--rows-per-shard", type=click.IntRange(1, 100_000), default=256, show_default=True,
