@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from reftok_deploy.data import camera_motion_clip
-from reftok_deploy.errors import ReftokError
-from reftok_deploy.gop import plan_gops
-from reftok_deploy.spec import FRAMES_IN, REFERENCE, Feed, decoder_feed, encoder_feed
-from reftok_deploy.video import list_media, read_image, read_video
+from reftok_deploy.model.data import camera_motion_clip
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.base.gop_plan import plan_gops
+from reftok_deploy.base.spec import FRAMES_IN, REFERENCE, Feed, decoder_feed, encoder_feed
+from reftok_deploy.base.video import list_media, read_image, read_video
 
 STILL_GOPS = 4  # distinct camera paths drawn per still
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reftok_deploy.errors import ReftokError
+from reftok_deploy.base.errors import ReftokError
 
 
 def legacy_calibrator(feeds: list[dict[str, np.ndarray]], cache: str | Path, algorithm: str = "entropy2"):

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from reftok_deploy.errors import ReftokError
-from reftok_deploy.files import atomic_write_bytes
-from reftok_deploy.graph_regions import (cost_volume_nodes, input_regions, sampling_head_convs, token_arithmetic_nodes,
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.base.files import atomic_write_bytes
+from reftok_deploy.base.graph_regions import (cost_volume_nodes, input_regions, sampling_head_convs, token_arithmetic_nodes,
                                          topological_sort)
 
 METHODS = ("minmax", "entropy", "percentile")

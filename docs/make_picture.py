@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 import torch
 
-from reftok_deploy.checkpoint import default_checkpoint, load_checkpoint
-from reftok_deploy.data import demo_clips
-from reftok_deploy.files import AtomicFile
-from reftok_deploy.metrics import psnr
-from reftok_deploy.spec import frames_to_tensor_range, tensor_range_to_frames
+from reftok_deploy.model.checkpoint import default_checkpoint, load_checkpoint
+from reftok_deploy.model.data import demo_clips
+from reftok_deploy.base.files import AtomicFile
+from reftok_deploy.quality.metrics import psnr
+from reftok_deploy.base.spec import frames_to_tensor_range, tensor_range_to_frames
 
 SIZE = 256        # what the model encodes and PSNR is measured on
 CELL = 200        # what the picture shows (INTER_AREA downscale; full size made a 534 KB PNG)
@@ -75,7 +75,7 @@ def picture(block: np.ndarray, recon: np.ndarray, clip_name: str, token_shape: t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clip", default="demo:astronaut", help="a built-in demo clip (reftok_deploy.data.demo_clips)")
+    parser.add_argument("--clip", default="demo:astronaut", help="a built-in demo clip (reftok_deploy.model.data.demo_clips)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "demo.png")
     args = parser.parse_args()
     clips = demo_clips(size=SIZE, gops=1)

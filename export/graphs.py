@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reftok_deploy.model import RefTok
+from reftok_deploy.model.reftok import RefTok
 
 
 class EncoderGraph(nn.Module):

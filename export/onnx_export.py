@@ -18,9 +18,9 @@ import onnx
 import torch
 
 from reftok_deploy.export.graphs import GRAPHS
-from reftok_deploy.files import AtomicFile
-from reftok_deploy.spec import INPUTS, OUTPUTS, TensorSpec, fixed_dims
-from reftok_deploy.model import RefTok
+from reftok_deploy.base.files import AtomicFile
+from reftok_deploy.base.spec import INPUTS, OUTPUTS, TensorSpec, fixed_dims
+from reftok_deploy.model.reftok import RefTok
 
 OPSET = 18  # the dynamo exporter's floor; parsed by TensorRT 8.6+ and every current onnxruntime
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import onnx
 
-from reftok_deploy.graph_regions import consumers_of, cost_volume_nodes, token_arithmetic_nodes, topological_sort
+from reftok_deploy.base.graph_regions import consumers_of, cost_volume_nodes, token_arithmetic_nodes, topological_sort
 
 
 def to_mixed_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -17,10 +17,10 @@ import json
 import shutil
 from pathlib import Path
 
-from reftok_deploy.engines import ShapeProfile, check_engine, engine_key, engine_path, gpu_name, tensorrt_version
-from reftok_deploy.errors import ReftokError
-from reftok_deploy.files import atomic_write_bytes
-from reftok_deploy.spec import INPUTS, Geometry
+from reftok_deploy.base.engines import ShapeProfile, check_engine, engine_key, engine_path, gpu_name
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.base.files import atomic_write_bytes
+from reftok_deploy.base.spec import INPUTS, Geometry
 
 
 def _profiles(graph: str, profile: ShapeProfile, geometry: Geometry):
@@ -48,7 +48,7 @@ def build_engine(onnx_path: Path, graph: str, precision: str, out_folder: Path, 
     from polygraphy.backend.trt import (CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath,
                                         SetLayerPrecisions)
 
-    from reftok_deploy.files import sha256_file
+    from reftok_deploy.base.files import sha256_file
 
     version = str(trt.__version__)
     gpu = gpu_name() or "unknown-gpu"

@@ -31,9 +31,9 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from reftok_deploy.errors import ReftokError, report_damaged_input
-from reftok_deploy.video import to_rgb
-from reftok_deploy.video_integrity import FrameTally, ended_early
+from reftok_deploy.base.errors import ReftokError, report_damaged_input
+from reftok_deploy.base.video import to_rgb
+from reftok_deploy.base.video_integrity import FrameTally, ended_early
 
 _END = object()
 
@@ -199,7 +199,7 @@ class FrameSource:
     oldest frame instead (latency stays low). A live source that stops delivering is
     reopened up to ``retries`` times with back-off; after that the stream ends cleanly.
     A file that stops before its end (truncated, damaged) is reported once through
-    ``report_damaged_input`` when iteration reaches that end (see ``reftok_deploy.video_integrity.ended_early``).
+    ``report_damaged_input`` when iteration reaches that end (see ``reftok_deploy.base.video_integrity.ended_early``).
     """
 
     def __init__(self, spec: SourceSpec, queue_size: int = 16, retries: int = 5, backoff: float = 0.5,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from reftok_deploy.runtimes.base import Runner
-from reftok_deploy.spec import FRAMES_IN, REFERENCE, encoder_feed, frames_to_tensor_range, tensor_range_to_frames
+from reftok_deploy.runtimes.runner import Runner
+from reftok_deploy.base.spec import FRAMES_IN, REFERENCE, encoder_feed, frames_to_tensor_range, tensor_range_to_frames
 
 
 class FrameCodec:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reftok_deploy.errors import ReftokError
-from reftok_deploy.machine import usable_cores
-from reftok_deploy.runtimes.base import Runner
-from reftok_deploy.manifest import ExportFolder
-from reftok_deploy.spec import GRAPH_NAMES
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.base.machine import usable_cores
+from reftok_deploy.runtimes.runner import Runner
+from reftok_deploy.base.manifest import ExportFolder
+from reftok_deploy.base.spec import GRAPH_NAMES
 
 ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch", "ov": "openvino"}
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -44,7 +44,7 @@ def _same_checkpoint(export: ExportFolder, checkpoint: str | Path | None) -> Non
     """Refuse an export made from another checkpoint than the one the run is labelled with."""
     if checkpoint is None:
         return
-    from reftok_deploy.checkpoint import weights_sha256
+    from reftok_deploy.model.checkpoint import weights_sha256
 
     if export.checkpoint_sha256 != weights_sha256(checkpoint):
         raise ReftokError(f"{export.path} was exported from another checkpoint than {checkpoint}: re-export, or pass "
@@ -91,7 +91,7 @@ def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path |
         return TorchRunner(checkpoint, device=device, threads=threads)
     if export is None:
         raise ReftokError(f"backend {spec} needs an export folder (run reftok-export first)")
-    from reftok_deploy.spec import MODEL_VERSION
+    from reftok_deploy.base.spec import MODEL_VERSION
 
     _same_checkpoint(export, checkpoint)
     graph_precision = "fp32" if precision == "bf16" else precision

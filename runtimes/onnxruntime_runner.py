@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from reftok_deploy.errors import ReftokError
-from reftok_deploy.runtimes.base import Runner
-from reftok_deploy.spec import FRAMES_IN, FRAMES_OUT, INPUTS, TOKENS, Geometry
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.runtimes.runner import Runner
+from reftok_deploy.base.spec import FRAMES_IN, FRAMES_OUT, INPUTS, TOKENS, Geometry
 
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider"}

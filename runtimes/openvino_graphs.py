@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import onnx
 
-from reftok_deploy.graph_regions import COMPUTE_OPS, consumers_of
+from reftok_deploy.base.graph_regions import COMPUTE_OPS, consumers_of
 
 # Ops between a conv and the Q it feeds that keep the conv's output "from" that conv (ReLU6 is a Clip).
 ACTIVATIONS = ("Clip", "Relu")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from reftok_deploy.errors import ReftokError
-from reftok_deploy.runtimes.base import Runner
-from reftok_deploy.spec import OUTPUTS, Geometry
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.runtimes.runner import Runner
+from reftok_deploy.base.spec import OUTPUTS, Geometry
 
 PRECISION_HINTS = ("f32", "bf16", "f16")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from reftok_deploy.errors import ReftokError
-from reftok_deploy.files import AtomicFile, StagedOutput
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.base.files import AtomicFile, StagedOutput
 
 
 class VideoFile(StagedOutput):

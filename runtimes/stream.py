@@ -15,10 +15,10 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from reftok_deploy.runtimes.codec import FrameCodec
-from reftok_deploy.runtimes.gop import BlockEvent, GopEncoder, ReferenceEvent
-from reftok_deploy.runtimes.pipeline import threaded
-from reftok_deploy.tokenstream import Block, TokenStreamWriter, reference_png
-from reftok_deploy.video import center_square
+from reftok_deploy.runtimes.gop_encoder import BlockEvent, GopEncoder, ReferenceEvent
+from reftok_deploy.runtimes.threaded_stage import threaded
+from reftok_deploy.base.tokenstream import Block, TokenStreamWriter, reference_png
+from reftok_deploy.base.video import center_square
 
 # sink(original, reconstruction, overlay lines, (left label, right label)); frames [H,W,3] uint8 RGB.
 FrameSink = Callable[[np.ndarray, np.ndarray, list[str], tuple[str, str]], None]
@@ -90,7 +90,7 @@ def encode_stream(frames: Iterable[np.ndarray], gop: GopEncoder, stats: StreamSt
                   queue_depth: int = 4, interrupt: Callable[[], None] | None = None) -> StreamStats:
     """Run frames ``[H,W,3]`` uint8 RGB through the GOP encoder; write tokens, show/save side by side.
 
-    The model runs in its own thread (:func:`reftok_deploy.runtimes.pipeline.threaded`), ``queue_depth``
+    The model runs in its own thread (:func:`reftok_deploy.runtimes.threaded_stage.threaded`), ``queue_depth``
     events ahead of the output, which stays in the caller's thread (windows need it); a GopEncoder with several
     codecs runs consecutive blocks side by side on threads of its own. ``interrupt`` wakes
     the frame source when the run stops early (Ctrl-C, an output error), e.g. ``FrameSource.interrupt``."""

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from reftok_deploy.errors import ReftokError
-from reftok_deploy.files import sha256_file
-from reftok_deploy.runtimes.base import Runner
-from reftok_deploy.manifest import ExportFolder
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.base.files import sha256_file
+from reftok_deploy.runtimes.runner import Runner
+from reftok_deploy.base.manifest import ExportFolder
 
 
 class TensorRTRunner(Runner):
@@ -29,7 +29,7 @@ class TensorRTRunner(Runner):
     def load(self) -> None:
         if self.runners:
             return
-        from reftok_deploy.engines import check_engine, gpu_name, tensorrt_version
+        from reftok_deploy.base.engines import check_engine, gpu_name, tensorrt_version
 
         if tensorrt_version() is None:
             raise ReftokError("TensorRT is not installed here: pip install 'reftok-deploy[tensorrt]' on the target")

@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reftok_deploy.runtimes.base import Runner
-from reftok_deploy.spec import FRAMES_IN, FRAMES_OUT, REFERENCE, TOKENS, Geometry
+from reftok_deploy.runtimes.runner import Runner
+from reftok_deploy.base.spec import FRAMES_IN, FRAMES_OUT, REFERENCE, TOKENS, Geometry
 
 
 class TorchRunner(Runner):
     """Runs the checkpoint's model; geometry from its ``config.json``."""
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu", threads: int | None = None) -> None:
-        from reftok_deploy.checkpoint import read_config
+        from reftok_deploy.model.checkpoint import read_config
 
         super().__init__(Geometry.from_config(read_config(checkpoint)["model"]))
         self.checkpoint = Path(checkpoint)
@@ -27,8 +27,8 @@ class TorchRunner(Runner):
     def load(self) -> None:
         if self.model is not None:
             return
-        from reftok_deploy.checkpoint import load_checkpoint
-        from reftok_deploy.errors import ReftokError
+        from reftok_deploy.model.checkpoint import load_checkpoint
+        from reftok_deploy.base.errors import ReftokError
 
         try:
             torch.device(self.device)

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from reftok_deploy.data import camera_motion_clip
-from reftok_deploy.model import PRESETS, RefTok
+from reftok_deploy.model.data import camera_motion_clip
+from reftok_deploy.model.reftok import PRESETS, RefTok
 
 
 def moving_still(name: str, frames: int, size: int, seed: int = 0) -> np.ndarray:
     """``[frames,size,size,3]`` uint8 RGB: a scikit-image photograph under pan/zoom/rotation."""
     import skimage.data
 
-    from reftok_deploy.video import to_rgb
+    from reftok_deploy.base.video import to_rgb
 
     image = to_rgb(getattr(skimage.data, name)(), "RGB")
     return camera_motion_clip(image, frames, size, np.random.default_rng(seed))
@@ -64,7 +64,7 @@ def tiny_model() -> RefTok:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_model) -> Path:
-    from reftok_deploy.checkpoint import save_checkpoint
+    from reftok_deploy.model.checkpoint import save_checkpoint
 
     return save_checkpoint(tiny_model, tmp_path_factory.mktemp("ck") / "tiny")
 
@@ -112,7 +112,7 @@ def tree_listing(folder: Path) -> dict[str, tuple[int, bytes]]:
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory, tiny_checkpoint) -> Path:
     """An FP32 export folder of the tiny checkpoint (torchscript exporter, no validation); copy before editing."""
-    from reftok_deploy.export.pipeline import ExportOptions, run_export
+    from reftok_deploy.export.job import ExportOptions, run_export
 
     folder = tmp_path_factory.mktemp("tiny-export") / "export"
     run_export(tiny_checkpoint, folder, ExportOptions(dynamo=False, tensorrt="skip"))

@@ -4,15 +4,15 @@ import json
 
 import pytest
 
-import reftok_deploy.backends as backends
-from reftok_deploy.errors import ReftokError
-from reftok_deploy.manifest import open_export
-from reftok_deploy.spec import TOLERANCES, Tolerance
+import reftok_deploy.deploy.backends as backends
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.base.manifest import open_export
+from reftok_deploy.base.spec import TOLERANCES, Tolerance
 
 
 @pytest.fixture()
 def export_copy(tmp_path, tiny_checkpoint, monkeypatch):
-    from reftok_deploy.export.pipeline import ExportOptions, run_export
+    from reftok_deploy.export.job import ExportOptions, run_export
 
     monkeypatch.setattr(backends, "PROBE_SIZE", 64)
     out = tmp_path / "export"

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from reftok_deploy.average import average_checkpoints, main
-from reftok_deploy.checkpoint import load_checkpoint, save_checkpoint
-from reftok_deploy.errors import ReftokError
-from reftok_deploy.model import PRESETS, RefTok
+from reftok_deploy.model.average import average_checkpoints, main
+from reftok_deploy.model.checkpoint import load_checkpoint, save_checkpoint
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.model.reftok import PRESETS, RefTok
 
 
 def _checkpoint(folder, seed: int, training: dict, reference: bool = True):

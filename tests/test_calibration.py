@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from reftok_deploy.calibration.feeds import calibration_feeds
 from reftok_deploy.cli.export import main as export_main
 from reftok_deploy.cli.parity import main as parity_main
-from reftok_deploy.errors import ReftokError
+from reftok_deploy.base.errors import ReftokError
 from tests.conftest import moving_still, write_video
 
 FAST = ["--exporter", "torchscript", "--validate-size", "64", "--max-gops", "1", "--calib-size", "4"]
@@ -132,7 +132,7 @@ def test_openvino_reads_skip_connections_of_float_convs_unquantised(int8_export)
 def test_openvino_int8_computes_its_float_ops_in_bf16_only_where_native(int8_export, tiny_checkpoint, monkeypatch):
     pytest.importorskip("openvino")
     import reftok_deploy.runtimes.openvino_runner as openvino_runner
-    from reftok_deploy.manifest import open_export
+    from reftok_deploy.base.manifest import open_export
     from reftok_deploy.runtimes.factory import backend_label, make_runner
 
     export = open_export(int8_export)
@@ -159,7 +159,7 @@ def test_openvino_int8_computes_its_float_ops_in_bf16_only_where_native(int8_exp
 
 def test_onnxruntime_runs_every_int8_conv_as_an_int8_kernel(int8_export, tmp_path):
     """Tensors read twice (residual inputs, reference features) used to leave their convs in float."""
-    from reftok_deploy.graph_regions import input_reading_convs, sampling_head_convs
+    from reftok_deploy.base.graph_regions import input_reading_convs, sampling_head_convs
     from reftok_deploy.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 
     for graph in ("encoder", "decoder"):
@@ -271,7 +271,7 @@ def test_calibration_caches_get_the_mode_of_every_other_artefact(int8_export):
 
 
 def test_int8_as_the_readme_shows_it_then_fp16_into_the_same_folder_keeps_all_three(tmp_path, tiny_checkpoint, calib_dir):
-    from reftok_deploy.manifest import open_export
+    from reftok_deploy.base.manifest import open_export
 
     out = tmp_path / "export"
     video, still = calib_dir / "a.avi", calib_dir / "still.png"
@@ -297,8 +297,8 @@ def test_int8_as_the_readme_shows_it_then_fp16_into_the_same_folder_keeps_all_th
         report = json.loads(result.stdout)
         assert report["candidate"] == f"onnxruntime-{precision}" and result.exit_code == (0 if report["ok"] else 1)
     # another checkpoint into the same folder: nothing stale is kept
-    from reftok_deploy.checkpoint import save_checkpoint
-    from reftok_deploy.model import PRESETS, RefTok
+    from reftok_deploy.model.checkpoint import save_checkpoint
+    from reftok_deploy.model.reftok import PRESETS, RefTok
 
     other = save_checkpoint(RefTok(PRESETS["tiny"]).eval(), tmp_path / "other")
     third = invoke(export_main, ["--checkpoint", other, "-o", out, *fast])

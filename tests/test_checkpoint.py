@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from reftok_deploy.checkpoint import CONFIG, WEIGHTS, default_checkpoint, load_checkpoint, save_checkpoint
-from reftok_deploy.errors import ReftokError
-from reftok_deploy.model import RefTok, RefTokConfig
+from reftok_deploy.model.checkpoint import CONFIG, WEIGHTS, default_checkpoint, load_checkpoint, save_checkpoint
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.model.reftok import RefTok, RefTokConfig
 
 SMALL = RefTokConfig(channels=(8, 8, 8), res_blocks=1)
 
@@ -105,8 +105,8 @@ def test_shipped_model_keeps_static_content_near_the_reference():
     within the issue's 45 dB of it (the checkpoint with the group context moves a fifth of a still
     scene's pixels by 0.1-1 px: 61 dB at 256x256; a wider motion dead zone costs the moving cases
     up to 1.2 dB on average), a noisy still scene no worse than copying the reference."""
-    from reftok_deploy.evaluate import evaluate_frames
-    from reftok_deploy.suite import suite_clips
+    from reftok_deploy.quality.evaluate import evaluate_frames
+    from reftok_deploy.quality.suite import suite_clips
 
     model, _ = load_checkpoint(default_checkpoint())
     # At the suite's own size, where the acceptance is measured: at 128x128 the noisy case is 0.16 dB

@@ -61,9 +61,9 @@ def test_eval_json_reports_both_models(trained, video_file):
     assert clip["bpp_with_reference_png"] > clip["bpp_tokens"]
     assert "psnr_gain_db" in report["mean"]
     # The zero-token baseline: every block frame shown as its reference.
-    from reftok_deploy.gop import plan_gops
-    from reftok_deploy.metrics import psnr
-    from reftok_deploy.video import read_video
+    from reftok_deploy.base.gop_plan import plan_gops
+    from reftok_deploy.quality.metrics import psnr
+    from reftok_deploy.base.video import read_video
 
     gops = plan_gops(read_video(video_file, size=64), 8)
     by_hand = np.mean([psnr(frame, g.reference) for g in gops for frame in g.block])
@@ -72,8 +72,8 @@ def test_eval_json_reports_both_models(trained, video_file):
 
 
 def test_eval_suite_reports_every_case_and_baseline(trained):
-    from reftok_deploy import x264
-    from reftok_deploy.suite import CASES
+    from reftok_deploy.quality import x264
+    from reftok_deploy.quality.suite import CASES
 
     result = invoke(eval_main, ["--suite", "--size", "64", "--checkpoint", trained["reftok"] / "checkpoint",
                                 "--twin", trained["twin"] / "checkpoint", "--json"])
@@ -146,7 +146,7 @@ def test_train_bad_inputs(tmp_path):
 
 
 def test_train_time_budget_stops_with_a_checkpoint_at_the_low_rate(trained, tmp_path):
-    from reftok_deploy.train import Recipe, learning_rate
+    from reftok_deploy.model.training import Recipe, learning_rate
 
     recipe = Recipe(steps=1000, warmup=10, lr=1e-3)
     assert learning_rate(recipe, 20, time_fraction=1.0) == pytest.approx(1e-5)
@@ -165,7 +165,7 @@ def test_train_time_budget_stops_with_a_checkpoint_at_the_low_rate(trained, tmp_
 
 WORKER_BATCHES = """
 import json, sys, torch
-from reftok_deploy.data import TrainingSampler, batch_stream
+from reftok_deploy.model.data import TrainingSampler, batch_stream
 sampler = TrainingSampler([sys.argv[1]], [], block_frames=8, crop=32, seed=1, use_builtin_stills=False)
 stream = batch_stream(sampler, 3, workers=2, seed=1)
 reference, frames, flow = next(stream)

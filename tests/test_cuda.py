@@ -25,9 +25,9 @@ def test_torch_runner_on_cuda_matches_cpu(tiny_checkpoint, real_clip):
 
 
 def test_training_on_cuda_with_workers_saves_a_cpu_loadable_checkpoint(tmp_path, video_file):
-    from reftok_deploy.checkpoint import load_checkpoint
-    from reftok_deploy.model import PRESETS
-    from reftok_deploy.train import Recipe, train
+    from reftok_deploy.model.checkpoint import load_checkpoint
+    from reftok_deploy.model.reftok import PRESETS
+    from reftok_deploy.model.training import Recipe, train
 
     recipe = Recipe(steps=4, batch=2, crop=64, warmup=1, checkpoint_every=2, builtin_stills=False)
     folder = train(PRESETS["tiny"], [str(video_file)], tmp_path / "run", recipe, progress=False,

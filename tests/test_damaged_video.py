@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reftok_deploy.errors import damaged_inputs, forget_damaged_inputs
+from reftok_deploy.base.errors import damaged_inputs, forget_damaged_inputs
 from reftok_deploy.runtimes.capture import FrameSource, parse_source
-from reftok_deploy.video import iter_video, read_video
-from reftok_deploy.video_integrity import inspect_container
+from reftok_deploy.base.video import iter_video, read_video
+from reftok_deploy.base.video_integrity import inspect_container
 from tests.conftest import moving_still, write_video
 
 FRAMES, SIZE, FPS = 30, 64, 10
@@ -91,7 +91,7 @@ def test_intact_mp4_and_a_caller_that_stops_early_report_nothing(faststart):
 
 
 def test_unopenable_truncated_mp4_says_truncated(tmp_path, ffmpeg, clip):
-    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.base.errors import ReftokError
 
     moov_last = x264(ffmpeg, clip, tmp_path / "clip.mp4")  # ffmpeg's default: the index after the frames
     with pytest.raises(ReftokError, match="truncated"):

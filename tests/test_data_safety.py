@@ -73,8 +73,8 @@ def test_grid_pictures_of_clips_with_one_name_get_their_own_files():
 
 
 def test_a_path_through_a_folder_that_does_not_exist_cannot_reach_an_existing_file(world, tmp_path):
-    from reftok_deploy.errors import ReftokError
-    from reftok_deploy.paths import OutputPlan
+    from reftok_deploy.base.errors import ReftokError
+    from reftok_deploy.base.paths import OutputPlan
 
     (tmp_path / "existing").mkdir()
     (tmp_path / "existing" / "keep.mp4").write_bytes(b"the user's video")
@@ -162,7 +162,7 @@ def test_missing_parent_folders_are_created_for_every_output(world, tmp_path):
 def test_a_diverging_training_stops_with_one_line_and_saves_nothing(world, tmp_path, monkeypatch):
     import torch.nn.functional as F
 
-    from reftok_deploy import train
+    from reftok_deploy.model import training as train
 
     monkeypatch.setitem(train.LOSSES, "l1", lambda a, b: F.l1_loss(a, b) * float("nan"))
     one_error_line(invoke("train", ["{root}/data", "-o", "{out}/run", *FAST_TRAIN], world, tmp_path),

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 from reftok_deploy.cli.export import main as export_main
 from reftok_deploy.cli.parity import main as parity_main
 from reftok_deploy.export.preflight import preflight
-from reftok_deploy.model import MODEL_VERSION
+from reftok_deploy.model.reftok import MODEL_VERSION
 from tests.conftest import moving_still, write_video
 
 FAST = ["--exporter", "torchscript", "--validate-size", "64", "--max-gops", "1"]
@@ -128,7 +128,7 @@ def test_output_folder_not_writable(tmp_path, tiny_checkpoint):
 
 
 def test_interrupted_export_leaves_nothing(tmp_path, tiny_checkpoint, monkeypatch):
-    import reftok_deploy.export.pipeline as pipeline
+    import reftok_deploy.export.job as pipeline
 
     real = pipeline.export_graph
     calls = []
@@ -157,7 +157,7 @@ def test_parity_refuses_other_model_version_and_modified_files(export_dir, tmp_p
     one_line_error(invoke(parity_main, [copy, "--size", "64"]), "model version 0")
 
     # An ONNX from another model version whose manifest entry was updated to match it.
-    from reftok_deploy.files import sha256_file
+    from reftok_deploy.base.files import sha256_file
 
     shutil.rmtree(copy)
     shutil.copytree(export_dir, copy)
@@ -180,7 +180,7 @@ def test_parity_bad_backend_and_missing_precision(export_dir, tmp_path):
 
 
 def test_no_tensorrt_here_is_one_line_with_the_finish_command(export_dir):
-    from reftok_deploy.engines import gpu_name, tensorrt_version
+    from reftok_deploy.base.engines import gpu_name, tensorrt_version
 
     if tensorrt_version() and gpu_name():
         pytest.skip("TensorRT and a GPU are present")
@@ -190,8 +190,8 @@ def test_no_tensorrt_here_is_one_line_with_the_finish_command(export_dir):
 
 
 def test_profile_parsing():
-    from reftok_deploy.errors import ReftokError
-    from reftok_deploy.engines import ShapeProfile
+    from reftok_deploy.base.errors import ReftokError
+    from reftok_deploy.base.engines import ShapeProfile
 
     assert ShapeProfile.parse("1x64x64:2x256x256:4x512x512").max == (4, 512, 512)
     for bad in ("1x64x64", "1x64x63:1x64x64:1x64x64", "2x64x64:1x64x64:4x64x64", "axbxc:1:2"):
@@ -200,7 +200,7 @@ def test_profile_parsing():
 
 
 def test_engine_cache_key_detects_stale_engines(tmp_path):
-    from reftok_deploy.engines import ShapeProfile, check_engine, engine_key, engine_path
+    from reftok_deploy.base.engines import ShapeProfile, check_engine, engine_key, engine_path
 
     key = engine_key("abc", "fp16", ShapeProfile(), "10.9.0", "H100 sm90")
     path = engine_path(tmp_path, "encoder", key)
@@ -215,7 +215,7 @@ def test_engine_cache_key_detects_stale_engines(tmp_path):
 
 @pytest.mark.gpu
 def test_tensorrt_fp16_parity_on_target(tmp_path, tiny_checkpoint):
-    from reftok_deploy.engines import gpu_name, tensorrt_version
+    from reftok_deploy.base.engines import gpu_name, tensorrt_version
 
     if not (tensorrt_version() and gpu_name()):
         pytest.skip("needs TensorRT and a CUDA GPU")
@@ -238,7 +238,7 @@ def test_motion_compensated_decoder_exports_and_matches_pytorch(tiny_model, tmp_
 
     from reftok_deploy.export.onnx_export import export_graph
     from reftok_deploy.export.precision import to_mixed_fp16
-    from reftok_deploy.graph_regions import sampling_head_convs
+    from reftok_deploy.base.graph_regions import sampling_head_convs
 
     torch.manual_seed(3)
     reference, frames = torch.rand(1, 3, 48, 64) * 2 - 1, torch.rand(1, 3, 8, 48, 64) * 2 - 1
@@ -329,7 +329,7 @@ def test_the_cost_volume_matmuls_read_no_weights_and_stay_in_the_cost_volume_reg
     """The encoder's only MatMuls are the correlation's (one per row offset: 7 at 1/4, 9 at 1/8). They multiply
     two activations, so graph_regions does not count them as learned layers: they must read no weight, and
     FP16/INT8 keep them in float with the rest of the cost volume."""
-    from reftok_deploy.graph_regions import cost_volume_nodes
+    from reftok_deploy.base.graph_regions import cost_volume_nodes
 
     model = onnx.load(str(exported(exporter)["encoder"]))
     constants = {i.name for i in model.graph.initializer}
@@ -348,7 +348,7 @@ def test_input_reading_convs_are_the_convs_on_pixels_and_token_codes(exported, e
     (frames and reference) and the encoder's first conv (frames, frames - reference); decoder: the
     reference's first conv, the convs on the codes (trunk and motion head) and the one on the warped
     reference. Reached through data edges only: a Shape read of an input reaches no conv."""
-    from reftok_deploy.graph_regions import input_reading_convs
+    from reftok_deploy.base.graph_regions import input_reading_convs
 
     for graph, channels_in in (("encoder", [12, 48, 48, 128]), ("decoder", [12, 110, 110, 112])):
         model = onnx.load(str(exported(exporter)[graph]))

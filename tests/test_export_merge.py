@@ -2,8 +2,8 @@
 
 import copy
 
-from reftok_deploy.export.pipeline import merge_previous
-from reftok_deploy.files import sha256_file
+from reftok_deploy.export.job import merge_previous
+from reftok_deploy.base.files import sha256_file
 
 
 def folder_with_fp16(tmp_path):

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from reftok_deploy.cli.decode import main as decode_main
 from reftok_deploy.cli.parity import main as parity_main
 from reftok_deploy.cli.run import main as run_main
-from reftok_deploy.errors import ReftokError
-from reftok_deploy.manifest import MODEL_FIELDS, OPTIONAL_MODEL_FIELDS, onnx_facts, open_export
-from reftok_deploy.model import OPTIONAL_CONFIG_KEYS, RefTokConfig
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.base.manifest import MODEL_FIELDS, OPTIONAL_MODEL_FIELDS, onnx_facts, open_export
+from reftok_deploy.model.reftok import OPTIONAL_CONFIG_KEYS, RefTokConfig
 from tests.conftest import moving_still, write_video
 
 ManifestEdit = Callable[[dict[str, Any]], None]

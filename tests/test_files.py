@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from reftok_deploy.errors import ReftokError
-from reftok_deploy.files import AtomicFile, atomic_write_bytes
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.base.files import AtomicFile, atomic_write_bytes
 
 PACKAGE_DIRS = ("reftok_deploy", "export", "runtimes", "calibration")
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_every_writer_goes_through_the_helper():
 def test_stale_staging_folders_of_dead_exports_are_removed(tmp_path):
     import os
 
-    from reftok_deploy.export.pipeline import remove_stale_staging
+    from reftok_deploy.export.job import remove_stale_staging
 
     dead = tmp_path / ".staging-999999999-abc"
     live = tmp_path / f".staging-{os.getpid()}-def"
@@ -107,7 +107,7 @@ def test_stale_staging_folders_of_dead_exports_are_removed(tmp_path):
 def test_a_failed_commit_leaves_no_temp_and_modes_follow_the_umask(tmp_path, monkeypatch):
     import os
 
-    from reftok_deploy import files
+    from reftok_deploy.base import files
 
     def refuse(*args):
         raise PermissionError("read-only target")

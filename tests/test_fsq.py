@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from reftok_deploy.fsq import FSQ
+from reftok_deploy.model.fsq import FSQ
 
 
 @pytest.mark.parametrize("levels", [(8, 5, 5, 5), (7, 5, 5, 5, 5), (2, 3), (16,)])

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD, Gop, GopPlanner, NewReference, plan_gops, scene_cut_score, thumbnail
-from reftok_deploy.suite import suite_clips
+from reftok_deploy.base.gop_plan import DEFAULT_CUT_THRESHOLD, Gop, GopPlanner, NewReference, plan_gops, scene_cut_score, thumbnail
+from reftok_deploy.quality.suite import suite_clips
 from tests.conftest import moving_still
 
 

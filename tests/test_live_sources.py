@@ -81,7 +81,7 @@ def test_system_opencv_reads_a_finite_gstreamer_pipeline_to_its_end(capture_tree
 def test_a_pipeline_with_a_missing_element_fails_fast_with_one_line(capture_tree):
     report = run_system(capture_tree, """
         import json, time
-        from reftok_deploy.errors import ReftokError
+        from reftok_deploy.base.errors import ReftokError
         from reftok_deploy.runtimes.capture import SourceSpec, open_capture, parse_source
         started = time.perf_counter()
         try:

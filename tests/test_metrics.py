@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
-from reftok_deploy.metrics import PSNR_CAP_DB, psnr
-from reftok_deploy.spec import FRAMES_IN, REFERENCE, encoder_feed, frames_to_tensor_range, tensor_range_to_frames
+from reftok_deploy.quality.metrics import PSNR_CAP_DB, psnr
+from reftok_deploy.base.spec import FRAMES_IN, REFERENCE, encoder_feed, frames_to_tensor_range, tensor_range_to_frames
 
 
 @pytest.mark.parametrize("shape", [(48, 64, 3), (8, 20, 24, 3), (7, 5)])

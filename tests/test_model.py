@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from reftok_deploy.evaluate import reconstruct
+from reftok_deploy.quality.evaluate import reconstruct
 from tests.conftest import moving_still
-from reftok_deploy.model import MOTION_UNIT_PX, PRESETS, RefTok, RefTokConfig, crop_to, pad_to_multiple, warp_reference
+from reftok_deploy.model.reftok import MOTION_UNIT_PX, PRESETS, RefTok, RefTokConfig, crop_to, pad_to_multiple, warp_reference
 
 
 @pytest.mark.parametrize("height,width", [(64, 64), (37, 50), (8, 8), (71, 29)])
@@ -163,7 +163,7 @@ def test_zero_initialised_motion_head_learns():
 
 
 def test_group_context_gives_each_group_its_neighbours():
-    from reftok_deploy.model import group_context
+    from reftok_deploy.model.reftok import group_context
 
     x = torch.arange(3 * 2 * 1 * 1, dtype=torch.float32).reshape(3 * 2, 1, 1, 1) + 1  # B=2, G=3
     ctx = group_context(x, batch=2).reshape(2, 3, 4)  # [previous, flag, next, flag]
@@ -192,7 +192,7 @@ def test_with_the_group_context_a_group_decodes_from_its_neighbours_tokens():
 def test_correlation_is_the_local_dot_product_at_every_offset(radius, height, width):
     """Channel (dy, dx) of the cost volume is <a(p), b(p + (dy - r, dx - r))>, zero outside ``b``, for any
     width (tiles padded and cropped) -- checked against the definition, one offset at a time."""
-    from reftok_deploy.model import correlation
+    from reftok_deploy.model.reftok import correlation
 
     generator = torch.Generator().manual_seed(height * 100 + width + radius)
     a = torch.randn(6, 5, height, width, generator=generator)  # 2 clips of 3 frames
@@ -209,7 +209,7 @@ def test_correlation_is_the_local_dot_product_at_every_offset(radius, height, wi
 
 
 def test_correlation_refuses_a_radius_wider_than_its_tile():
-    from reftok_deploy.model import CORRELATION_TILE, correlation
+    from reftok_deploy.model.reftok import CORRELATION_TILE, correlation
 
     a = torch.zeros(1, 2, 4, 4)
     with pytest.raises(ValueError, match="CORRELATION_TILE"):
@@ -221,8 +221,8 @@ def test_flops_count_convolutions_and_the_cost_volume_once(tiny_model):
     tiled matrix products that compute them (which PyTorch's counter sees, about 1.9x as many)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from reftok_deploy.flops import gop_flops
-    from reftok_deploy.model import CORRELATION_RADII, CORRELATION_TILE
+    from reftok_deploy.model.flops import gop_flops
+    from reftok_deploy.model.reftok import CORRELATION_RADII, CORRELATION_TILE
 
     cfg, size = tiny_model.cfg, 64
     counted = gop_flops(tiny_model, size)

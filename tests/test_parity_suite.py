@@ -6,8 +6,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from reftok_deploy.spec import TOLERANCES
-from reftok_deploy.parity import compare
+from reftok_deploy.base.spec import TOLERANCES
+from reftok_deploy.deploy.parity_check import compare
 from reftok_deploy.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 from reftok_deploy.runtimes.torch_runner import TorchRunner
 from tests.conftest import moving_still

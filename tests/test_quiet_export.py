@@ -9,11 +9,11 @@ import onnx
 import pytest
 
 from reftok_deploy.calibration.qdq import quantize_qdq
-from reftok_deploy.data import demo_clips
-from reftok_deploy.errors import ReftokError
+from reftok_deploy.model.data import demo_clips
+from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.export.onnx_export import export_graph
-from reftok_deploy.files import atomic_write_bytes
-from reftok_deploy.spec import encoder_feed
+from reftok_deploy.base.files import atomic_write_bytes
+from reftok_deploy.base.spec import encoder_feed
 
 NOTICE_LOGGER = "torch.onnx._internal.exporter._registration"
 

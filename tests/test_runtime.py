@@ -12,10 +12,10 @@ from reftok_deploy.cli.bench import E2E_GOPS, main as bench_main
 from reftok_deploy.cli.decode import main as decode_main
 from reftok_deploy.cli.eval import main as eval_main
 from reftok_deploy.cli.run import main as run_main
-from reftok_deploy.errors import ReftokError
+from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.runtimes.capture import FrameSource, SourceSpec, has_gstreamer, parse_source
 from reftok_deploy.runtimes.codec import FrameCodec
-from reftok_deploy.runtimes.gop import BlockEvent, GopEncoder, ReferenceEvent
+from reftok_deploy.runtimes.gop_encoder import BlockEvent, GopEncoder, ReferenceEvent
 from reftok_deploy.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 from reftok_deploy.runtimes.torch_runner import TorchRunner
 from tests.conftest import moving_still, write_video
@@ -27,7 +27,7 @@ def invoke(command, args):
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory, tiny_checkpoint):
-    from reftok_deploy.export.pipeline import ExportOptions, run_export
+    from reftok_deploy.export.job import ExportOptions, run_export
 
     out = tmp_path_factory.mktemp("rt") / "export"
     run_export(tiny_checkpoint, out, ExportOptions(dynamo=False, tensorrt="skip"))
@@ -212,8 +212,8 @@ def test_gop_reference_refresh(refresh, references):
 
 def test_runtime_gops_are_the_evaluation_gops():
     """reftok-run's encoder and reftok-eval's planner cut a clip with a scene change identically."""
-    from reftok_deploy.gop import plan_gops
-    from reftok_deploy.suite import suite_clips
+    from reftok_deploy.base.gop_plan import plan_gops
+    from reftok_deploy.quality.suite import suite_clips
 
     clip = suite_clips(64, cases=("cut",))["suite:cut"]
     gop = GopEncoder(CountingCodec(0), 8)
@@ -307,7 +307,7 @@ def test_a_failing_block_is_raised_in_the_consumer_and_no_worker_is_left(tiny_ch
 
 
 def test_streams_share_the_threads_and_stay_on_the_cpu(export_dir, tiny_checkpoint):
-    from reftok_deploy.manifest import open_export
+    from reftok_deploy.base.manifest import open_export
     from reftok_deploy.runtimes.factory import make_runners
 
     export = open_export(export_dir)
@@ -338,7 +338,7 @@ def test_streams_that_cannot_run_are_refused_before_any_work(tiny_checkpoint, ex
 
 def test_openvino_copies_side_by_side_are_not_pinned_to_cores(tiny_checkpoint, export_dir):
     pytest.importorskip("openvino")
-    from reftok_deploy.manifest import open_export
+    from reftok_deploy.base.manifest import open_export
     from reftok_deploy.runtimes.factory import make_runners
 
     for streams, pinned in ((1, True), (2, False)):
@@ -376,7 +376,7 @@ def test_cpu_backends_agree_through_the_codec(tiny_checkpoint, export_dir):
 
 
 def test_bad_feeds_get_the_same_one_line_error_on_every_backend(tiny_checkpoint, export_dir):
-    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.base.errors import ReftokError
 
     rng = np.random.default_rng(0)
     reference = rng.uniform(-1, 1, (1, 3, 32, 40)).astype(np.float32)
@@ -514,7 +514,7 @@ def test_a_command_reads_and_hashes_the_manifest_once(tmp_path, tiny_checkpoint,
                                                        command):
     import collections
 
-    import reftok_deploy.manifest as manifest_module
+    import reftok_deploy.base.manifest as manifest_module
     from reftok_deploy.cli.parity import main as parity_main
 
     reads, hashes = [], collections.Counter()
@@ -539,8 +539,8 @@ def test_a_command_reads_and_hashes_the_manifest_once(tmp_path, tiny_checkpoint,
 
 def test_openvino_runs_the_exported_graphs_like_pytorch(tiny_checkpoint, export_dir):
     pytest.importorskip("openvino")
-    from reftok_deploy.errors import ReftokError
-    from reftok_deploy.manifest import open_export
+    from reftok_deploy.base.errors import ReftokError
+    from reftok_deploy.base.manifest import open_export
     from reftok_deploy.runtimes.factory import make_runner
 
     rng = np.random.default_rng(1)
@@ -557,7 +557,7 @@ def test_openvino_runs_the_exported_graphs_like_pytorch(tiny_checkpoint, export_
 
 
 def test_openvino_bf16_is_a_runtime_precision_of_openvino_only():
-    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.base.errors import ReftokError
     from reftok_deploy.runtimes.factory import backend_label, parse_spec
 
     assert parse_spec("openvino:bf16") == ("openvino", "bf16") == parse_spec("ov:bf16")
@@ -570,10 +570,10 @@ def test_openvino_bf16_is_a_runtime_precision_of_openvino_only():
 def test_openvino_bf16_runs_the_fp32_graphs_and_is_refused_without_native_bf16(tiny_checkpoint, export_dir,
                                                                                monkeypatch):
     pytest.importorskip("openvino")
-    import reftok_deploy.backends as backends
+    import reftok_deploy.deploy.backends as backends
     import reftok_deploy.runtimes.openvino_runner as openvino_runner
-    from reftok_deploy.errors import ReftokError
-    from reftok_deploy.manifest import open_export
+    from reftok_deploy.base.errors import ReftokError
+    from reftok_deploy.base.manifest import open_export
     from reftok_deploy.runtimes.factory import make_runner
 
     export = open_export(export_dir)
@@ -597,11 +597,11 @@ def test_openvino_bf16_decodes_within_its_tolerance_where_the_cpu_has_bf16(tiny_
 
     if not native_bf16():
         pytest.skip("this CPU has no native bf16 (AVX512-BF16 or AMX)")
-    from reftok_deploy.backends import probe_clips
-    from reftok_deploy.manifest import open_export
-    from reftok_deploy.parity import compare, gop_feeds
+    from reftok_deploy.deploy.backends import probe_clips
+    from reftok_deploy.base.manifest import open_export
+    from reftok_deploy.deploy.parity_check import compare, gop_feeds
     from reftok_deploy.runtimes.factory import make_runner
-    from reftok_deploy.spec import TOLERANCES
+    from reftok_deploy.base.spec import TOLERANCES
 
     feeds = list(gop_feeds(probe_clips((64, 64), 8), 8, 1))
     with make_runner("torch", None, tiny_checkpoint) as torch_runner, \
@@ -617,7 +617,7 @@ def test_threaded_stage_passes_items_errors_and_stops_with_its_consumer():
     import threading
     import time
 
-    from reftok_deploy.runtimes.pipeline import threaded
+    from reftok_deploy.runtimes.threaded_stage import threaded
 
     assert list(threaded(lambda stop: iter(range(50)), depth=2)) == list(range(50))
 
@@ -696,7 +696,7 @@ def test_run_with_auto_measures_backends_at_the_frames_own_size(tmp_path, tiny_c
     chosen = json.loads(result.stdout)["backend"]
     assert record["key"]["probe"]["size"] == [64, 64] and chosen
     assert not (export / "auto-backend.json").exists()
-    from reftok_deploy.tokenstream import read_stream
+    from reftok_deploy.base.tokenstream import read_stream
 
     header, _ = read_stream(rtok)
     assert header["backend"].split(":")[0] in {"torch", "onnxruntime", "openvino"}

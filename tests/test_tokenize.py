@@ -19,8 +19,8 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from reftok_deploy.cli.decode import main as decode_main  # noqa: E402
 from reftok_deploy.cli.run import main as run_main  # noqa: E402
-from reftok_deploy.corpus import expand_inputs  # noqa: E402
-from reftok_deploy.errors import ReftokError  # noqa: E402
+from reftok_deploy.dataset.corpus import expand_inputs  # noqa: E402
+from reftok_deploy.base.errors import ReftokError  # noqa: E402
 from tests.conftest import moving_still, one_error_line, write_video  # noqa: E402
 
 TOKENIZE = [sys.executable, "-c", "from reftok_deploy.cli.tokenize import main; main()"]
@@ -105,7 +105,7 @@ def test_a_corpus_becomes_shards_and_every_clip_decodes_like_reftok_run(corpus, 
         result = CliRunner().invoke(run_main, ["--video", entry["source"], "--checkpoint", str(tiny_checkpoint),
                                                "--backend", "torch", "--tokens", str(rtok)])
         assert result.exit_code == 0, result.stderr
-        from reftok_deploy.tokenstream import Block, read_stream
+        from reftok_deploy.base.tokenstream import Block, read_stream
 
         assert sum(isinstance(r, Block) for r in read_stream(rtok)[1]) == entry["gops"]
         decoded = [CliRunner().invoke(decode_main, argv + ["--checkpoint", str(tiny_checkpoint), "--backend", "torch",

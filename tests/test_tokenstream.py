@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reftok_deploy.errors import ReftokError
-from reftok_deploy.tokenstream import Block, TokenStreamWriter, iter_records, parse_bytes, read_header, read_stream
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.base.tokenstream import Block, TokenStreamWriter, iter_records, parse_bytes, read_header, read_stream
 from tests.conftest import moving_still
 
 HEADER = {"width": 40, "height": 24, "fps": 10.0, "block_frames": 8, "temporal_factor": 4, "spatial_factor": 8,
@@ -373,8 +373,8 @@ def test_header_edits_are_refused(stream_bytes, key, value):
 
 
 def test_the_encoding_backend_is_an_optional_header_field(stream_bytes):
-    from reftok_deploy.model import RefTokConfig
-    from reftok_deploy.tokenstream import stream_header
+    from reftok_deploy.model.reftok import RefTokConfig
+    from reftok_deploy.base.tokenstream import stream_header
 
     header = stream_header(RefTokConfig(), 40, 24, 10.0, "ab" * 32, backend="onnxruntime:int8")
     assert header["backend"] == "onnxruntime:int8" and "backend" not in stream_header(RefTokConfig(), 40, 24, 10.0, "ab" * 32)
@@ -393,8 +393,8 @@ def test_huge_frames_are_refused_before_any_png_is_decoded(stream_bytes):
 
 
 def test_header_fields_are_checked_against_the_model():
-    from reftok_deploy.model import PRESETS
-    from reftok_deploy.tokenstream import check_header_matches
+    from reftok_deploy.model.reftok import PRESETS
+    from reftok_deploy.base.tokenstream import check_header_matches
 
     cfg = PRESETS["tiny"]
     good = dict(HEADER, model_version=cfg.model_version)

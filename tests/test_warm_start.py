@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from reftok_deploy.errors import ReftokError
-from reftok_deploy.model import PRESETS, RefTok
-from reftok_deploy.warm_start import upgrade_v1_state, warm_start_state
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.model.reftok import PRESETS, RefTok
+from reftok_deploy.model.warm_start import upgrade_v1_state, warm_start_state
 
 
 def widened(source: RefTok, levels: tuple[int, ...]) -> RefTok:

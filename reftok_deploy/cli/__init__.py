@@ -10,9 +10,9 @@ from typing import Callable, TypeVar
 
 import click
 
-from reftok_deploy.errors import (EXIT_BAD_INPUT, EXIT_DAMAGED_INPUT, EXIT_INTERRUPTED, ReftokError, damaged_inputs,
+from reftok_deploy.base.errors import (EXIT_BAD_INPUT, EXIT_DAMAGED_INPUT, EXIT_INTERRUPTED, ReftokError, damaged_inputs,
                                   forget_damaged_inputs)
-from reftok_deploy.files import WRITE_ERRNOS
+from reftok_deploy.base.files import WRITE_ERRNOS
 
 F = TypeVar("F", bound=Callable)
 
@@ -84,7 +84,7 @@ class OneLineCommand(click.Command):
 
 def user_errors(func: F) -> F:
     """Report ReftokError, a failed write (disk full, I/O error) and Ctrl-C as one line with the exit codes
-    of :mod:`reftok_deploy.errors`; a command that finished on a damaged input exits 3. Everything else
+    of :mod:`reftok_deploy.base.errors`; a command that finished on a damaged input exits 3. Everything else
     keeps its traceback (a bug)."""
 
     @functools.wraps(func)

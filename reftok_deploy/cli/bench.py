@@ -47,17 +47,17 @@ def main(export_folder, backends, checkpoint, videos, sizes, max_gops, repeats, 
 
     import torch
 
-    from reftok_deploy.backends import cpu_name
-    from reftok_deploy.bench import bench, end_to_end as run_end_to_end, matmul_peak_gflops, parse_size
-    from reftok_deploy.checkpoint import load_checkpoint
-    from reftok_deploy.data import demo_clips
-    from reftok_deploy.errors import ReftokError
-    from reftok_deploy.flops import gop_flops
-    from reftok_deploy.manifest import open_export
-    from reftok_deploy.parity import gop_feeds
+    from reftok_deploy.deploy.backends import cpu_name
+    from reftok_deploy.deploy.throughput import bench, end_to_end as run_end_to_end, matmul_peak_gflops, parse_size
+    from reftok_deploy.model.checkpoint import load_checkpoint
+    from reftok_deploy.model.data import demo_clips
+    from reftok_deploy.base.errors import ReftokError
+    from reftok_deploy.model.flops import gop_flops
+    from reftok_deploy.base.manifest import open_export
+    from reftok_deploy.deploy.parity_check import gop_feeds
     from reftok_deploy.runtimes.factory import check_streams, make_runner, make_runners, parse_spec
-    from reftok_deploy.spec import TOLERANCES
-    from reftok_deploy.video import center_crop, read_video
+    from reftok_deploy.base.spec import TOLERANCES
+    from reftok_deploy.base.video import center_crop, read_video
 
     if backends is not None and not backends.strip():
         raise ReftokError("--backends is empty: give a comma list such as torch,onnxruntime:fp32")

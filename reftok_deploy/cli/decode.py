@@ -35,16 +35,16 @@ def main(stream, clip_id, output, checkpoint, export_folder, backend, device, th
 
     Prints reconstruction_sha256: equal to reftok-run's for the same backend when the
     replay is bit-exact. Records are read and decoded one at a time."""
-    from reftok_deploy.backends import auto_backend
-    from reftok_deploy.checkpoint import config_from_checkpoint, default_checkpoint, read_config, weights_sha256
-    from reftok_deploy.errors import ReftokError, report_damaged_input
-    from reftok_deploy.manifest import open_export
-    from reftok_deploy.paths import OutputPlan
+    from reftok_deploy.deploy.backends import auto_backend
+    from reftok_deploy.model.checkpoint import config_from_checkpoint, default_checkpoint, read_config, weights_sha256
+    from reftok_deploy.base.errors import ReftokError, report_damaged_input
+    from reftok_deploy.base.manifest import open_export
+    from reftok_deploy.base.paths import OutputPlan
     from reftok_deploy.runtimes.codec import FrameCodec
     from reftok_deploy.runtimes.factory import backend_label, make_runner
     from reftok_deploy.runtimes.output import VideoFile
     from reftok_deploy.runtimes.stream import decode_stream
-    from reftok_deploy.tokenstream import check_header_matches
+    from reftok_deploy.base.tokenstream import check_header_matches
 
     say = (lambda msg: click.echo(msg, err=True))
     damage: list[str] = []
@@ -113,8 +113,8 @@ def _open(stream: str, clip_id: str | None, on_damage):
     """(header, records) of a .rtok file, or of one clip of a reftok-tokenize dataset folder."""
     from pathlib import Path
 
-    from reftok_deploy.errors import ReftokError
-    from reftok_deploy.tokenstream import open_stream
+    from reftok_deploy.base.errors import ReftokError
+    from reftok_deploy.base.tokenstream import open_stream
 
     if not Path(stream).is_dir():
         if clip_id is not None:
@@ -122,7 +122,7 @@ def _open(stream: str, clip_id: str | None, on_damage):
         with open_stream(stream, on_damage=on_damage) as opened:
             yield opened
         return
-    from reftok_deploy.token_dataset import clip_header, clip_records, read_manifest
+    from reftok_deploy.dataset.token_dataset import clip_header, clip_records, read_manifest
 
     if clip_id is None:
         raise ReftokError(f"{stream} is a folder: give --clip ID to decode one clip of a reftok-tokenize dataset")

@@ -14,7 +14,7 @@ from reftok_deploy.cli.options import (OUTPUT_RULE, checkpoint_option, gop_optio
 
 
 # Peak bytes per pixel of one GOP through the model at inference (reftok-run measured about 3 GB at 1280x720
-# and 6 GB at 1920x1080, see reftok_deploy.video.DEFAULT_MAX_PIXELS); --batch GOPs run together.
+# and 6 GB at 1920x1080, see reftok_deploy.base.video.DEFAULT_MAX_PIXELS); --batch GOPs run together.
 INFERENCE_BYTES_PER_PIXEL = 3_500
 
 
@@ -68,15 +68,15 @@ def main(legacy_videos, videos, suite, demo, checkpoint, twin_path, no_twin, wit
     scored); bpp counts the tokens alone and the tokens plus the PNG references.
     """
 
-    from reftok_deploy.checkpoint import default_checkpoint, load_checkpoint
-    from reftok_deploy.data import demo_clips
-    from reftok_deploy.errors import ReftokError
-    from reftok_deploy.evaluate import evaluate_frames, summarize
-    from reftok_deploy.machine import physical_memory_bytes
-    from reftok_deploy.paths import OutputPlan, utf8_name
-    from reftok_deploy.suite import suite_clips
-    from reftok_deploy.video import read_video
-    from reftok_deploy import x264
+    from reftok_deploy.model.checkpoint import default_checkpoint, load_checkpoint
+    from reftok_deploy.model.data import demo_clips
+    from reftok_deploy.base.errors import ReftokError
+    from reftok_deploy.quality.evaluate import evaluate_frames, summarize
+    from reftok_deploy.base.machine import physical_memory_bytes
+    from reftok_deploy.base.paths import OutputPlan, utf8_name
+    from reftok_deploy.quality.suite import suite_clips
+    from reftok_deploy.base.video import read_video
+    from reftok_deploy.quality import x264
 
     videos = tuple(videos) + tuple(legacy_videos)
     if not videos and not demo and not suite:

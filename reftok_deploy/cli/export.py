@@ -10,7 +10,7 @@ import click
 from reftok_deploy.cli import ManyValuesOption, OneLineCommand, user_errors
 from reftok_deploy.cli.options import (checkpoint_option, json_option, max_gops_option, output_option, threads_option,
                                        verbose_option)
-from reftok_deploy.errors import EXIT_CHECK_FAILED
+from reftok_deploy.base.errors import EXIT_CHECK_FAILED
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,12 +50,12 @@ def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, t
     frames, and builds TensorRT engines where TensorRT and a GPU exist. Exit 1 when
     validation or the pre-flight fails (the report says what), 2 on bad input.
     """
-    from reftok_deploy.checkpoint import default_checkpoint
-    from reftok_deploy.engines import ShapeProfile
-    from reftok_deploy.errors import ReftokError
-    from reftok_deploy.manifest import MANIFEST
-    from reftok_deploy.paths import OutputPlan
-    from reftok_deploy.spec import GRAPH_NAMES, artifact_name
+    from reftok_deploy.model.checkpoint import default_checkpoint
+    from reftok_deploy.base.engines import ShapeProfile
+    from reftok_deploy.base.errors import ReftokError
+    from reftok_deploy.base.manifest import MANIFEST
+    from reftok_deploy.base.paths import OutputPlan
+    from reftok_deploy.base.spec import GRAPH_NAMES, artifact_name
 
     if calib_data and not int8:
         raise ReftokError("--calib-data is for --int8 (calibration frames); add --int8 or drop --calib-data")
@@ -88,9 +88,9 @@ def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, t
 def _export(checkpoint, output, precisions, int8, calib_data, calib_size, calib_method, trt_implicit_int8, exporter,
             opset, validate_data, validate_size, max_gops, no_validate, tensorrt, profile) -> dict:
     """reftok-export's work once every path is checked -> the manifest."""
-    from reftok_deploy.export.pipeline import ExportOptions, run_export
-    from reftok_deploy.validation import validate_folder
-    from reftok_deploy.video import read_video
+    from reftok_deploy.export.job import ExportOptions, run_export
+    from reftok_deploy.deploy.validation import validate_folder
+    from reftok_deploy.base.video import read_video
 
     clips = {str(v): read_video(v, size=validate_size) for v in validate_data} or None
     options = ExportOptions(precisions=precisions, dynamo=exporter == "dynamo", opset=opset,
@@ -98,7 +98,7 @@ def _export(checkpoint, output, precisions, int8, calib_data, calib_size, calib_
                             validation_clips=clips, max_gops=max_gops, tensorrt=tensorrt, profile=profile)
     if int8:
         from reftok_deploy.calibration.feeds import calibration_feeds
-        from reftok_deploy.checkpoint import read_config
+        from reftok_deploy.model.checkpoint import read_config
 
         block = read_config(checkpoint)["model"]["block_frames"]
         options.calib_feeds = calibration_feeds(list(calib_data), calib_size, size=validate_size, block_frames=block,

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import click
 
-from reftok_deploy.machine import usable_cores
+from reftok_deploy.base.machine import usable_cores
 
 # More threads than this only oversubscribes the cores (and a huge count made libgomp reserve 216 GB).
 MAX_THREADS = 4 * usable_cores()
@@ -68,7 +68,7 @@ class HiddenAliasOption(click.Option):
         return " / ".join(f"'{o}'" for o in self.opts if o not in self.hidden_aliases)
 
 
-# Said in the --help of every output option: one rule for all of them (see reftok_deploy.paths).
+# Said in the --help of every output option: one rule for all of them (see reftok_deploy.base.paths).
 OUTPUT_RULE = "Missing parent folders are created; an input of the command is never overwritten."
 
 
@@ -110,7 +110,7 @@ def streams_option(func: Callable) -> Callable:
 def gop_options(func: Callable) -> Callable:
     """--refresh-blocks and --cut-threshold: how reftok-run, reftok-eval and reftok-tokenize form GOPs, spelled and
     bounded once so that the three commands form the same GOPs from the same words."""
-    from reftok_deploy.gop import DEFAULT_CUT_THRESHOLD
+    from reftok_deploy.base.gop_plan import DEFAULT_CUT_THRESHOLD
 
     func = click.option("--cut-threshold", default=DEFAULT_CUT_THRESHOLD, show_default=True,
                         type=FiniteFloatRange(0, 255),

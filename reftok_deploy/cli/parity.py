@@ -32,14 +32,14 @@ def main(export_folder, baseline, candidate, checkpoint, videos, size, max_gops,
     """Compare backend --b against --a on EXPORT_FOLDER: token agreement, decoder error
     (both decoders on --a's tokens) and end-to-end PSNR against the source frames,
     with the tolerances of --b's precision. Exit 1 when a tolerance is exceeded."""
-    from reftok_deploy.files import sha256_file
-    from reftok_deploy.data import demo_clips
-    from reftok_deploy.errors import ReftokError
-    from reftok_deploy.manifest import open_export
-    from reftok_deploy.spec import TOLERANCES
-    from reftok_deploy.parity import compare, gop_feeds
+    from reftok_deploy.base.files import sha256_file
+    from reftok_deploy.model.data import demo_clips
+    from reftok_deploy.base.errors import ReftokError
+    from reftok_deploy.base.manifest import open_export
+    from reftok_deploy.base.spec import TOLERANCES
+    from reftok_deploy.deploy.parity_check import compare, gop_feeds
     from reftok_deploy.runtimes.factory import make_runner, parse_spec
-    from reftok_deploy.video import read_video
+    from reftok_deploy.base.video import read_video
 
     if size % 8:
         raise ReftokError(f"--size must be a multiple of 8, got {size}")

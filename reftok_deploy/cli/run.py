@@ -10,8 +10,8 @@ from reftok_deploy.cli import OneLineCommand, sigterm_as_interrupt, user_errors
 from reftok_deploy.cli.options import (MAX_COUNT, OUTPUT_RULE, FiniteFloatRange, checkpoint_option, device_option,
                                        gop_options, json_option, output_option, streams_option, threads_option,
                                        verbose_option)
-from reftok_deploy.tokenstream import MAX_PIXELS as MAX_FRAME_PIXELS
-from reftok_deploy.video import DEFAULT_MAX_PIXELS
+from reftok_deploy.base.tokenstream import MAX_PIXELS as MAX_FRAME_PIXELS
+from reftok_deploy.base.video import DEFAULT_MAX_PIXELS
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,9 +57,9 @@ def main(camera, video, source, demo, checkpoint, export_folder, backend, device
     """
     from pathlib import Path
 
-    from reftok_deploy.checkpoint import default_checkpoint
-    from reftok_deploy.errors import ReftokError
-    from reftok_deploy.paths import OutputPlan, utf8_name
+    from reftok_deploy.model.checkpoint import default_checkpoint
+    from reftok_deploy.base.errors import ReftokError
+    from reftok_deploy.base.paths import OutputPlan, utf8_name
     from reftok_deploy.runtimes.capture import parse_source
     from reftok_deploy.runtimes.factory import check_streams
 
@@ -116,23 +116,23 @@ def _run(plan, source_spec, demo, checkpoint, export_folder, backend, device, th
 
     import cv2
 
-    from reftok_deploy.backends import auto_backend
-    from reftok_deploy.checkpoint import config_from_checkpoint, read_config, weights_sha256
-    from reftok_deploy.errors import ReftokError
-    from reftok_deploy.manifest import open_export
+    from reftok_deploy.deploy.backends import auto_backend
+    from reftok_deploy.model.checkpoint import config_from_checkpoint, read_config, weights_sha256
+    from reftok_deploy.base.errors import ReftokError
+    from reftok_deploy.base.manifest import open_export
     from reftok_deploy.runtimes.capture import ArraySource, FrameSource, open_capture, opencv_summary
     from reftok_deploy.runtimes.codec import FrameCodec
     from reftok_deploy.runtimes.factory import backend_label, make_runners
-    from reftok_deploy.runtimes.gop import GopEncoder
-    from reftok_deploy.files import commit_together
+    from reftok_deploy.runtimes.gop_encoder import GopEncoder
+    from reftok_deploy.base.files import commit_together
     from reftok_deploy.runtimes.output import VideoFile, display_available, side_by_side
     from reftok_deploy.runtimes.stream import StreamStats, encode_stream
-    from reftok_deploy.tokenstream import TokenStreamWriter, stream_header
-    from reftok_deploy.video import center_square
+    from reftok_deploy.base.tokenstream import TokenStreamWriter, stream_header
+    from reftok_deploy.base.video import center_square
 
     # Open the source first: a missing camera fails in a second, before any model work.
     if demo:
-        from reftok_deploy.data import demo_clips
+        from reftok_deploy.model.data import demo_clips
 
         frames_source = ArraySource("built-in demo clips", [f for clip in demo_clips(256).values() for f in clip])
     else:

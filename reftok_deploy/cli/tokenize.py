@@ -10,8 +10,8 @@ import click
 from reftok_deploy.cli import OneLineCommand, user_errors
 from reftok_deploy.cli.options import (MAX_THREADS, FiniteFloatRange, checkpoint_option, device_option,
                                        gop_options, json_option, output_option, verbose_option)
-from reftok_deploy.tokenstream import MAX_PIXELS as MAX_FRAME_PIXELS
-from reftok_deploy.video import DEFAULT_MAX_PIXELS
+from reftok_deploy.base.tokenstream import MAX_PIXELS as MAX_FRAME_PIXELS
+from reftok_deploy.base.video import DEFAULT_MAX_PIXELS
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,7 +55,7 @@ def main(inputs, output, checkpoint, export_folder, backend, device, threads, wo
     same command after an interruption and finished clips are skipped. Exit 0: every clip tokenized;
     3: some clip failed or was damaged (listed in manifest.json and errors.parquet); 2: bad input.
     """
-    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.base.errors import ReftokError
 
     try:
         import pyarrow  # noqa: F401
@@ -65,14 +65,14 @@ def main(inputs, output, checkpoint, export_folder, backend, device, threads, wo
                           "pip install 'reftok-deploy[ray]'") from None
     from tqdm import tqdm
 
-    from reftok_deploy.backends import auto_backend
-    from reftok_deploy.checkpoint import config_from_checkpoint, default_checkpoint, read_config, weights_sha256
-    from reftok_deploy.clip_tokenizer import TokenizeSettings
-    from reftok_deploy.corpus import expand_inputs
-    from reftok_deploy.errors import EXIT_DAMAGED_INPUT
-    from reftok_deploy.manifest import open_export
-    from reftok_deploy.paths import OutputPlan
-    from reftok_deploy.ray_tokenize import check_address, tokenize_corpus
+    from reftok_deploy.deploy.backends import auto_backend
+    from reftok_deploy.model.checkpoint import config_from_checkpoint, default_checkpoint, read_config, weights_sha256
+    from reftok_deploy.dataset.clip_tokenizer import TokenizeSettings
+    from reftok_deploy.dataset.corpus import expand_inputs
+    from reftok_deploy.base.errors import EXIT_DAMAGED_INPUT
+    from reftok_deploy.base.manifest import open_export
+    from reftok_deploy.base.paths import OutputPlan
+    from reftok_deploy.dataset.ray_tokenize import check_address, tokenize_corpus
     from reftok_deploy.runtimes.factory import backend_label, make_runner
 
     say = (lambda msg: click.echo(msg, err=True))

@@ -10,12 +10,12 @@ import click
 from reftok_deploy.cli import OneLineCommand, user_errors
 from reftok_deploy.cli.options import (MAX_COUNT, MAX_THREADS, FiniteFloatRange, device_option, json_option,
                                        output_option, threads_option, verbose_option)
-from reftok_deploy.model import PRESETS
+from reftok_deploy.model.reftok import PRESETS
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
     """'8,5,5,5' -> (8, 5, 5, 5); the codebook must fit the 16-bit ids of .rtok token streams."""
-    from reftok_deploy.errors import ReftokError
+    from reftok_deploy.base.errors import ReftokError
 
     try:
         levels = tuple(int(v) for v in text.split(","))
@@ -75,9 +75,9 @@ def parse_levels(text: str) -> tuple[int, ...]:
 def main(data, output, preset, no_reference, fsq_levels, group_context, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, checkpoint_every, no_builtin_stills,
          resume, threads, device, workers, max_minutes, autocast, as_json) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
-    from reftok_deploy.errors import ReftokError
-    from reftok_deploy.paths import OutputPlan
-    from reftok_deploy.train import PRESET_LR, STATE, Recipe, check_training_memory, train
+    from reftok_deploy.base.errors import ReftokError
+    from reftok_deploy.base.paths import OutputPlan
+    from reftok_deploy.model.training import PRESET_LR, STATE, Recipe, check_training_memory, train
 
     if crop % 8:
         raise ReftokError(f"--crop must be a multiple of 8, got {crop}")
@@ -106,7 +106,7 @@ def main(data, output, preset, no_reference, fsq_levels, group_context, init_fro
     if as_json:
         import json
 
-        from reftok_deploy.checkpoint import read_config
+        from reftok_deploy.model.checkpoint import read_config
 
         click.echo(json.dumps({"checkpoint": str(folder), "training": read_config(folder).get("training")}, indent=2))
     else:

@@ -1,0 +1,24 @@
+"""python -m reftok_deploy.cli.count_flops [--preset tiny] [--size 256]: GFLOP per GOP of RefTok and its twin
+(see :mod:`reftok_deploy.model.flops`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from reftok_deploy.model.flops import gop_flops
+from reftok_deploy.model.reftok import PRESETS, RefTok
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="GFLOP per GOP (encode + decode) of RefTok and its twin.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--size", type=int, default=256)
+    args = parser.parse_args()
+    for name, cfg in (("RefTok", PRESETS[args.preset]), ("twin", PRESETS[args.preset].twin())):
+        f = gop_flops(RefTok(cfg).eval(), args.size)
+        print(f"{name:<7} {args.preset} {args.size}x{args.size}: encoder {f['encoder']:.2f} + decoder "
+              f"{f['decoder']:.2f} + cost volume {f['cost_volume']:.2f} = {f['total']:.2f} GFLOP per GOP")
+
+
+if __name__ == "__main__":
+    main()

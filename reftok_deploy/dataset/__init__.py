@@ -1,0 +1,1 @@
+"""Datasets: a corpus of clips tokenized on Ray Data into Parquet shards."""

@@ -1,0 +1,1 @@
+"""Orchestration above export/ and runtimes/: backend choice, export validation, parity and benchmarks."""

@@ -1,0 +1,1 @@
+"""The RefTok model, its reference-free twin, checkpoints and training."""

@@ -1,0 +1,564 @@
+"""RefTok version 2: a block video tokenizer conditioned on an unquantised reference frame.
+
+Layout conventions (every public method states its own):
+- reference: ``[B,3,H,W]`` float32 in [-1,1], RGB, never quantised.
+- frames:    ``[B,3,T,H,W]`` float32 in [-1,1], T a multiple of ``temporal_factor``.
+- tokens:    ``[B,T/ft,H/fs,W/fs]`` int32 ids in ``[0, prod(fsq_levels))``.
+
+Time is folded into channels (ft frames stacked -> one latent frame); every learned op is
+a Conv2d with ReLU6 (bounded activations for FP16 and INT8), pixel (un)shuffle or an
+elementwise op. Version 2 decodes, per output frame:
+
+    frame_t = warp(reference, motion_t) + gate_t * residual_t
+
+- ``motion_t`` is decoded from the tokens at 1/8 resolution, one field per output frame
+  (so motion is smooth inside a 4-frame group), passed through a dead zone (|m| < 0.1 px
+  is exactly 0) and upsampled bilinearly; ``warp`` is a bilinear GridSample.
+- ``gate_t`` is a Clip to [0, 1]: where it is 0 and the motion is 0 the output *is* the
+  reference, bit for bit (the exact path for static content).
+- The encoder sees the frames, frames - reference, and a local correlation (cost volume)
+  between every frame's and the reference's motion features at 1/4 (+-3 cells) and 1/8
+  (+-4 cells) resolution, whose soft-argmax displacements also go straight to the latent head,
+  so it can measure motion instead of guessing it.
+
+``reference=False`` gives the twin: no reference path, no motion, no gate, same token budget.
+
+``encode``/``decode`` need H and W to be multiples of ``spatial_factor``;
+:func:`pad_to_multiple` and :func:`crop_to` handle arbitrary sizes outside the exported graphs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reftok_deploy.model.fsq import FSQ
+from reftok_deploy.base.spec import MODEL_VERSION, SPATIAL_FACTOR, Geometry
+
+# Motion below this many pixels is exactly zero: static content decodes to the reference itself.
+MOTION_DEAD_ZONE_PX = 0.1
+# Largest sizes a stored config may ask for (the base preset uses 256 channels, 3 residual blocks).
+CONFIG_LIMITS = {"channels": 1024, "res_blocks": 16}
+# The motion head's unit, in pixels. Decoder features are ~0.03 on average: unscaled, the head needed
+# weights in the hundreds to express tens of pixels and had moved 0.005 after 200 steps (seen here).
+MOTION_UNIT_PX = 16.0
+CORRELATION_RADII = (3, 4)  # cells at 1/4 and 1/8 resolution: +-12 px and +-32 px
+# Config keys added after version 2 shipped; a stored config without them means False.
+OPTIONAL_CONFIG_KEYS = ("group_context",)
+
+
+@dataclass(frozen=True)
+class RefTokConfig:
+    """Architecture hyper-parameters; stored verbatim in every checkpoint."""
+
+    channels: tuple[int, int, int] = (32, 64, 96)
+    res_blocks: int = 1
+    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
+    temporal_factor: int = 4
+    block_frames: int = 8
+    reference: bool = True
+    motion_channels: int = 16
+    # Each group's latent and decoder also see the previous and next group's (see :func:`group_context`).
+    group_context: bool = False
+    model_version: int = MODEL_VERSION
+    spatial_factor: int = field(default=SPATIAL_FACTOR, init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "fsq_levels", tuple(int(v) for v in self.fsq_levels))
+        if len(self.channels) != 3 or min(self.channels) < 1:
+            raise ValueError(f"channels must be three positive ints, got {self.channels}")
+        if self.temporal_factor < 1 or self.block_frames % self.temporal_factor:
+            raise ValueError("block_frames must be a positive multiple of temporal_factor")
+        if self.res_blocks < 0:
+            raise ValueError("res_blocks must be >= 0")
+        if self.motion_channels < 1:
+            raise ValueError("motion_channels must be >= 1")
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.pop("spatial_factor")
+        data["channels"] = list(self.channels)
+        data["fsq_levels"] = list(self.fsq_levels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RefTokConfig":
+        """Strict parse of a stored config: every field present, of its exact type, within limits,
+        checked before any model is built (a config can otherwise ask for gigabytes)."""
+        if not isinstance(data, dict):
+            raise ValueError("model config is not an object")
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown, missing = set(data) - known, known - set(data) - set(OPTIONAL_CONFIG_KEYS)
+        if unknown or missing:
+            raise ValueError(f"unknown config keys {sorted(unknown)}" if unknown else f"missing config keys {sorted(missing)}")
+
+        def ints(key: str, low: int, high: int, count: int | None = None) -> None:
+            value = data[key]
+            values = value if isinstance(value, list) else [value]
+            if count is not None and (not isinstance(value, list) or len(value) != count):
+                raise ValueError(f"{key} must be a list of {count} integers")
+            if not all(type(v) is int and low <= v <= high for v in values):
+                raise ValueError(f"{key} must be integers in [{low}, {high}], got {value!r}")
+
+        ints("channels", 1, CONFIG_LIMITS["channels"], 3)
+        ints("res_blocks", 0, CONFIG_LIMITS["res_blocks"])
+        ints("motion_channels", 1, CONFIG_LIMITS["channels"])
+        ints("temporal_factor", 1, 64)
+        ints("block_frames", 1, 256)
+        ints("model_version", 1, 1000)
+        levels = data["fsq_levels"]
+        if not isinstance(levels, list) or not 1 <= len(levels) <= 16:
+            raise ValueError("fsq_levels must be a list of 1 to 16 integers")
+        ints("fsq_levels", 2, 65536, len(levels))
+        if math.prod(levels) > 65536:
+            raise ValueError(f"fsq_levels {levels} give more than 65536 codes")
+        for key in ("reference", *OPTIONAL_CONFIG_KEYS):
+            if key in data and type(data[key]) is not bool:
+                raise ValueError(f"{key} must be true or false")
+        return cls(**data)
+
+    @property
+    def geometry(self) -> Geometry:
+        """Frames-to-tokens geometry of the exported graphs (see :mod:`reftok_deploy.base.spec`)."""
+        return Geometry(self.block_frames, self.temporal_factor, self.spatial_factor)
+
+    def twin(self) -> "RefTokConfig":
+        """The reference-free twin of this config."""
+        return dataclasses.replace(self, reference=False)
+
+
+PRESETS: dict[str, RefTokConfig] = {
+    "tiny": RefTokConfig(channels=(32, 64, 96), res_blocks=1, group_context=True),
+    "small": RefTokConfig(channels=(48, 96, 160), res_blocks=2, motion_channels=24, group_context=True),
+    "base": RefTokConfig(channels=(64, 128, 256), res_blocks=3, motion_channels=32, group_context=True),
+}
+
+
+def context_channels(channels: int) -> int:
+    """Channels :func:`group_context` adds for an input of ``channels``."""
+    return 2 * (channels + 1)
+
+
+def group_context(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Per-group tensors ``[B*G,C,h,w]`` -> their neighbours ``[B*G,2*(C+1),h,w]``.
+
+    For group g: group g-1's channels and a plane of ones, then group g+1's and a plane of ones;
+    a missing neighbour (first or last group) is all zeros, flag included. Two tokens describe
+    the motion of one position over the whole block (8 frames), where one token held 4 frames:
+    smooth motion is coded by both, and each group decodes it from both.
+    """
+    n, c, h, w = x.shape
+    groups = n // batch
+    x = x.reshape(batch, groups, c, h, w)
+    x = torch.cat([x, torch.ones_like(x[:, :, :1])], 2)
+    none = torch.zeros_like(x[:, :1])
+    previous = torch.cat([none, x[:, :-1]], 1)
+    following = torch.cat([x[:, 1:], none], 1)
+    return torch.cat([previous, following], 2).reshape(n, 2 * (c + 1), h, w)
+
+
+def conv3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv1 = conv3(ch, ch)
+        self.conv2 = conv3(ch, ch)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(x + self.conv2(F.relu6(self.conv1(x))))
+
+
+def stage(cin: int, cout: int, blocks: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(conv3(cin, cout, stride), nn.ReLU6(), *[ResBlock(cout) for _ in range(blocks)])
+
+
+class ReferenceEncoder(nn.Module):
+    """Reference ``[B,3,H,W]`` in [-1,1] -> features at 1/2, 1/4, 1/8 resolution."""
+
+    def __init__(self, cfg: RefTokConfig) -> None:
+        super().__init__()
+        c1, c2, c3 = cfg.channels
+        self.unshuffle = nn.PixelUnshuffle(2)
+        self.s1 = stage(12, c1, 0)
+        self.s2 = stage(c1, c2, cfg.res_blocks, stride=2)
+        self.s3 = stage(c2, c3, cfg.res_blocks, stride=2)
+
+    def forward(self, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f1 = self.s1(self.unshuffle(reference))
+        f2 = self.s2(f1)
+        f3 = self.s3(f2)
+        return f1, f2, f3
+
+
+def _unit_norm(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise ``[N,C,h,w]`` over channels: correlations are cosines in [-1,1] (safe for FP16/INT8)."""
+    return x * torch.rsqrt((x * x).sum(1, keepdim=True) + 1e-6)
+
+
+CORRELATION_TILE = 8  # cells of a row multiplied as one small matrix (>= 2 * the largest radius)
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Tensor:
+    """Local cost volume: ``a [N,C,h,w]`` against ``b [M,C,h,w]`` -> ``[N,(2r+1)^2,h,w]``, channel (dy, dx) =
+    <a(p), b(p + d)>, zero where p + d is outside ``b``. N is a multiple of M: ``a``'s items are M runs of N/M,
+    run k against ``b[k]`` (every frame of a clip against its one reference, without copying it N/M times).
+
+    Computed per row offset dy as batched matrix products: the ``tile + 2r`` cells of ``b`` that a run of
+    CORRELATION_TILE cells of ``a`` can reach (``[tile+2r,C]``) times those cells (``[C,tile]``), then the
+    ``2r+1`` diagonals wanted are gathered from each ``[tile+2r,tile]`` product. Plain ONNX
+    (Pad/Transpose/Reshape/MatMul/Gather); 2r+1 matrix products instead of (2r+1)^2 multiplies and
+    channel sums over the whole map, which left runtimes memory-bound (measured: OpenVINO's bf16
+    encoder at 640x480 174 instead of 392 ms, per OpenVINO's layer counters). Equal to the direct sum up to float rounding order.
+    """
+    tile = CORRELATION_TILE
+    if 2 * radius > tile:
+        raise ValueError(f"correlation radius {radius} needs CORRELATION_TILE >= {2 * radius}")
+    n, c, h, w = a.shape
+    m = b.shape[0]
+    size, span = 2 * radius + 1, tile + 2 * radius
+    tiles = (w + tile - 1) // tile
+    pad = tiles * tile - w  # cells past the right edge; their results are cropped
+    # a as [M,N/M,h,tiles,C,tile] and b as [M,h,w,C] (channels last): no per-offset transpose is needed
+    cells_a = F.pad(a, (0, pad)).permute(0, 2, 1, 3).reshape(m, n // m, h, c, tiles, tile).transpose(3, 4)
+    # b with radius cells of zeros around it, and one more tile on the right so every window is whole
+    padded = F.pad(b, (radius, radius + pad + tile, radius, radius)).permute(0, 2, 3, 1)
+    # flat index of (cell i, offset dx) in a [tile+2r, tile] product: row i + dx, column i
+    diagonals = torch.tensor([(i + dx) * tile + i for i in range(tile) for dx in range(size)], device=a.device)
+    rows = []
+    for dy in range(size):
+        row = padded[:, dy : dy + h]
+        windows = torch.cat([row[:, :, : w + pad].reshape(m, h, tiles, tile, c),
+                             row[:, :, tile : tile + w + pad].reshape(m, h, tiles, tile, c)[:, :, :, : 2 * radius]], 3)
+        products = torch.matmul(windows.unsqueeze(1), cells_a).reshape(n, h, tiles, span * tile)
+        rows.append(products.index_select(-1, diagonals).reshape(n, h, tiles, tile, size))
+    volume = torch.stack(rows, 4).reshape(n, h, w + pad, size * size)  # [.., dy, dx] -> channel dy*size+dx
+    return volume[:, :, :w].permute(0, 3, 1, 2)
+
+
+# Cosine similarities are in [-1,1]; this temperature makes the soft-argmax follow the best match.
+SOFT_ARGMAX_TEMPERATURE = 0.05
+
+
+def soft_argmax(volume: torch.Tensor, radius: int) -> torch.Tensor:
+    """Cost volume ``[N,(2r+1)^2,h,w]`` (channel order of :func:`correlation`) -> expected displacement
+    ``[N,2,h,w]`` (x, y) in cells: where, around each cell, the reference matches best."""
+    size = 2 * radius + 1
+    weights = torch.softmax(volume / SOFT_ARGMAX_TEMPERATURE, dim=1)
+    offsets = torch.arange(size, device=volume.device).to(volume.dtype) - radius
+    dx = offsets.repeat(size).view(1, -1, 1, 1)
+    dy = offsets.repeat_interleave(size).view(1, -1, 1, 1)
+    return torch.cat([(weights * dx).sum(1, keepdim=True), (weights * dy).sum(1, keepdim=True)], 1)
+
+
+class MotionFeatures(nn.Module):
+    """Frames ``[N,3,H,W]`` in [-1,1] -> unit-norm features at 1/4 and 1/8 (for correlation)."""
+
+    def __init__(self, cfg: RefTokConfig) -> None:
+        super().__init__()
+        m = cfg.motion_channels
+        self.unshuffle = nn.PixelUnshuffle(4)
+        self.s4 = nn.Sequential(nn.Conv2d(48, m, 3, padding=1), nn.ReLU6(), nn.Conv2d(m, m, 3, padding=1))
+        self.s8 = nn.Sequential(nn.ReLU6(), nn.Conv2d(m, m, 3, stride=2, padding=1), nn.ReLU6(), nn.Conv2d(m, m, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f4 = self.s4(self.unshuffle(x))
+        f8 = self.s8(f4)
+        return _unit_norm(f4), _unit_norm(f8)
+
+
+class BlockEncoder(nn.Module):
+    """Folded frames ``[N,k*3*ft,H,W]`` (+ reference features, + per-group cost volumes) -> latents ``[N,D,H/8,W/8]``."""
+
+    COST4, COST8 = 16, 24  # per-frame channels the cost volumes are squeezed to
+
+    def __init__(self, cfg: RefTokConfig, latent_dim: int) -> None:
+        super().__init__()
+        c1, c2, c3 = cfg.channels
+        ft = cfg.temporal_factor
+        r = cfg.channels if cfg.reference else (0, 0, 0)
+        cost4 = self.COST4 * ft if cfg.reference else 0
+        cost8 = self.COST8 * ft if cfg.reference else 0
+        self.unshuffle = nn.PixelUnshuffle(2)
+        # RefTok's encoder also sees frames - reference, so its tokens start from what the reference lacks.
+        pixels = 12 * ft * (2 if cfg.reference else 1)
+        self.s1 = stage(pixels + r[0], c1, 0)
+        self.down2 = nn.Sequential(conv3(c1, c2, stride=2), nn.ReLU6())
+        self.s2 = stage(c2 + r[1] + cost4, c2, cfg.res_blocks)
+        self.down3 = nn.Sequential(conv3(c2, c3, stride=2), nn.ReLU6())
+        self.s3 = stage(c3 + r[2] + cost8, c3, cfg.res_blocks)
+        # RefTok: the cost volumes' soft-argmax displacements (x, y per frame, at 1/4 pooled to 1/8 and at
+        # 1/8, in MOTION_UNIT_PX) reach the latent head directly: a short path from measured motion to tokens.
+        self.flow_channels = 2 * 2 * ft if cfg.reference else 0
+        head = c3 + self.flow_channels
+        self.group_context = cfg.group_context
+        self.to_latent = conv3(head + (context_channels(head) if cfg.group_context else 0), latent_dim)
+        # Latents must start spread over several FSQ levels: at the default init they were ~0.03 +- 0.005,
+        # every position rounded to one code, and the tokens were never used.
+        self.to_latent.weight.data.mul_(10.0)
+
+    def forward(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
+                costs: tuple[torch.Tensor, ...] | None, batch: int) -> torch.Tensor:
+        """``costs``: (squeezed cost volume at 1/4, at 1/8, soft-argmax flows at 1/8), RefTok only;
+        ``batch``: B of the ``B*G`` groups in ``x`` (for the group context)."""
+        x = self.unshuffle(x)
+        x = self.s1(x if ref_feats is None else torch.cat([x, ref_feats[0]], 1))
+        x = self.down2(x)
+        x = self.s2(x if ref_feats is None else torch.cat([x, ref_feats[1], costs[0]], 1))
+        x = self.down3(x)
+        x = self.s3(x if ref_feats is None else torch.cat([x, ref_feats[2], costs[1]], 1))
+        x = x if ref_feats is None else torch.cat([x, costs[2]], 1)
+        return self.to_latent(torch.cat([x, group_context(x, batch)], 1) if self.group_context else x)
+
+
+class BlockDecoder(nn.Module):
+    """Codes ``[N,D,H/8,W/8]`` (+ reference features) -> the parts of ft output frames.
+
+    RefTok: motion ``[N,2*ft,H/8,W/8]`` (x, y per frame, full-resolution pixels, before the dead zone),
+    then, given the warped reference, residual ``[N,3*ft,H,W]`` and gate logits ``[N,ft,H,W]``.
+    Twin: frames ``[N,3*ft,H,W]`` directly.
+    """
+
+    def __init__(self, cfg: RefTokConfig, latent_dim: int) -> None:
+        super().__init__()
+        c1, c2, c3 = cfg.channels
+        ft = cfg.temporal_factor
+        r = cfg.channels if cfg.reference else (0, 0, 0)
+        warped = 12 * ft if cfg.reference else 0  # the warped reference frames, unshuffled to 1/2
+        self.group_context = cfg.group_context
+        context = context_channels(latent_dim) if cfg.group_context else 0
+        self.s3 = stage(latent_dim + r[2] + context, c3, cfg.res_blocks + 1)
+        self.up2 = nn.Sequential(conv3(c3, c2 * 4), nn.PixelShuffle(2), nn.ReLU6())
+        self.s2 = stage(c2 + r[1], c2, cfg.res_blocks)
+        self.up1 = nn.Sequential(conv3(c2, c1 * 4), nn.PixelShuffle(2), nn.ReLU6())
+        self.s1 = stage(c1 + r[0] + warped, c1, 1)
+        self.unshuffle = nn.PixelUnshuffle(2)
+        self.to_pixels = nn.Sequential(conv3(c1, 12 * ft), nn.PixelShuffle(2))
+        self.to_pixels[0].weight.data.mul_(0.1)
+        nn.init.zeros_(self.to_pixels[0].bias)
+        self.to_motion = self.to_gate = None
+        if cfg.reference:
+            # Zero motion at init: training starts from "residual over the reference".
+            self.to_motion = conv3(c3 + latent_dim + context, 2 * ft)
+            nn.init.zeros_(self.to_motion.weight)
+            nn.init.zeros_(self.to_motion.bias)
+            # Gate starts open (inside Clip's linear range, so gradients flow both ways).
+            self.to_gate = nn.Sequential(conv3(c1, 4 * ft), nn.PixelShuffle(2))
+            self.to_gate[0].weight.data.mul_(0.1)
+            nn.init.constant_(self.to_gate[0].bias, 0.8)
+
+    def trunk(self, codes: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None, batch: int
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Codes ``[B*G,D,H/8,W/8]`` -> (features at 1/4 ``[N,c2,H/4,W/4]``, motion ``[N,2*ft,H/8,W/8]``
+        in pixels or None).
+
+        Motion is read at 1/8 from the codes themselves (and the neighbouring groups' codes) and the
+        first stage: a short path, so the flow teacher's gradient reaches the encoder quickly."""
+        context = [group_context(codes, batch)] if self.group_context else []
+        reference = [] if ref_feats is None else [ref_feats[2]]
+        x = self.s3(torch.cat([codes, *reference, *context], 1))
+        motion = None if self.to_motion is None else self.to_motion(torch.cat([x, codes, *context], 1)) * MOTION_UNIT_PX
+        x = self.s2(self.up2(x) if ref_feats is None else torch.cat([self.up2(x), ref_feats[1]], 1))
+        return x, motion
+
+    def head(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
+             warped: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """1/4 features (+ warped reference ``[N,3*ft,H,W]``) -> (pixels or residual, gate logits or None)."""
+        x = self.up1(x)
+        if ref_feats is not None:
+            x = torch.cat([x, ref_feats[0], self.unshuffle(warped)], 1)
+        x = self.s1(x)
+        return self.to_pixels(x), (None if self.to_gate is None else self.to_gate(x))
+
+
+def dead_zone(x: torch.Tensor, width: float, straight_through: bool = False) -> torch.Tensor:
+    """Soft-shrink written with two ReLUs (exported as Relu, not Shrink): |x| <= width -> exactly 0.
+
+    ``straight_through`` (training): the forward value is the same, the gradient is the identity's.
+    Without it a zero-initialised motion head sits inside the dead zone, gets no gradient and never
+    learns (seen here: 1000 steps with motion exactly 0 everywhere).
+    """
+    shrunk = F.relu(x - width) - F.relu(-x - width)
+    return x + (shrunk - x).detach() if straight_through else shrunk
+
+
+class RefTok(nn.Module):
+    """Reference-conditioned block tokenizer (or its reference-free twin)."""
+
+    def __init__(self, cfg: RefTokConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.fsq = FSQ(cfg.fsq_levels)
+        self.reference_encoder = ReferenceEncoder(cfg) if cfg.reference else None
+        self.motion_features = MotionFeatures(cfg) if cfg.reference else None
+        if cfg.reference:
+            n4, n8 = ((2 * r + 1) ** 2 for r in CORRELATION_RADII)
+            self.squeeze4 = nn.Sequential(nn.Conv2d(n4, BlockEncoder.COST4, 1), nn.ReLU6())
+            self.squeeze8 = nn.Sequential(nn.Conv2d(n8, BlockEncoder.COST8, 1), nn.ReLU6())
+        self.encoder = BlockEncoder(cfg, self.fsq.dim)
+        self.decoder = BlockDecoder(cfg, self.fsq.dim)
+
+    # ---- shape helpers -------------------------------------------------
+    def _fold(self, frames: torch.Tensor) -> torch.Tensor:
+        """``[B,3,T,H,W]`` -> ``[B*G,ft*3,H,W]`` with G = T/ft groups."""
+        b, c, t, h, w = frames.shape
+        ft = self.cfg.temporal_factor
+        x = frames.reshape(b, c, t // ft, ft, h, w).permute(0, 2, 3, 1, 4, 5)
+        return x.reshape(b * (t // ft), ft * c, h, w)
+
+    def _unfold(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        """``[B*G,ft*C,H,W]`` -> ``[B,C,G*ft,H,W]``."""
+        n, ch, h, w = x.shape
+        ft = self.cfg.temporal_factor
+        groups = n // batch
+        c = ch // ft
+        x = x.reshape(batch, groups, ft, c, h, w).permute(0, 3, 1, 2, 4, 5)
+        return x.reshape(batch, c, groups * ft, h, w)
+
+    @staticmethod
+    def _per_group(feats: tuple[torch.Tensor, ...], groups: int) -> tuple[torch.Tensor, ...]:
+        """Repeat per-clip tensors ``[B,C,h,w]`` for each of G groups -> ``[B*G,C,h,w]``."""
+        out = []
+        for f in feats:
+            b, c, h, w = f.shape
+            out.append(f.unsqueeze(1).expand(b, groups, c, h, w).reshape(b * groups, c, h, w))
+        return tuple(out)
+
+    def reference_features(self, reference: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """Reference ``[B,3,H,W]`` in [-1,1] -> features at 1/2, 1/4, 1/8 (None for the twin)."""
+        return None if self.reference_encoder is None else self.reference_encoder(reference)
+
+    def _costs(self, reference: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-group cost volumes: ``[B*G,16*ft,H/4,W/4]`` and ``[B*G,24*ft,H/8,W/8]``."""
+        b, c, t, h, w = frames.shape
+        per_frame = frames.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        m4, m8 = self.motion_features(per_frame)
+        r4, r8 = self.motion_features(reference)  # one per clip, matched with each of its t frames
+        v4 = correlation(m4, r4, CORRELATION_RADII[0])
+        v8 = correlation(m8, r8, CORRELATION_RADII[1])
+        flow4 = F.avg_pool2d(soft_argmax(v4, CORRELATION_RADII[0]) * (4.0 / MOTION_UNIT_PX), 2)
+        flow8 = soft_argmax(v8, CORRELATION_RADII[1]) * (8.0 / MOTION_UNIT_PX)
+        ft = self.cfg.temporal_factor
+        # [B*T,C,h,w] -> [B*G,ft*C,h,w], frame-major like folded pixels.
+        return tuple(x.reshape(b * t // ft, ft * x.shape[1], *x.shape[-2:])
+                     for x in (self.squeeze4(v4), self.squeeze8(v8), torch.cat([flow4, flow8], 1)))
+
+    # ---- public API ----------------------------------------------------
+    def encode_latent(self, reference: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Unquantised latents ``[B*G,D,H/8,W/8]`` for frames ``[B,3,T,H,W]`` in [-1,1]."""
+        groups = frames.shape[2] // self.cfg.temporal_factor
+        feats = self.reference_features(reference)
+        folded = self._fold(frames)
+        costs = None
+        if feats is not None:
+            feats = self._per_group(feats, groups)
+            folded = torch.cat([folded, folded - self._reference_pixels(reference, groups)], 1)
+            costs = self._costs(reference, frames)
+        return self.encoder(folded, feats, costs, frames.shape[0])
+
+    def _reference_pixels(self, reference: torch.Tensor, groups: int) -> torch.Tensor:
+        """Reference ``[B,3,H,W]`` laid out like folded frames: ``[B*G,ft*3,H,W]``."""
+        (pixels,) = self._per_group((reference.repeat(1, self.cfg.temporal_factor, 1, 1),), groups)
+        return pixels
+
+    def decode_parts(self, reference: torch.Tensor, codes: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
+        """Codes ``[B*G,D,h,w]`` -> ``frames [B,3,G*ft,8h,8w]`` (unclamped) and, for RefTok, the parts:
+        ``motion [B,2,T,8h,8w]`` (pixels, after the dead zone), ``gate [B,1,T,8h,8w]`` in [0,1],
+        ``warped [B,3,T,8h,8w]``."""
+        groups = codes.shape[0] // batch
+        feats = self.reference_features(reference)
+        feats = None if feats is None else self._per_group(feats, groups)
+        x, motion = self.decoder.trunk(codes, feats, batch)
+        if motion is None:
+            pixels, _ = self.decoder.head(x, None, None)
+            return {"frames": self._unfold(pixels, batch)}
+        motion = dead_zone(motion, MOTION_DEAD_ZONE_PX, straight_through=self.training)
+        motion = F.interpolate(motion, scale_factor=8.0, mode="bilinear", align_corners=False)
+        warped = warp_reference(reference, motion)
+        residual, gate = self.decoder.head(x, feats, warped)
+        gate = gate.clamp(0.0, 1.0)
+        ft = self.cfg.temporal_factor
+        gate3 = gate.repeat_interleave(3, dim=1) if ft > 1 else gate.expand(-1, 3, -1, -1)
+        out = warped + gate3 * residual
+        return {"frames": self._unfold(out, batch), "motion": self._unfold(motion, batch),
+                "gate": self._unfold(gate, batch), "warped": self._unfold(warped, batch)}
+
+    def decode_codes(self, reference: torch.Tensor, codes: torch.Tensor, batch: int) -> torch.Tensor:
+        """Codes ``[B*G,D,h,w]`` -> frames ``[B,3,G*ft,8h,8w]`` (unclamped, ~[-1,1])."""
+        return self.decode_parts(reference, codes, batch)["frames"]
+
+    def encode(self, reference: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """(reference ``[B,3,H,W]``, frames ``[B,3,T,H,W]``, both in [-1,1]) -> int32 ``[B,T/ft,H/8,W/8]``."""
+        b = frames.shape[0]
+        z = self.encode_latent(reference, frames)
+        ids = self.fsq.codes_to_ids(self.fsq.quantize(z))
+        return ids.reshape(b, -1, ids.shape[-2], ids.shape[-1])
+
+    def decode(self, reference: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """(reference ``[B,3,H,W]`` in [-1,1], tokens int32 ``[B,G,h,w]``) -> frames ``[B,3,G*ft,8h,8w]`` in [-1,1]."""
+        b, g, h, w = tokens.shape
+        codes = self.fsq.ids_to_codes(tokens.reshape(b * g, h, w))
+        return self.decode_codes(reference, codes, b).clamp(-1.0, 1.0)
+
+    def forward(self, reference: torch.Tensor, frames: torch.Tensor
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Training pass: (decoded parts, see :meth:`decode_parts`; ids ``[B,G,h,w]`` int32;
+        pre-quantisation latents ``[B*G,D,h,w]`` for the saturation penalty)."""
+        b = frames.shape[0]
+        latent = self.encode_latent(reference, frames)
+        codes, ids = self.fsq(latent)
+        parts = self.decode_parts(reference, codes, b)
+        return parts, ids.reshape(b, -1, ids.shape[-2], ids.shape[-1]), latent
+
+
+def warp_reference(reference: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+    """Backward-warp the reference once per frame.
+
+    reference ``[B,3,H,W]`` in [-1,1]; motion ``[B*G,2*ft,H,W]``, per frame the (x, y) offset in
+    pixels at which each output pixel samples the reference.
+    Returns ``[B*G,3*ft,H,W]`` laid out like folded frames (frame-major, then RGB).
+    """
+    b, _, h, w = reference.shape
+    n, c, _, _ = motion.shape
+    ft = c // 2
+    motion = motion.reshape(n * ft, 2, h, w)
+    # Pixel centres in grid_sample's normalised [-1,1] coordinates (align_corners=False).
+    # Integer ranges, cast after: TensorRT parses a float Range only when its bounds are constants.
+    # In the reference's dtype: under bf16 autocast the motion is bf16, whose 8-bit mantissa would put
+    # the pixel centres up to 0.25 px off near the right and bottom edges at 256 px.
+    xs = (torch.arange(w, device=motion.device).to(reference.dtype) + 0.5) * (2.0 / w) - 1.0
+    ys = (torch.arange(h, device=motion.device).to(reference.dtype) + 0.5) * (2.0 / h) - 1.0
+    gx = xs.view(1, 1, w) + motion[:, 0] * (2.0 / w)
+    gy = ys.view(1, h, 1) + motion[:, 1] * (2.0 / h)
+    grid = torch.stack([gx, gy], dim=-1)  # [N*ft,H,W,2]
+    per_frame = n * ft // b
+    ref = reference.unsqueeze(1).expand(b, per_frame, 3, h, w).reshape(n * ft, 3, h, w)
+    warped = F.grid_sample(ref, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return warped.reshape(n, ft * 3, h, w)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Replicate-pad the last two dims of ``x`` up to a multiple; returns (padded, original (H, W))."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        lead = x.shape[:-2]
+        flat = x.reshape(-1, 1, h, w) if x.dim() != 4 else x
+        flat = F.pad(flat, (0, pw, 0, ph), mode="replicate")
+        x = flat.reshape(*lead, h + ph, w + pw)
+    return x, (h, w)
+
+
+def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Crop the last two dims of ``x`` back to ``size`` = (H, W)."""
+    return x[..., : size[0], : size[1]]

@@ -1,0 +1,1 @@
+"""Quality measurement: metrics, the built-in suite, the per-clip evaluation against the baselines."""
