@@ -124,7 +124,7 @@ def load_checkpoint(folder: str | Path, map_location: str = "cpu") -> tuple[RefT
     return model.eval(), config
 
 
-SHIPPED = Path(__file__).resolve().parent / "weights"
+SHIPPED = Path(__file__).resolve().parents[1] / "weights"  # reftok_deploy/weights
 
 
 def default_checkpoint(twin: bool = False) -> Path:
