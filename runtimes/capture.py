@@ -402,7 +402,10 @@ class ArraySource:
         return self
 
     def __exit__(self, *exc) -> None:
-        pass
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release (FrameSource's interface)."""
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return iter(self.frames)

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from reftok_deploy.model.average import average_checkpoints, main
+from reftok_deploy.cli.average_checkpoints import main
+from reftok_deploy.model.average import average_checkpoints
 from reftok_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.model.reftok import PRESETS, RefTok
