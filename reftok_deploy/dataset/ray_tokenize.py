@@ -24,6 +24,7 @@ from reftok_deploy.dataset.clip_tokenizer import ClipTokenizer, TokenizeSettings
 from reftok_deploy.dataset.corpus import Clip
 from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.base.machine import usable_cores
+from reftok_deploy.deploy.ray_cluster import start_ray
 from reftok_deploy.dataset.token_dataset import (DONE, ERRORS, FORMAT, FORMAT_VERSION, JOB, MANIFEST, SHARDS, read_done,
                                          remove_clip_shards, write_json, write_table)
 
@@ -101,28 +102,6 @@ def check_address(address: str | None, timeout: float = 3.0) -> None:
     except OSError as exc:
         raise ReftokError(f"--address {address}: nothing answers there ({exc.strerror or exc}); start the cluster "
                           "with `ray start --head`, or drop --address for a local Ray") from None
-
-
-def start_ray(address: str | None, num_cpus: int | None) -> None:
-    """Join ``address`` (or RAY_ADDRESS), else start an embedded local Ray on this machine's cores."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
-    if address:
-        try:
-            ray.init(address=address, **quiet)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ReftokError(f"cannot reach a Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
-    else:
-        ray.init(address="local", num_cpus=num_cpus, **quiet)
-    if not logging.getLogger("reftok_deploy").isEnabledFor(logging.DEBUG):  # quiet unless -v
-        # The driver prints the raylet's messages (a worker died, its task is retried) on stdout, where
-        # --json's document goes; Ray's own debugger turns them off the same way.
-        worker = getattr(getattr(ray, "_private", None), "worker", None)
-        if worker is not None and hasattr(worker, "_worker_logs_enabled"):
-            worker._worker_logs_enabled = False
 
 
 def tokenize_corpus(clips: list[Clip], settings: TokenizeSettings, job: dict[str, Any], workers: int | None,
