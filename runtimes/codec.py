@@ -35,3 +35,17 @@ class FrameCodec:
         ref = frames_to_tensor_range(self._pad(reference))[None]
         out = self.runner.decode(ref, np.ascontiguousarray(tokens[None], dtype=np.int32))[0]  # [3,T,H',W']
         return tensor_range_to_frames(np.moveaxis(out, 1, 0))[:, :h, :w]
+
+    def encode_many(self, references: list[np.ndarray], blocks: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`encode` of GOPs of one frame size in one batch of the graphs -> their tokens, in order."""
+        feeds = [encoder_feed(self._pad(r), self._pad(b)) for r, b in zip(references, blocks)]
+        tokens = self.runner.encode(np.concatenate([f[REFERENCE.name] for f in feeds]),
+                                    np.concatenate([f[FRAMES_IN.name] for f in feeds]))
+        return list(tokens)
+
+    def decode_many(self, references: list[np.ndarray], tokens: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`decode` of GOPs of one frame size in one batch of the graphs -> their blocks, in order."""
+        h, w = references[0].shape[:2]
+        refs = np.stack([frames_to_tensor_range(self._pad(r)) for r in references])
+        out = self.runner.decode(refs, np.ascontiguousarray(np.stack(tokens), dtype=np.int32))  # [B,3,T,H',W']
+        return [tensor_range_to_frames(np.moveaxis(o, 1, 0))[:, :h, :w] for o in out]
