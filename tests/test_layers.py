@@ -26,7 +26,8 @@ MAY_IMPORT = {
     "runtimes": {"base", "model", "quality"},
     "deploy": {"base", "model", "quality", "calibration", "export", "runtimes"},
     "dataset": {"base", "model", "quality", "runtimes", "deploy"},
-    "cli": {"base", "model", "quality", "calibration", "export", "runtimes", "deploy", "dataset"},
+    "serve": {"base", "model", "quality", "runtimes", "deploy"},
+    "cli": {"base", "model", "quality", "calibration", "export", "runtimes", "deploy", "dataset", "serve"},
 }
 TOP_LEVEL = ("export", "runtimes", "calibration")
 
