@@ -73,8 +73,8 @@ def decode_arrays(payload: bytes, rules: Sequence[ArrayRule]) -> list[np.ndarray
             shape, fortran, dtype = read_header(stream, max_header_size=MAX_HEADER_BYTES)
         except PayloadError:
             raise
-        except (ValueError, EOFError, OSError) as exc:
-            raise PayloadError(f"{rule.name}: not a .npy array ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - NumPy's header parser raises ValueError, SyntaxError, TokenError...
+            raise PayloadError(f"{rule.name}: not a .npy array ({' '.join(str(exc).split())[:200]})") from None
         if fortran:
             raise PayloadError(f"{rule.name}: Fortran-ordered arrays are not accepted")
         rule.check(dtype, tuple(shape))
