@@ -9,6 +9,8 @@ is refused on a CPU that would only emulate it (:func:`native_bf16`).
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +47,85 @@ def int8_float_hint(device: str = "CPU") -> str:
     return "bf16" if native_bf16(device) else "f32"
 
 
+@dataclass(frozen=True)
+class Int8Check:
+    """What :func:`int8_self_test` found on one device: the worst error, in accumulator units (one int8 x int8
+    product step of the output channel), of OpenVINO's int8 conv against exact integer arithmetic, read from
+    a plain float input (``plain``), from a Concat of two (``concat``, as the export's convs on concatenated
+    features read them) and from that Concat with :func:`quantise_concat_inputs` applied (``rewritten``)."""
+
+    device: str
+    cpu: str
+    plain: float
+    concat: float
+    rewritten: float
+
+    EXACT = 0.5  # within half a unit: the integer result, whatever float rounding the dequantisation adds
+
+    @property
+    def verdict(self) -> str:
+        """What to do with an INT8 graph here: ``ok``, run it as exported; ``rewrite``, only the Concat-fed conv
+        is wrong and quantising before the Concat fixes it; ``refuse``, OpenVINO's int8 convs are wrong here."""
+        if self.plain <= self.EXACT and self.concat <= self.EXACT:
+            return "ok"
+        return "rewrite" if self.plain <= self.EXACT and self.rewritten <= self.EXACT else "refuse"
+
+    def refusal(self) -> str:
+        """The one-line reason ``openvino:int8`` is refused here."""
+        worst = max(self.plain, self.rewritten)
+        found = "fails to run" if not np.isfinite(worst) else f"is off by {worst:.0f} integer steps from exact arithmetic"
+        floats = "openvino:fp32 or openvino:bf16" if native_bf16(self.device) else "openvino:fp32"
+        return (f"OpenVINO's int8 convolutions are wrong on this {self.device} ({self.cpu}): a load-time self-test "
+                f"of one quantised conv {found}; use onnxruntime:int8 or {floats}")
+
+
+def _probe_error(core, model, feed: dict, exact: np.ndarray, unit: np.ndarray, device: str) -> float:
+    compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), device,
+                                  {"INFERENCE_PRECISION_HINT": "f32"})
+    got = np.asarray(compiled(feed)[compiled.outputs[0]], dtype=np.float64)
+    if got.shape != exact.shape or not np.isfinite(got).all():
+        return float("inf")
+    return float((np.abs(got - exact) / unit[None, :, None, None]).max())
+
+
+@functools.lru_cache(maxsize=None)
+def int8_self_test(device: str = "CPU") -> Int8Check:
+    """Run OpenVINO's int8 conv on ``device`` against exact integer arithmetic, once per process (three
+    one-conv graphs, :func:`reftok_deploy.runtimes.openvino_graphs.int8_conv_probe`, the third only where the
+    second is wrong; 0.6 s on a 2-core EPYC).
+
+    Measured with OpenVINO 2026.4 on an AMD EPYC (Zen 4): the plain conv exact (within 0.08 steps), the
+    Concat-fed one wrong by up to 1.3e5 steps, rewritten within 0.19: openvino:int8 runs there rewritten.
+    Where both probes are exact (issue 30: openvino:int8 passed parity on a Xeon with AMX; not re-measured
+    since) the graphs run as exported."""
+    import openvino as ov
+
+    from reftok_deploy.runtimes.openvino_graphs import int8_conv_probe, quantise_concat_inputs
+
+    core = ov.Core()
+    try:
+        cpu = str(core.get_property(device, "FULL_DEVICE_NAME"))
+    except Exception:  # noqa: BLE001 (a device without the property)
+        cpu = "unknown"
+
+    def error(inputs: int, rewrite: bool = False) -> float:
+        model, feed, exact, unit = int8_conv_probe(inputs)
+        if rewrite:
+            model, _ = quantise_concat_inputs(model)
+        try:
+            return _probe_error(core, model, feed, exact, unit, device)
+        except Exception:  # noqa: BLE001 (a probe OpenVINO cannot compile or run: no int8 conv here)
+            return float("inf")
+
+    plain, concat = error(1), error(2)
+    rewritten = concat if concat <= Int8Check.EXACT else error(2, rewrite=True)
+    return Int8Check(device, cpu, plain, concat, rewritten)
+
+
 class OpenVinoRunner(Runner):
     """Runs ``{graph}.{precision}.onnx`` files with OpenVINO on ``device`` (CPU) at ``hint`` precision;
-    ``quantised``: they are INT8 Q/DQ graphs, rewritten at load time for OpenVINO (:meth:`_read`);
+    ``quantised``: they are INT8 Q/DQ graphs, rewritten at load time for OpenVINO (:meth:`_read`) as its
+    self-test on ``device`` says (:func:`int8_self_test`; refused with one line where no rewrite helps);
     ``pin_threads=False`` lets the OS move its threads between cores: OpenVINO pins them by default, and two
     runners of one thread each were then pinned to the same core (0.7x one runner of two threads, 1.3x
     without pinning, on the 2-core Xeon)."""
@@ -63,6 +141,8 @@ class OpenVinoRunner(Runner):
         self.pin_threads = pin_threads
         self.compiled: dict = {}
         self.name = name or f"openvino-{hint}"
+        self.int8_check: Int8Check | None = None  # set by load() for a quantised runner
+        self.rewrites: dict[str, dict[str, int]] = {}  # graph -> rewrite -> count, as load() applied them
 
     def load(self) -> None:
         if self.compiled:
@@ -74,6 +154,10 @@ class OpenVinoRunner(Runner):
         if self.hint == "bf16" and not native_bf16(self.device):
             raise ReftokError(f"OpenVINO has no native bf16 on this {self.device} (needs AVX512-BF16 or AMX): "
                               "use openvino:fp32")
+        if self.quantised:
+            self.int8_check = int8_self_test(self.device)
+            if self.int8_check.verdict == "refuse":
+                raise ReftokError(self.int8_check.refusal())
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": self.hint}
         if self.threads:
@@ -83,21 +167,27 @@ class OpenVinoRunner(Runner):
         compiled = {}
         for graph, path in self.files.items():
             try:
-                compiled[graph] = core.compile_model(self._read(core, Path(path)), self.device, config)
+                compiled[graph] = core.compile_model(self._read(core, Path(path), graph), self.device, config)
             except Exception as exc:
                 raise ReftokError(f"OpenVINO cannot load {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
         self.compiled = compiled
 
-    def _read(self, core, path: Path):
+    def _read(self, core, path: Path, graph: str = ""):
         """The ONNX file as an OpenVINO model; an INT8 graph with its skip connections read in float
-        (:func:`reftok_deploy.runtimes.openvino_graphs.float_skip_connections`)."""
+        (:func:`reftok_deploy.runtimes.openvino_graphs.float_skip_connections`) and, where the self-test
+        found OpenVINO's Concat-fed int8 convs wrong, quantised before its concats
+        (:func:`reftok_deploy.runtimes.openvino_graphs.quantise_concat_inputs`)."""
         if not self.quantised:
             return core.read_model(str(path))
         import onnx
 
-        from reftok_deploy.runtimes.openvino_graphs import float_skip_connections
+        from reftok_deploy.runtimes.openvino_graphs import float_skip_connections, quantise_concat_inputs
 
-        model, _ = float_skip_connections(onnx.load(str(path)))
+        model, skips = float_skip_connections(onnx.load(str(path)))
+        done = {"float_skip_connections": skips}
+        if self.int8_check is not None and self.int8_check.verdict == "rewrite":
+            model, done["quantise_concat_inputs"] = quantise_concat_inputs(model)
+        self.rewrites[graph or path.name] = done
         return core.read_model(model.SerializeToString(), b"")
 
     def _run(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

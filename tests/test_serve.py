@@ -6,6 +6,7 @@ reftok-run --server. Every token that comes back is compared with the same backe
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -36,10 +37,21 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def replica_pids(deployment: str) -> set[int]:
-    """PIDs of this machine's Serve replica processes of ``deployment`` (Ray names them in the process title)."""
-    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
-    return {int(line.split()[0]) for line in listing if f"ServeReplica:reftok:{deployment}" in line}
+def replica_pids(deployment: str, server: subprocess.Popen) -> set[int]:
+    """PIDs of the server's Serve replica processes of ``deployment`` (Ray names them in the process title; the
+    embedded Ray's raylet, their parent, is the server's child)."""
+    listing = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout.splitlines()[1:]
+    parent = {int(line.split()[0]): int(line.split()[1]) for line in listing}
+
+    def under_server(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 1)
+            if pid == server.pid:
+                return True
+        return False
+
+    return {int(line.split()[0]) for line in listing
+            if f"ServeReplica:reftok:{deployment}" in line and under_server(int(line.split()[0]))}
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +121,7 @@ def test_concurrent_clients_get_local_tokens_while_a_replica_is_killed(server, g
         thread.start()
     while sum(done) < clients * 2:
         time.sleep(0.05)
-    before = replica_pids("Encoder")
+    before = replica_pids("Encoder", server["process"])
     assert len(before) == 2, before
     victim = min(before)
     os.kill(victim, signal.SIGKILL)  # mid-run: the other clients' GOPs are in flight on both replicas
@@ -120,7 +132,7 @@ def test_concurrent_clients_get_local_tokens_while_a_replica_is_killed(server, g
         assert len(got) == rounds * len(gops)
         assert all(np.array_equal(a, b) for a, b in zip(got, expected * rounds)), f"client {index}: other tokens"
     deadline = time.monotonic() + 120
-    while not (len(replica_pids("Encoder")) == 2 and victim not in replica_pids("Encoder")):
+    while not ((now := replica_pids("Encoder", server["process"])) and len(now) == 2 and victim not in now):
         assert time.monotonic() < deadline, "Serve did not replace the killed replica"
         time.sleep(1)
     print(f"clients retried {sum(retries)} request(s) after the kill")
@@ -168,9 +180,30 @@ def test_the_client_says_what_the_server_refused(server, gops):
         ServerClient(server["url"], token=TOKEN, checkpoint_sha256="0" * 64).encode(reference, block)
 
 
+def test_reftok_run_with_the_model_on_the_server_writes_the_local_runs_tokens(server, video_file, tiny_checkpoint,
+                                                                             tiny_export, tmp_path):
+    from tests.conftest import invoke
+
+    from reftok_deploy.cli.run import main as run_main
+
+    common = ["--video", video_file, "--no-display", "--json"]
+    local = invoke(run_main, [*common, "--checkpoint", tiny_checkpoint, "--export", tiny_export, "--backend",
+                              "onnxruntime:fp32", "--threads", "1", "--tokens", tmp_path / "local.rtok"])
+    remote = invoke(run_main, [*common, "--server", server["url"], "--token", TOKEN, "--streams", "2",
+                               "--checkpoint", tiny_checkpoint, "--tokens", tmp_path / "remote.rtok"])
+    assert local.exit_code == 0 and remote.exit_code == 0, (local.output, remote.output)
+    assert (tmp_path / "local.rtok").read_bytes() == (tmp_path / "remote.rtok").read_bytes()
+    assert json.loads(remote.stdout)["reconstruction_sha256"] == json.loads(local.stdout)["reconstruction_sha256"]
+    wrong = invoke(run_main, [*common, "--server", server["url"], "--token", "nope"])
+    assert wrong.exit_code == 2 and "wrong bearer token" in wrong.stderr
+
+
 def test_sigint_stops_the_server_with_exit_0(server):
     process = server["process"]
+    replicas = replica_pids("Encoder", process) | replica_pids("Decoder", process)
+    assert len(replicas) == 3
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=120) == 0, server["log"].read_text()[-2000:]
-    assert not replica_pids("Encoder") and not replica_pids("Decoder")
+    time.sleep(2)
+    assert not [pid for pid in replicas if Path(f"/proc/{pid}").exists()], "replicas outlived the server"
     assert "Traceback" not in Path(server["log"]).read_text()
