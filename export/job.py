@@ -26,8 +26,9 @@ from reftok_deploy.export.onnx_export import OPSET, export_graph
 from reftok_deploy.export.precision import to_mixed_fp16
 from reftok_deploy.base.graph_regions import token_arithmetic_nodes
 from reftok_deploy.export.preflight import preflight
+from reftok_deploy.export.tensorrt_check import check_tensorrt, tensorrt_missing
 from reftok_deploy.base.files import check_writable_folder, sha256_file
-from reftok_deploy.base.manifest import tool_versions, write_manifest
+from reftok_deploy.base.manifest import artifact_key, split_artifact_key, tool_versions, write_manifest
 from reftok_deploy.base.spec import GRAPH_NAMES, INPUTS, OUTPUTS, artifact_name, fixed_dims
 
 Progress = Callable[[str], None]
@@ -108,6 +109,7 @@ def _alive(pid: int) -> bool:
 def run_export(checkpoint: str | Path, out: str | Path, options: ExportOptions, progress: Progress = lambda _: None
                ) -> dict[str, Any]:
     """Export, check and validate; returns the manifest (also written to ``out/manifest.json``)."""
+    check_tensorrt(options.tensorrt)
     started = time.perf_counter()
     out = Path(out)
     checkpoint = Path(checkpoint)
@@ -163,7 +165,7 @@ def merge_previous(manifest: dict[str, Any], previous: dict[str, Any] | None, ou
     for precision in previous.get("precisions", []):
         if precision in manifest["precisions"] or not isinstance(precision, str):
             continue
-        keys = [f"{g}.{precision}" for g in GRAPH_NAMES]
+        keys = [artifact_key(g, precision) for g in GRAPH_NAMES]
         entries = [previous["artifacts"].get(k) for k in keys]
         if not all(isinstance(e, dict) and isinstance(e.get("file"), str) and (out / e["file"]).is_file()
                    and sha256_file(out / e["file"]) == e.get("sha256") for e in entries):
@@ -207,15 +209,15 @@ def _export_into(folder: Path, final: Path, model, ck_config: dict, checkpoint: 
         raw.unlink()
         for i, node in enumerate(fp32.graph.node):
             node.name = node.name or f"{node.op_type}_{i}"
-        protos[f"{graph}.fp32"] = fp32
+        protos[artifact_key(graph, "fp32")] = fp32
         if "fp16" in options.precisions:
             progress(f"mixed-precision FP16 {graph} (token arithmetic kept in FP32)")
-            protos[f"{graph}.fp16"] = to_mixed_fp16(onnx.load_from_string(fp32.SerializeToString()))
+            protos[artifact_key(graph, "fp16")] = to_mixed_fp16(onnx.load_from_string(fp32.SerializeToString()))
     calibration = None
     if "int8" in options.precisions:
         calibration = _calibrate(folder, final, model, protos, options, progress)
     for key, proto in protos.items():
-        graph, precision = key.split(".")
+        graph, precision = split_artifact_key(key)
         proto = _annotate(proto, config, graph, precision, options, ck_sha)
         file = folder / artifact_name(graph, precision)
         onnx.save(proto, str(file))
@@ -224,7 +226,7 @@ def _export_into(folder: Path, final: Path, model, ck_config: dict, checkpoint: 
         checks[key] = report.to_dict()
         artifacts[key] = {"file": file.name, "graph": graph, "precision": precision, "format": "onnx",
                           "sha256": sha256_file(file), "bytes": file.stat().st_size, **_io(proto)}
-    fp32_nodes = {g: token_arithmetic_nodes(protos[f"{g}.fp32"]) for g in GRAPH_NAMES}
+    fp32_nodes = {g: token_arithmetic_nodes(protos[artifact_key(g, "fp32")]) for g in GRAPH_NAMES}
     manifest: dict[str, Any] = {
         "model": config,
         "checkpoint": {"path": str(checkpoint.resolve()), "weights_sha256": ck_sha,
@@ -266,14 +268,14 @@ def _calibrate(folder: Path, final: Path, model, protos: dict[str, onnx.ModelPro
     options.graph_feeds = feeds  # the TensorRT <= 10 calibrator reads the same frames
     caches = {}
     for graph in GRAPH_NAMES:
-        fp32 = protos[f"{graph}.fp32"]
+        fp32 = protos[artifact_key(graph, "fp32")]
         name = f"{graph}.int8.{options.calib_method}.{cache_digest(fp32, options.calib_method, feeds[graph])[:12]}.calib.json"
         if (final / name).is_file():
             shutil.copy2(final / name, folder / name)
             progress(f"INT8 {graph}: reusing calibration cache {name}")
         else:
             progress(f"INT8 {graph}: calibrating ({options.calib_method}) on {len(feeds[graph])} GOPs of real frames")
-        protos[f"{graph}.int8"] = quantize_qdq(fp32, feeds[graph], options.calib_method, folder / name)
+        protos[artifact_key(graph, "int8")] = quantize_qdq(fp32, feeds[graph], options.calib_method, folder / name)
         caches[graph] = {"file": name, "sha256": sha256_file(folder / name)}
     return {"method": options.calib_method, "feeds": len(options.calib_feeds), "caches": caches,
             "scheme": "QDQ, symmetric per-channel QInt8 weights, symmetric QInt8 activations; token arithmetic FP32"}
@@ -282,15 +284,16 @@ def _calibrate(folder: Path, final: Path, model, protos: dict[str, onnx.ModelPro
 def _tensorrt_step(folder: Path, final: Path, artifacts: dict[str, dict], cfg, options: ExportOptions, fp32_nodes: dict,
                    progress: Progress) -> dict[str, Any]:
     engine_precisions = [p for p in options.precisions if p != "fp32"] or ["fp32"]
-    version, gpu = tensorrt_version(), gpu_name()
-    finish = f"reftok-export {' '.join('--' + p for p in engine_precisions if p != 'fp32')} on the target (TensorRT + GPU)"
+    finish = " ".join(["reftok-export"] + [f"--{p}" for p in engine_precisions if p != "fp32"]
+                      + (["--calib-data PATH..."] if "int8" in engine_precisions else [])
+                      + ["on the target (TensorRT + GPU)"])
     if options.tensorrt == "skip":
-        return {"status": "skipped", "reason": "--tensorrt skip", "finish_command": finish.strip()}
-    if version is None or gpu is None:
-        missing = "TensorRT" if version is None else "a CUDA GPU"
-        if options.tensorrt == "require":
-            raise ReftokError(f"--tensorrt require: {missing} not found on this machine")
-        return {"status": "not built", "reason": f"{missing} not found", "finish_command": finish.strip()}
+        return {"status": "skipped", "reason": "--tensorrt skip", "finish_command": finish}
+    missing = tensorrt_missing()
+    if missing is not None:
+        check_tensorrt(options.tensorrt)
+        return {"status": "not built", "reason": f"{missing} not found", "finish_command": finish}
+    version, gpu = tensorrt_version(), gpu_name()
     from reftok_deploy.base.engines import check_engine, engine_key
     from reftok_deploy.export.tensorrt_build import build_engine
 
@@ -306,11 +309,11 @@ def _tensorrt_step(folder: Path, final: Path, artifacts: dict[str, dict], cfg, o
 
                 calibrator = legacy_calibrator(options.graph_feeds[graph], folder / f"{graph}.trt-int8.cache")
             source_precision = precision if (major >= 11 or precision == "int8") and calibrator is None else "fp32"
-            onnx_file = folder / artifacts[f"{graph}.{source_precision}"]["file"]
+            onnx_file = folder / artifacts[artifact_key(graph, source_precision)]["file"]
             progress(f"building TensorRT {precision} engine for the {graph} (TensorRT {version}, {gpu})")
             path = build_engine(onnx_file, graph, precision, folder, options.profile, cfg.geometry,
                                 fp32_nodes=fp32_nodes[graph], previous=final, say=progress, calibrator=calibrator)
             key = engine_key(sha256_file(onnx_file), precision, options.profile, version, gpu)
             assert check_engine(path, key) is None
-            engines[f"{graph}.{precision}"] = {"file": path.name, "key": key, "sha256": sha256_file(path)}
+            engines[artifact_key(graph, precision)] = {"file": path.name, "key": key, "sha256": sha256_file(path)}
     return {"status": "built", "engines": engines}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -34,7 +33,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from reftok_deploy.base.errors import ReftokError
-from reftok_deploy.base.files import AtomicFile, atomic_write_bytes, sha256_file
+from reftok_deploy.base.files import AtomicFile, atomic_write_bytes, publish_folder, sha256_file
 from reftok_deploy.base.manifest import ExportFolder, artifact_key, onnx_facts, open_export
 from reftok_deploy.base.spec import GRAPH_NAMES, INPUTS, OUTPUTS, Geometry, fixed_dims
 
@@ -277,29 +276,10 @@ def _is_ours(repo: Path) -> bool:
 
 def _publish(staging: Path, repo: Path) -> None:
     """Move the checked staging folder to ``repo``; a previous repository of ours is replaced whole."""
-    old = None
-    if repo.is_dir() and any(repo.iterdir()):
-        old = Path(tempfile.mkdtemp(dir=repo.parent, prefix=f".{repo.name}.old-"))
-        os.replace(repo, old / "repo")
-    elif repo.is_dir():
-        repo.rmdir()
     try:
-        os.replace(staging, repo)
+        publish_folder(staging, repo)
     except OSError as exc:
-        if old is not None:
-            os.replace(old / "repo", repo)
-            shutil.rmtree(old, ignore_errors=True)
         raise ReftokError(f"cannot write {repo}: {exc.strerror or exc}; nothing was written there") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    try:
-        fd = os.open(repo.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 # --------------------------------------------------------------------------------------------------- checking

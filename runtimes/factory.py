@@ -107,7 +107,7 @@ def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path |
         if path is None:
             flag = {"fp16": "--fp16", "int8": "--int8 --calib-data ..."}.get(graph_precision, "")
             raise ReftokError(f"{export.path} has no {graph_precision} {graph}: re-run reftok-export {flag}".rstrip())
-        version = export.onnx_versions.get(f"{graph}.{graph_precision}")  # read when the folder was opened
+        version = export.onnx_version(graph, graph_precision)  # read when the folder was opened
         if version != MODEL_VERSION:
             raise ReftokError(f"{path} is an ONNX of model version {version}; this reftok-deploy runs "
                               f"version {MODEL_VERSION}: re-export it")

@@ -36,10 +36,9 @@ class TensorRTRunner(Runner):
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-        engines = self.export.engines()
         runners: dict = {}
         for graph in ("encoder", "decoder"):
-            entry = engines.get(f"{graph}.{self.precision}")
+            entry = self.export.engine(graph, self.precision)
             if entry is None:
                 raise ReftokError(f"{self.folder} has no {self.precision} TensorRT engine for the {graph}: "
                                   f"run reftok-export --{self.precision} on this machine")

@@ -159,6 +159,30 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def publish_folder(staging: Path, target: Path) -> None:
+    """Rename a finished ``staging`` folder to ``target`` (same file system), replacing a folder already there
+    whole: the old one is moved aside first and put back if the rename fails (OSError re-raised); the parent
+    folder is synced, so the new folder survives a power cut."""
+    import shutil
+
+    old = None
+    if target.is_dir() and any(target.iterdir()):
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        os.replace(target, old / "previous")
+    elif target.is_dir():
+        target.rmdir()
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if old is not None:
+            os.replace(old / "previous", target)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_folder(target.parent)
+
+
 def check_writable_folder(folder: Path) -> None:
     """Create ``folder`` if needed and prove a file can be made in it, before any long work (one-line error)."""
     try:

@@ -116,6 +116,18 @@ def check_model_section(path: Path, model: dict[str, Any]) -> None:
             raise ReftokError(f"{path}: model {key} must be {what}, got {_shown(model[key])}")
 
 
+def artifact_key(graph: str, precision: str) -> str:
+    """The manifest's key of one graph at one precision (``encoder.fp32``): the key of its ONNX artefact,
+    its pre-flight report, its TensorRT engine and its model version. Built here only."""
+    return f"{graph}.{precision}"
+
+
+def split_artifact_key(key: str) -> tuple[str, str]:
+    """``encoder.fp32`` -> ``("encoder", "fp32")`` (the inverse of :func:`artifact_key`)."""
+    graph, _, precision = key.partition(".")
+    return graph, precision
+
+
 @dataclass(frozen=True)
 class ExportFolder:
     """An export folder opened once (:func:`open_export`): its manifest parsed and checked, every
@@ -132,15 +144,36 @@ class ExportFolder:
     def precisions(self) -> list[str]:
         return list(self.manifest.get("precisions", []))
 
+    @property
+    def checkpoint_path(self) -> str | None:
+        """The checkpoint folder the export was made from, as recorded (None where it records none)."""
+        path = (self.manifest.get("checkpoint") or {}).get("path")
+        return path if isinstance(path, str) else None
+
+    @property
+    def manifest_sha256(self) -> str:
+        """sha256 of the manifest as it was opened (what a measurement cached beside it is valid for)."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True, default=float).encode()).hexdigest()
+
     def artifact(self, graph: str, precision: str) -> Path | None:
         """Path of ``{graph}.{precision}`` ONNX, or None when the export has none."""
-        entry = self.manifest["artifacts"].get(f"{graph}.{precision}")
+        entry = self.manifest["artifacts"].get(artifact_key(graph, precision))
         return None if entry is None else self.path / entry["file"]
+
+    def onnx_version(self, graph: str, precision: str) -> int | None:
+        """The model version the ``{graph}.{precision}`` ONNX records (read when the folder was opened)."""
+        return self.onnx_versions.get(artifact_key(graph, precision))
 
     def engines(self) -> dict[str, dict]:
         """TensorRT engine entries by ``{graph}.{precision}`` (empty where none were built)."""
         engines = (self.manifest.get("tensorrt") or {}).get("engines") or {}
         return engines if isinstance(engines, dict) else {}
+
+    def engine(self, graph: str, precision: str) -> Any:
+        """The manifest's TensorRT engine entry of ``{graph}.{precision}`` as written (None where none)."""
+        return self.engines().get(artifact_key(graph, precision))
 
 
 def open_export(folder: str | Path) -> ExportFolder:

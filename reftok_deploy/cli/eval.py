@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from reftok_deploy.cli import OneLineCommand, user_errors
 from reftok_deploy.cli.options import (OUTPUT_RULE, checkpoint_option, gop_options, json_option, max_gops_option,
-                                       resolve_checkpoint, threads_option, verbose_option, videos_option)
-
-
-# Peak bytes per pixel of one GOP through the model at inference (reftok-run measured about 3 GB at 1280x720
-# and 6 GB at 1920x1080, see reftok_deploy.base.video.DEFAULT_MAX_PIXELS); --batch GOPs run together.
-INFERENCE_BYTES_PER_PIXEL = 3_500
-
-
-def grid_names(sources: list[str]) -> list[str]:
-    """A picture name per clip: its stem, with a counter where two clips share one (a/clip.mp4, b/clip.mp4)."""
-    stems = [Path(name).stem.replace(":", "-") for name in sources]
-    names, seen = [], {}
-    for stem in stems:
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if stems.count(stem) == 1 else f"{stem}-{seen[stem]}")
-    return names
+                                       resolve_checkpoint, size_option, threads_option, verbose_option, videos_option)
+from reftok_deploy.deploy.deployment import shipped_checkpoint
+from reftok_deploy.quality.scoring import EvalJob, check_eval_job, score
 
 
 class _LegacyVideos(click.Argument):
@@ -48,8 +33,7 @@ class _LegacyVideos(click.Argument):
 @click.option("--no-twin", is_flag=True, help="Evaluate RefTok alone.")
 @click.option("--x264/--no-x264", "with_x264", default=None,
               help="x264 at RefTok's tokens-only bits (references free) [default: on where imageio-ffmpeg is installed].")
-@click.option("--size", default=256, show_default=True, type=click.IntRange(16, 4096),
-              help="Frames are resized (short side) and centre-cropped to SIZE x SIZE.")
+@size_option("Frames are resized (short side) and centre-cropped to SIZE x SIZE.", default=256)
 @max_gops_option(None, "Score at most this many GOPs per clip [default: all].")
 @gop_options
 @click.option("--grid", "grid_dir", type=click.Path(file_okay=False), default=None,
@@ -67,61 +51,13 @@ def main(legacy_videos, videos, suite, demo, checkpoint, twin_path, no_twin, wit
     PSNR/SSIM are averaged over the block frames (uint8, RGB; references are exact and not
     scored); bpp counts the tokens alone and the tokens plus the PNG references.
     """
-
-    from reftok_deploy.model.checkpoint import default_checkpoint, load_checkpoint
-    from reftok_deploy.model.data import demo_clips
-    from reftok_deploy.base.errors import ReftokError
-    from reftok_deploy.quality.evaluate import evaluate_frames, summarize
-    from reftok_deploy.base.machine import physical_memory_bytes
-    from reftok_deploy.base.paths import OutputPlan, utf8_name
-    from reftok_deploy.quality.suite import suite_clips
-    from reftok_deploy.base.video import read_video
-    from reftok_deploy.quality import x264
-
-    videos = tuple(videos) + tuple(legacy_videos)
-    if not videos and not demo and not suite:
-        raise ReftokError("give at least one --video PATH, or --suite / --demo for the built-in clips")
-    if with_x264 and not x264.available():
-        raise ReftokError("--x264 needs imageio-ffmpeg: pip install imageio-ffmpeg")
-    if with_x264 is None:
-        with_x264 = x264.available()
-        if not with_x264:
-            click.echo("note: imageio-ffmpeg not installed: no x264 baseline (pip install imageio-ffmpeg)", err=True)
-    need = batch * size * size * INFERENCE_BYTES_PER_PIXEL
-    if need > physical_memory_bytes():
-        raise ReftokError(f"--batch {batch} at --size {size} needs about {need / 1e9:.0f} GB; this machine has "
-                          f"{physical_memory_bytes() / 1e9:.0f} GB: lower --batch or --size")
-    for video in videos:
-        utf8_name(video, "--video")
-    checkpoint = checkpoint or default_checkpoint()
-    twin_path = None if no_twin else twin_path or default_checkpoint(twin=True)
-    plan = OutputPlan()  # every path before any work; a failed run leaves no grid behind
-    for video in videos:
-        plan.reads(video, "the video")
-    plan.reads(checkpoint, "the checkpoint")
-    plan.reads(twin_path, "the twin")
-    if grid_dir:
-        utf8_name(grid_dir, "--grid")
-        plan.folder(grid_dir, "--grid")
-    with plan:
-        reftok, _ = load_checkpoint(checkpoint)
-        twin = None if no_twin else load_checkpoint(twin_path)[0]
-        sources = [(v, None) for v in videos]
-        if suite:
-            sources += list(suite_clips(size, reftok.cfg.block_frames).items())
-        if demo:
-            sources += list(demo_clips(size, block_frames=reftok.cfg.block_frames).items())
-        grids = [plan.file(Path(grid_dir) / f"{stem}.png", f"--grid picture of {name}") if grid_dir else None
-                 for stem, (name, _) in zip(grid_names([name for name, _ in sources]), sources)]
-        clips = []
-        for (name, frames), grid in tqdm(list(zip(sources, grids)), desc="evaluating", unit="clip",
-                                         disable=None):  # a bar on a terminal only
-            if frames is None:
-                frames = read_video(name, size=size)
-            clips.append(evaluate_frames(str(name), frames, reftok, twin, batch=batch, max_gops=max_gops,
-                                         refresh_blocks=refresh_blocks, cut_threshold=cut_threshold or None,
-                                         x264=with_x264, grid=grid))
-    summary = summarize(clips)
+    checkpoint = checkpoint or shipped_checkpoint()
+    twin_path = None if no_twin else twin_path or shipped_checkpoint(twin=True)
+    job = check_eval_job(EvalJob(checkpoint, twin_path, tuple(videos) + tuple(legacy_videos), suite, demo, size, batch,
+                                 max_gops, refresh_blocks, cut_threshold, with_x264, grid_dir),
+                         note=lambda line: click.echo(line, err=True))
+    clips, summary = score(job)
+    twin, with_x264 = twin_path is not None, job.with_x264
     if as_json:
         click.echo(json.dumps({"clips": clips, "mean": summary}, indent=2))
         return

@@ -6,11 +6,19 @@ import json
 import sys
 
 import click
+from tqdm import tqdm
 
+from reftok_deploy.base.engines import ShapeProfile
+from reftok_deploy.base.errors import EXIT_CHECK_FAILED, ReftokError
+from reftok_deploy.base.manifest import MANIFEST
+from reftok_deploy.base.paths import OutputPlan
+from reftok_deploy.base.spec import GRAPH_NAMES, artifact_name
 from reftok_deploy.cli import ManyValuesOption, OneLineCommand, user_errors
-from reftok_deploy.cli.options import (checkpoint_option, json_option, max_gops_option, output_option, threads_option,
-                                       verbose_option)
-from reftok_deploy.base.errors import EXIT_CHECK_FAILED
+from reftok_deploy.cli.options import (SIZE_RANGE, checkpoint_option, json_option, max_gops_option, output_option,
+                                       threads_option, verbose_option)
+from reftok_deploy.deploy.deployment import shipped_checkpoint
+from reftok_deploy.model.checkpoint import read_config
+from reftok_deploy.export.tensorrt_check import check_tensorrt
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,13 +32,18 @@ from reftok_deploy.base.errors import EXIT_CHECK_FAILED
 @click.option("--calib-size", default=32, show_default=True, type=click.IntRange(1, 100_000),
               help="Calibration GOPs (a video gives one per 9 frames, a still 4); fewer data: all of it is used.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="percentile",
-              show_default=True)
+              show_default=True, help="How INT8 activation ranges are set from the calibration frames: their "
+                                      "extremes (minmax), the least information lost (entropy), or a high "
+                                      "percentile that ignores rare outliers (percentile).")
 @click.option("--trt-implicit-int8", is_flag=True,
               help="TensorRT <= 10: build INT8 engines from the FP32 graph with a legacy calibrator on the same frames.")
-@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
-@click.option("--opset", default=18, show_default=True, type=click.IntRange(18, 22))
+@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True,
+              help="PyTorch's ONNX exporter: torch.export (dynamo) or the older TorchScript tracer (faster to run).")
+@click.option("--opset", default=18, show_default=True, type=click.IntRange(18, 22),
+              help="ONNX opset of the graphs, 18 to 22 (the runtimes on the target must support it).")
 @click.option("--validate-data", multiple=True, type=click.Path(), help="Videos to validate on [default: built-in real stills under motion].")
-@click.option("--validate-size", default=256, show_default=True, type=click.IntRange(8, 4096), help="Centre crop for validation (multiple of 8).")
+@click.option("--validate-size", default=256, show_default=True, type=SIZE_RANGE,
+              help="Centre crop for validation (and INT8 calibration). A multiple of 8, from 16 to 4096.")
 @max_gops_option(2, "Validation GOPs per clip.")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch.")
 @click.option("--tensorrt", type=click.Choice(["auto", "skip", "require"]), default="auto", show_default=True,
@@ -50,20 +63,14 @@ def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, t
     frames, and builds TensorRT engines where TensorRT and a GPU exist. Exit 1 when
     validation or the pre-flight fails (the report says what), 2 on bad input.
     """
-    from reftok_deploy.model.checkpoint import default_checkpoint
-    from reftok_deploy.base.engines import ShapeProfile
-    from reftok_deploy.base.errors import ReftokError
-    from reftok_deploy.base.manifest import MANIFEST
-    from reftok_deploy.base.paths import OutputPlan
-    from reftok_deploy.base.spec import GRAPH_NAMES, artifact_name
-
     if calib_data and not int8:
         raise ReftokError("--calib-data is for --int8 (calibration frames); add --int8 or drop --calib-data")
     if validate_size % 8:
         raise ReftokError(f"--validate-size must be a multiple of 8, got {validate_size}")
     if int8 and not calib_data:
         raise ReftokError("--int8 needs --calib-data PATH... (videos, stills or folders of real frames)")
-    checkpoint = checkpoint or default_checkpoint()
+    check_tensorrt(tensorrt)  # before any work: an export takes a minute
+    checkpoint = checkpoint or shipped_checkpoint()
     precisions = ("fp32",) + (("fp16",) if fp16 else ()) + (("int8",) if int8 else ())
     profile_shapes = ShapeProfile.parse(profile)
     plan = OutputPlan()  # every path before any work; a failed export into a new folder leaves no folder
@@ -88,25 +95,22 @@ def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, t
 def _export(checkpoint, output, precisions, int8, calib_data, calib_size, calib_method, trt_implicit_int8, exporter,
             opset, validate_data, validate_size, max_gops, no_validate, tensorrt, profile) -> dict:
     """reftok-export's work once every path is checked -> the manifest."""
-    from reftok_deploy.export.job import ExportOptions, run_export
+    from reftok_deploy.base.video import read_video  # OpenCV, torch: not for --help
     from reftok_deploy.deploy.validation import validate_folder
-    from reftok_deploy.base.video import read_video
+    from reftok_deploy.export.job import ExportOptions, run_export
 
     clips = {str(v): read_video(v, size=validate_size) for v in validate_data} or None
     options = ExportOptions(precisions=precisions, dynamo=exporter == "dynamo", opset=opset,
                             validator=None if no_validate else validate_folder,
                             validation_clips=clips, max_gops=max_gops, tensorrt=tensorrt, profile=profile)
     if int8:
-        from reftok_deploy.calibration.feeds import calibration_feeds
-        from reftok_deploy.model.checkpoint import read_config
+        from reftok_deploy.calibration.feeds import calibration_feeds  # torch: not for --help
 
         block = read_config(checkpoint)["model"]["block_frames"]
         options.calib_feeds = calibration_feeds(list(calib_data), calib_size, size=validate_size, block_frames=block,
                                                 warn=lambda line: click.echo(line, err=True))
         options.calib_method = calib_method
         options.trt_implicit_int8 = trt_implicit_int8
-    from tqdm import tqdm
-
     # Each phase is one line on stderr; on a terminal a status line also shows the phase and the time so far.
     status = tqdm(total=None, bar_format="{desc} [{elapsed}]", disable=None, leave=False)
 

@@ -121,6 +121,35 @@ def gop_options(func: Callable) -> Callable:
                         help="New reference after this many blocks.")(func)
 
 
+# The backends, spelled once for every --backend, --backends, --a and --b help (the first precision of each is its
+# default); reftok_deploy.runtimes.factory.parse_spec is what accepts them.
+BACKEND_CHOICES = "torch | onnxruntime[:fp32|fp16|int8] | openvino[:fp32|fp16|int8|bf16] | tensorrt[:fp16|fp32|int8]"
+AUTO_BACKEND = "auto (the fastest backend that passes parity with PyTorch here, measured once per machine and size)"
+
+
+def backend_option(help: str = f"{AUTO_BACKEND} | {BACKEND_CHOICES}.") -> Callable:
+    return click.option("--backend", default="auto", show_default=True, help=help)
+
+
+def export_option(func: Callable) -> Callable:
+    return click.option("--export", "export_folder", type=click.Path(), default=None,
+                        help="reftok-export folder (ONNX/engines) [default: for onnxruntime and OpenVINO, the "
+                             "checkpoint's FP32 export in the user cache, made once; TensorRT needs one].")(func)
+
+
+# Every --size: the same bounds everywhere (below 16 pixels SSIM's window and x264 fail); commands whose graphs
+# run at the size itself say "a multiple of 8". reftok-bench's N|WxH sizes hold to the same (throughput.parse_size).
+MIN_SIZE, MAX_SIZE = 16, 4096
+SIZE_RANGE = click.IntRange(MIN_SIZE, MAX_SIZE)
+
+
+def size_option(help: str, default: int | None = None, multiple_of_8: bool = False) -> Callable:
+    bounds = f"from {MIN_SIZE} to {MAX_SIZE}"
+    rule = f" A multiple of 8, {bounds}." if multiple_of_8 else f" Any size {bounds} (padded for the model)."
+    return click.option("--size", type=SIZE_RANGE, default=default, show_default=default is not None,
+                        help=help + rule)
+
+
 def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """--device is cpu, cuda or cuda:N: anything else is refused while parsing, before any work."""
     import re

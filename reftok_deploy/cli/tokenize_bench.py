@@ -18,6 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from reftok_deploy.base.files import atomic_write_bytes
+from reftok_deploy.base.gop_plan import plan_gops
+from reftok_deploy.base.machine import usable_cores
+from reftok_deploy.base.video import read_video
+from reftok_deploy.deploy.backends import cpu_name
+from reftok_deploy.deploy.deployment import Deployment
+from reftok_deploy.runtimes.codec import FrameCodec
+
 RUN_ON_CLUSTER = """
 import sys
 from ray.cluster_utils import Cluster
@@ -36,25 +44,18 @@ finally:
 """
 
 
-def model_only_fps(videos: list[str], backend: str, export, checkpoint: str, size: int,
-                   threads: int) -> tuple[float, float]:
+def model_only_fps(videos: list[str], deployment: Deployment, size: int) -> tuple[float, float]:
     """Frames per second of the model alone on the GOPs of ``videos`` (decoded first), one process:
     (encoder only, as reftok-tokenize runs it; encoder + decoder, reftok-bench's model-only row)."""
-    from reftok_deploy.model.checkpoint import config_from_checkpoint, read_config
-    from reftok_deploy.base.gop_plan import plan_gops
-    from reftok_deploy.runtimes.codec import FrameCodec
-    from reftok_deploy.runtimes.factory import make_runner
-    from reftok_deploy.base.video import read_video
-
-    cfg = config_from_checkpoint(read_config(checkpoint), checkpoint)
-    gops = [g for v in videos for g in plan_gops(read_video(v, size=size), cfg.block_frames)]
-    with make_runner(backend, export, checkpoint, threads=threads) as runner:
+    block_frames = deployment.config().block_frames
+    gops = [g for v in videos for g in plan_gops(read_video(v, size=size), block_frames)]
+    with deployment.runner() as runner:
         codec = FrameCodec(runner)
-        codec.encode(gops[0].reference, gops[0].padded(cfg.block_frames))  # warm-up
+        codec.encode(gops[0].reference, gops[0].padded(block_frames))  # warm-up
         encode = decode = 0.0
         for gop in gops:
             started = time.perf_counter()
-            tokens = codec.encode(gop.reference, gop.padded(cfg.block_frames))
+            tokens = codec.encode(gop.reference, gop.padded(block_frames))
             encode += time.perf_counter() - started
             started = time.perf_counter()
             codec.decode(gop.reference, tokens)
@@ -87,21 +88,14 @@ def main() -> None:
     parser.add_argument("--no-cluster", action="store_true", help="skip the one- and two-node cluster rows")
     options = parser.parse_args()
 
-    from reftok_deploy.deploy.backends import auto_backend
-    from reftok_deploy.model.checkpoint import default_checkpoint
-    from reftok_deploy.base.files import atomic_write_bytes
-    from reftok_deploy.base.machine import usable_cores
-    from reftok_deploy.base.manifest import open_export
-
-    checkpoint = options.checkpoint or str(default_checkpoint())
-    export = open_export(options.export) if options.export else None
-    backend = options.backend
-    if backend == "auto":
-        backend, export, why = auto_backend(export, checkpoint, "cpu", threads=options.threads,
-                                            size=(options.size, options.size))
-        print(f"backend: {backend} ({why})")
     cores = usable_cores()
-    alone, alone_with_decoder = model_only_fps(options.videos, backend, export, checkpoint, options.size, cores)
+    deployment = Deployment(options.checkpoint, options.export, options.backend, threads=options.threads)
+    deployment.with_shipped_checkpoint().choose_backend((options.size, options.size))
+    if deployment.why is not None:
+        print(f"backend: {deployment.backend} ({deployment.why})")
+    backend, export, checkpoint = deployment.backend, deployment.export, deployment.checkpoint
+    deployment.threads = cores  # the model alone runs on every core
+    alone, alone_with_decoder = model_only_fps(options.videos, deployment, options.size)
     with tempfile.TemporaryDirectory(prefix="reftok-bench-") as tmp:
         listing = Path(tmp) / "clips.csv"
         atomic_write_bytes(listing, ("path,clip_id\n" + "".join(f"{Path(v).resolve()},{Path(v).stem}-{i}\n"
@@ -112,8 +106,6 @@ def main() -> None:
 
 def report(options, backend: str, export, checkpoint: str, model: tuple[float, float], cores: int, listing: Path,
            tmp: str) -> None:
-    from reftok_deploy.deploy.backends import cpu_name
-
     common = [str(listing), "--checkpoint", checkpoint, "--backend", backend, "--size", str(options.size),
               "--threads", str(options.threads)] + (["--export", str(export.path)] if export else [])
     local = tokenize_fps(common + ["-o", f"{tmp}/local"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import click
@@ -10,13 +11,17 @@ import click
 from reftok_deploy.cli import OneLineCommand, user_errors
 from reftok_deploy.cli.options import (MAX_COUNT, MAX_THREADS, FiniteFloatRange, device_option, json_option,
                                        output_option, threads_option, verbose_option)
-from reftok_deploy.model.reftok import PRESETS
+from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.base.paths import OutputPlan
+from reftok_deploy.model.checkpoint import read_config
+
+# The names of reftok_deploy.model.reftok.PRESETS, spelled here so that --help does not import torch
+# (tests/test_cli_shape.py checks the two agree).
+PRESET_NAMES = ("base", "small", "tiny")
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
     """'8,5,5,5' -> (8, 5, 5, 5); the codebook must fit the 16-bit ids of .rtok token streams."""
-    from reftok_deploy.base.errors import ReftokError
-
     try:
         levels = tuple(int(v) for v in text.split(","))
     except ValueError:
@@ -30,7 +35,7 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @click.argument("data", nargs=-1, type=click.Path())
 @output_option("Run folder (checkpoint/ + resume state).", hidden_aliases=("--out",), required=True,
                type=click.Path(file_okay=False))
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True, help="Model size.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="tiny", show_default=True, help="Model size.")
 @click.option("--no-reference", is_flag=True, help="Train the reference-free twin (ablation baseline).")
 @click.option("--fsq-levels", default=None, metavar="L1,L2,...",
               help="FSQ levels per token dimension (codebook = their product, at most 65536). Default: the preset's.")
@@ -42,20 +47,23 @@ def parse_levels(text: str) -> tuple[int, ...]:
                    "a version-1 checkpoint seeds every tensor version 2 kept).")
 @click.option("--loss", type=click.Choice(["l1", "mse"]), default="l1", show_default=True,
               help="Reconstruction loss (mse optimises PSNR directly).")
-@click.option("--steps", default=4000, show_default=True, type=click.IntRange(1, MAX_COUNT))
+@click.option("--steps", default=4000, show_default=True, type=click.IntRange(1, MAX_COUNT),
+              help="Training steps (optimiser updates); the learning rate warms up and decays over them.")
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1, 4096),
               help="Clips per step; with --crop, refused when the estimated memory exceeds the device's.")
 @click.option("--crop", default=96, show_default=True, type=click.IntRange(32, 4096), help="Square crop size (multiple of 8).")
 @click.option("--lr", default=None, type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
               help="Peak learning rate, in (0, 1). Default per preset: tiny 1.5e-3, small/base 5e-4 (small collapsed "
                    "at 1.5e-3).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Random seed of the initial weights, the batches and their synthetic motion.")
 @click.option("--reference-dropout", default=0.0, show_default=True, type=FiniteFloatRange(0, 1),
               help="Fraction of RefTok samples trained with a blank reference (version 1 needed 0.25 to keep "
                    "its tokens in use; version 2's flow teacher does that).")
 @click.option("--flow-weight", default=0.2, show_default=True, type=FiniteFloatRange(0, 100),
               help="Weight of the flow teacher (decoded motion vs true/DIS flow, L1 in pixels), 0 to 100.")
-@click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1, MAX_COUNT))
+@click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1, MAX_COUNT),
+              help="Save the checkpoint and the resume state every this many steps.")
 @click.option("--no-builtin-stills", is_flag=True, help="Do not add scikit-image's bundled photographs.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
 @threads_option
@@ -75,9 +83,8 @@ def parse_levels(text: str) -> tuple[int, ...]:
 def main(data, output, preset, no_reference, fsq_levels, group_context, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, checkpoint_every, no_builtin_stills,
          resume, threads, device, workers, max_minutes, autocast, as_json) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
-    from reftok_deploy.base.errors import ReftokError
-    from reftok_deploy.base.paths import OutputPlan
-    from reftok_deploy.model.training import PRESET_LR, STATE, Recipe, check_training_memory, train
+    from reftok_deploy.model.reftok import PRESETS
+    from reftok_deploy.model.training import PRESET_LR, STATE, Recipe, check_training_memory, train  # torch: not for --help
 
     if crop % 8:
         raise ReftokError(f"--crop must be a multiple of 8, got {crop}")
@@ -104,10 +111,6 @@ def main(data, output, preset, no_reference, fsq_levels, group_context, init_fro
         folder = train(cfg, list(data), output, recipe, resume=resume, threads=threads, init_from=init_from,
                        device=device, workers=workers)
     if as_json:
-        import json
-
-        from reftok_deploy.model.checkpoint import read_config
-
         click.echo(json.dumps({"checkpoint": str(folder), "training": read_config(folder).get("training")}, indent=2))
     else:
         click.echo(f"checkpoint: {folder}")

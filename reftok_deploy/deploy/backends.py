@@ -13,7 +13,6 @@ and size in the export folder (:data:`AUTO_FILE`, or ``auto-backend-WxH.json`` a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Callable
 
 from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.base.manifest import ExportFolder, open_export, tool_versions
-from reftok_deploy.base.spec import SPATIAL_FACTOR
+from reftok_deploy.base.spec import GRAPH_NAMES, SPATIAL_FACTOR
 
 AUTO_FILE = "auto-backend.json"
 PROBE_SIZE = 256  # frames of the built-in clips, centre-cropped, where the frame size is not known yet
@@ -85,14 +84,13 @@ def candidate_specs(export: ExportFolder, device: str) -> list[str]:
             specs.append("openvino:bf16")
     if tensorrt_version() and gpu_name():
         here = {"tensorrt": tensorrt_version(), "gpu": gpu_name()}
-        engines = export.engines()
 
         def usable(entry) -> bool:  # listed, and built for this GPU and TensorRT
             return (isinstance(entry, dict) and isinstance(entry.get("key"), dict) and isinstance(entry.get("file"), str)
                     and check_engine(export.path / entry["file"], dict(entry["key"], **here)) is None)
 
         specs += [f"tensorrt:{p}" for p in ("fp32", "fp16", "int8")
-                  if usable(engines.get(f"encoder.{p}")) and usable(engines.get(f"decoder.{p}"))]
+                  if all(usable(export.engine(graph, p)) for graph in GRAPH_NAMES)]
     return specs
 
 
@@ -126,8 +124,6 @@ def measurement_key(export: ExportFolder, device: str, threads: int | None,
     timed at (:func:`probe_size` of the frame size)."""
     from reftok_deploy.base.engines import gpu_name
 
-    # the manifest as the folder was opened (parsed and hashed once), not read from disk again
-    manifest = json.dumps(export.manifest, sort_keys=True, default=float).encode()
     versions = tool_versions()
     if _importable("openvino"):
         from importlib import metadata
@@ -144,7 +140,7 @@ def measurement_key(export: ExportFolder, device: str, threads: int | None,
     import platform
 
     return {"cpu": cpu_name(), "machine": platform.machine(), "cpus": usable_cores(), "gpu": gpu_name(), "device": device,
-            "threads": threads, "versions": versions, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+            "threads": threads, "versions": versions, "manifest_sha256": export.manifest_sha256,  # as opened, not read again
             # what can run here, and how (openvino:int8's float ops in bf16 or f32): a VM's CPU name does not
             # say whether it has bf16
             "candidates": [backend_label(spec, device) for spec in candidates],

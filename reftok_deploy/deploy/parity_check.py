@@ -103,3 +103,21 @@ def compare(baseline: Runner, candidate: Runner, feeds: Iterable[tuple[str, Feed
     if abs(report.psnr_delta_db) > t.max_psnr_delta_db:
         report.failures.append(f"end-to-end PSNR differs by {report.psnr_delta_db:+.3f} dB (limit {t.max_psnr_delta_db} dB)")
     return report
+
+
+def parity_report(deployment, baseline: str, candidate: str, videos: Iterable[str], size: int,
+                  max_gops: int | None) -> tuple[ParityReport, int]:
+    """reftok-parity: backend ``candidate`` against ``baseline`` on the export of ``deployment`` (a
+    :class:`~reftok_deploy.deploy.deployment.Deployment` with its export opened), on ``videos`` (or the
+    built-in clips) at ``size`` -> (report, number of clips)."""
+    from reftok_deploy.base.spec import TOLERANCES
+    from reftok_deploy.base.video import read_video
+    from reftok_deploy.model.data import demo_clips
+    from reftok_deploy.runtimes.factory import parse_spec
+
+    runners = [deployment.runner(spec) for spec in (baseline, candidate)]
+    block = deployment.export.geometry.block_frames
+    clips = {str(v): read_video(v, size=size) for v in videos} or demo_clips(size, block_frames=block)
+    with runners[0] as a, runners[1] as b:
+        report = compare(a, b, gop_feeds(clips, block, max_gops), TOLERANCES[parse_spec(candidate)[1]])
+    return report, len(clips)

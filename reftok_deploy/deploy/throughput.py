@@ -68,7 +68,8 @@ def bench(runners: list[Runner], feeds: list[Feed], repeats: int = 5, warmup: in
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'256' -> (256, 256); '640x480' -> (480, 640) as (height, width); both multiples of 8."""
+    """'256' -> (256, 256); '640x480' -> (480, 640) as (height, width); both multiples of 8, from 16 to 4096
+    (every command's --size bounds)."""
     from reftok_deploy.base.errors import ReftokError
 
     parts = text.lower().split("x")
@@ -76,8 +77,8 @@ def parse_size(text: str) -> tuple[int, int]:
         width, height = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
     except ValueError:
         raise ReftokError(f"--size {text!r}: give N or WIDTHxHEIGHT, e.g. 256 or 640x480") from None
-    if len(parts) > 2 or not (8 <= width <= 4096 and 8 <= height <= 4096) or width % 8 or height % 8:
-        raise ReftokError(f"--size {text!r}: width and height must each be a multiple of 8, between 8 and 4096")
+    if len(parts) > 2 or not (16 <= width <= 4096 and 16 <= height <= 4096) or width % 8 or height % 8:
+        raise ReftokError(f"--size {text!r}: width and height must each be a multiple of 8, between 16 and 4096")
     return height, width
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from reftok_deploy.export.job import ExportOptions, Progress
+from reftok_deploy.base.manifest import artifact_key
 from reftok_deploy.base.spec import GRAPH_NAMES, TOLERANCES
 
 
@@ -26,7 +27,7 @@ def validate_folder(folder: Path, artifacts: dict[str, dict], checkpoint: Path, 
         clips = options.validation_clips or demo_clips(256, block_frames=torch_runner.block_frames)
         for precision in options.precisions:
             progress(f"validating onnxruntime {precision} against PyTorch on {len(clips)} real clip(s)")
-            files = {g: folder / artifacts[f"{g}.{precision}"]["file"] for g in GRAPH_NAMES}
+            files = {g: folder / artifacts[artifact_key(g, precision)]["file"] for g in GRAPH_NAMES}
             with OnnxRuntimeRunner(files, name=f"onnxruntime-{precision}") as ort_runner:
                 report = compare(torch_runner, ort_runner, gop_feeds(clips, torch_runner.block_frames, options.max_gops),
                                  TOLERANCES[precision])
