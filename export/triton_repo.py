@@ -159,7 +159,7 @@ def write_triton_repository(export: ExportFolder | str | Path, repo: str | Path,
     missing = [p for p in chosen if p not in folder.precisions]
     if missing:
         raise ReftokError(f"{folder.path} has no {missing[0]} graphs (it holds {', '.join(folder.precisions) or 'none'})")
-    _check_target(folder.path, repo)
+    check_triton_target(folder.path, repo)
 
     plan = _plan(folder, backends, chosen, max_batch_size, queue_delay_us, instances, prefix)
     if not plan:
@@ -251,7 +251,7 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def _check_target(export: Path, repo: Path) -> None:
+def check_triton_target(export: Path, repo: Path) -> None:
     """Refuse a repo inside the export folder, one holding it, a file, or a non-empty folder this module did
     not write."""
     export_r, repo_r = export.resolve(), repo.resolve()

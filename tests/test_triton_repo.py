@@ -221,3 +221,24 @@ def test_tensorrt_models_only_where_the_manifest_lists_an_engine(export_folder, 
     engine.write_bytes(b"changed")
     with pytest.raises(ReftokError, match="does not match its sha256"):
         write_triton_repository(folder, tmp_path / "models2")
+
+
+def test_reftok_export_writes_the_repository_or_refuses_before_any_work(tmp_path, tiny_checkpoint, export_fast):
+    from tests.conftest import invoke, one_error_line
+
+    from reftok_deploy.cli.export import main as export_main
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    refused = invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", tmp_path / "exp0", "--triton", busy,
+                                   *export_fast])
+    assert "not written by reftok" in one_error_line(refused)
+    assert not (tmp_path / "exp0").exists() and (busy / "notes.txt").read_text() == "mine"
+    result = invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", tmp_path / "exp", "--triton", tmp_path / "repo",
+                                  *export_fast])
+    assert result.exit_code == 0, result.output
+    assert check_triton_repository(tmp_path / "repo") == []
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir() if p.is_dir()) == [
+        "reftok_decoder_fp32_onnxruntime", "reftok_decoder_fp32_openvino", "reftok_encoder_fp32_onnxruntime",
+        "reftok_encoder_fp32_openvino"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 from tqdm import tqdm
@@ -19,6 +20,7 @@ from reftok_deploy.cli.options import (SIZE_RANGE, checkpoint_option, json_optio
 from reftok_deploy.deploy.deployment import shipped_checkpoint
 from reftok_deploy.model.checkpoint import read_config
 from reftok_deploy.export.tensorrt_check import check_tensorrt
+from reftok_deploy.export.triton_repo import check_triton_target, write_triton_repository
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,11 +53,14 @@ from reftok_deploy.export.tensorrt_check import check_tensorrt
 @click.option("--profile", default="1x64x64:1x256x256:4x1088x1920", show_default=True,
               help="TensorRT profile BxHxW min:opt:max.")
 @threads_option
+@click.option("--triton", "triton_repo", type=click.Path(file_okay=False), default=None,
+              help="Also write a Triton Inference Server model repository of this export into this folder "
+                   "(onnxruntime and OpenVINO models, TensorRT where engines were built).")
 @json_option("Print the manifest as JSON.")
 @verbose_option
 @user_errors
 def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, trt_implicit_int8, exporter, opset, validate_data,
-         validate_size, max_gops, no_validate, tensorrt, profile, threads, as_json) -> None:
+         validate_size, max_gops, no_validate, tensorrt, profile, threads, triton_repo, as_json) -> None:
     """Export the encoder (reference, frames) -> tokens and the decoder (reference, tokens) -> frames.
 
     Writes {encoder,decoder}.{fp32,fp16,int8}.onnx and manifest.json, checks each graph
@@ -73,6 +78,8 @@ def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, t
     checkpoint = checkpoint or shipped_checkpoint()
     precisions = ("fp32",) + (("fp16",) if fp16 else ()) + (("int8",) if int8 else ())
     profile_shapes = ShapeProfile.parse(profile)
+    if triton_repo:
+        check_triton_target(Path(output), Path(triton_repo))
     plan = OutputPlan()  # every path before any work; a failed export into a new folder leaves no folder
     plan.reads(checkpoint, "the checkpoint")
     for path in (*calib_data, *validate_data):
@@ -90,6 +97,10 @@ def main(checkpoint, output, fp16, int8, calib_data, calib_size, calib_method, t
     if failed:
         click.echo(f"error: {len(failed)} check(s) failed: " + "; ".join(failed), err=True)
         sys.exit(EXIT_CHECK_FAILED)
+    if triton_repo:
+        models = write_triton_repository(output, triton_repo)
+        click.echo(f"wrote the Triton model repository {triton_repo}/ ({len(models)} models; see its README.md)",
+                   err=as_json)
 
 
 def _export(checkpoint, output, precisions, int8, calib_data, calib_size, calib_method, trt_implicit_int8, exporter,
