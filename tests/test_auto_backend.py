@@ -11,13 +11,12 @@ from reftok_deploy.base.spec import TOLERANCES, Tolerance
 
 
 @pytest.fixture()
-def export_copy(tmp_path, tiny_checkpoint, monkeypatch):
-    from reftok_deploy.export.job import ExportOptions, run_export
+def export_copy(tmp_path, tiny_export, monkeypatch):
+    """A copy of the session's FP32 export of the tiny checkpoint: auto writes its measurements beside it."""
+    import shutil
 
     monkeypatch.setattr(backends, "PROBE_SIZE", 64)
-    out = tmp_path / "export"
-    run_export(tiny_checkpoint, out, ExportOptions(dynamo=False, tensorrt="skip"))
-    return open_export(out)
+    return open_export(shutil.copytree(tiny_export, tmp_path / "export"))
 
 
 def test_auto_measures_once_then_reads_the_cache(export_copy, tiny_checkpoint, monkeypatch):

@@ -5,18 +5,13 @@ import json
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from reftok_deploy.cli.eval import main as eval_main
 from reftok_deploy.cli.train import main as train_main
-from tests.conftest import moving_still, write_video
+from tests.conftest import invoke, moving_still, one_line_error, write_video
 
 FAST = ["--steps", "2", "--batch", "2", "--crop", "32", "--checkpoint-every", "1", "--threads", "1",
         "--no-builtin-stills"]
-
-
-def invoke(command, args):
-    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +101,6 @@ def test_eval_table(trained, video_file):
                                 "--size", "64"])
     assert result.exit_code == 0
     assert "astronaut.avi" in result.stdout and "mean" in result.stdout
-
-
-def one_line_error(result, fragment):
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
-    assert len(errors) == 1 and errors[0].startswith("error:") and fragment in errors[0], result.stderr
 
 
 def test_eval_bad_inputs(tmp_path, trained, video_file):

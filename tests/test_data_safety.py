@@ -66,7 +66,7 @@ def test_an_output_that_is_an_input_is_refused_and_nothing_changes(world, tmp_pa
 
 
 def test_grid_pictures_of_clips_with_one_name_get_their_own_files():
-    from reftok_deploy.cli.eval import grid_names
+    from reftok_deploy.quality.scoring import grid_names
 
     assert grid_names(["a/clip.avi", "b/clip.avi", "suite:pan", "c/other.mp4"]) == \
         ["clip-1", "clip-2", "suite-pan", "other"]

@@ -7,37 +7,26 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from reftok_deploy.cli.export import main as export_main
 from reftok_deploy.cli.parity import main as parity_main
 from reftok_deploy.export.preflight import preflight
 from reftok_deploy.model.reftok import MODEL_VERSION
-from tests.conftest import moving_still, write_video
-
-FAST = ["--exporter", "torchscript", "--validate-size", "64", "--max-gops", "1"]
-
-
-def invoke(command, args):
-    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+from tests.conftest import (export_validation, invoke, moving_still, one_line_error, perturbed_copy, tree_listing,
+                            validation_passed, write_video)
 
 
-def one_line_error(result, fragment, code=2):
-    assert result.exit_code == code, (result.exit_code, result.output)
-    errors = [line for line in result.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
-    assert len(errors) == 1 and errors[0].startswith("error:") and fragment in errors[0], result.stderr
+@pytest.fixture
+def export_dir(fp16_export):
+    """The session's FP32 + FP16 export of the shipped checkpoint (validated); tests that change it copy it
+    (checked)."""
+    before = tree_listing(fp16_export)
+    yield fp16_export
+    assert tree_listing(fp16_export) == before, "the test changed the session's export: copy it first"
 
 
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory, tiny_checkpoint):
-    out = tmp_path_factory.mktemp("export") / "out"
-    result = invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--fp16", *FAST])
-    assert result.exit_code in (0, 1), result.output  # FP16 of a random net may miss its tolerance
-    return out
-
-
-def test_export_writes_graphs_manifest_and_metadata(export_dir, tiny_checkpoint):
+def test_export_writes_graphs_manifest_and_metadata(export_dir):
     manifest = json.loads((export_dir / "manifest.json").read_text())
     assert set(manifest["artifacts"]) == {"encoder.fp32", "decoder.fp32", "encoder.fp16", "decoder.fp16"}
     assert manifest["versions"]["torch"] and manifest["versions"]["onnxruntime"] and "tensorrt" in manifest["versions"]
@@ -59,6 +48,28 @@ def test_export_writes_graphs_manifest_and_metadata(export_dir, tiny_checkpoint)
     assert fp32["ok"] and fp32["token_agreement"] >= 0.999 and fp32["decoder_max_abs"] <= 1e-3
     assert all(r["ok"] for r in manifest["preflight"].values())
     assert not list(export_dir.glob(".staging-*")) and not list(export_dir.glob("*.tmp"))
+
+
+def test_the_fp16_export_passed_its_validation_within_the_fp16_tolerance(export_dir, video_file):
+    report = validation_passed(export_dir, "fp16", video_file)
+    assert report["candidate"] == "onnxruntime-fp16" and report["baseline"].startswith("torch"), report
+
+
+@pytest.mark.parametrize("file,initializer,change,failure", [
+    # 10 % more weight in the conv that draws the decoder's pixels: one pixel moves past the max abs limit
+    ("decoder.fp16.onnx", "model.decoder.to_pixels.0.weight", lambda w: w * 1.1, "max abs error"),
+    # the encoder's latents shifted by 0.1 (an FSQ step is 0.25-0.5): about half the tokens change
+    ("encoder.fp16.onnx", "model.encoder.to_latent.bias", lambda b: b + 0.1, "token agreement"),
+])
+def test_the_fp16_tolerance_trips_on_a_perturbed_weight(export_dir, shipped_checkpoint, video_file, tmp_path, file,
+                                                        initializer, change, failure):
+    """The validation reftok-export ran passes on the export as written and fails once one weight of one FP16
+    graph is changed: the FP16 tolerance is tight enough to catch a wrong graph."""
+    assert export_validation(export_dir, "fp16", video_file, shipped_checkpoint)["ok"]
+    planted = perturbed_copy(export_dir, tmp_path / "planted", file, initializer, change)
+    verdict = export_validation(planted, "fp16", video_file, shipped_checkpoint)
+    assert not verdict["ok"] and not verdict["reports"]["fp16"]["ok"], verdict
+    assert any(failure in f for f in verdict["failures"]), verdict["failures"]
 
 
 def test_fp16_graph_keeps_token_arithmetic_in_fp32(export_dir):
@@ -120,14 +131,14 @@ def test_missing_and_corrupt_checkpoint(tmp_path, tiny_checkpoint):
     one_line_error(invoke(export_main, ["--checkpoint", corrupt, "-o", tmp_path / "o"]), "sha256")
 
 
-def test_output_folder_not_writable(tmp_path, tiny_checkpoint):
+def test_output_folder_not_writable(tmp_path, tiny_checkpoint, export_fast):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    one_line_error(invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", blocker / "out", *FAST]),
+    one_line_error(invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", blocker / "out", *export_fast]),
                    "is a file, not a folder")
 
 
-def test_interrupted_export_leaves_nothing(tmp_path, tiny_checkpoint, monkeypatch):
+def test_interrupted_export_leaves_nothing(tmp_path, tiny_checkpoint, monkeypatch, export_fast):
     import reftok_deploy.export.job as pipeline
 
     real = pipeline.export_graph
@@ -141,7 +152,7 @@ def test_interrupted_export_leaves_nothing(tmp_path, tiny_checkpoint, monkeypatc
 
     monkeypatch.setattr(pipeline, "export_graph", interrupt_second)
     out = tmp_path / "out"
-    result = invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, *FAST])
+    result = invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, *export_fast])
     assert result.exit_code == 130
     assert not out.exists()  # the folder the export created is gone with it
 
@@ -214,29 +225,29 @@ def test_engine_cache_key_detects_stale_engines(tmp_path):
 
 
 @pytest.mark.gpu
-def test_tensorrt_fp16_parity_on_target(tmp_path, tiny_checkpoint):
+def test_tensorrt_fp16_parity_on_target(tmp_path, shipped_checkpoint, export_fast, video_file):
     from reftok_deploy.base.engines import gpu_name, tensorrt_version
 
     if not (tensorrt_version() and gpu_name()):
         pytest.skip("needs TensorRT and a CUDA GPU")
     out = tmp_path / "trt"
-    result = invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--fp16", "--tensorrt", "require",
-                                  "--profile", "1x64x64:1x64x64:2x128x128", *FAST])
-    assert result.exit_code in (0, 1), result.output
+    result = invoke(export_main, ["--checkpoint", shipped_checkpoint, "-o", out, "--fp16", "--tensorrt", "require",
+                                  "--profile", "1x64x64:1x64x64:2x128x128", *export_fast])
+    assert result.exit_code == 0, result.output
+    validation_passed(out, "fp16", video_file)
     parity = invoke(parity_main, [out, "--b", "tensorrt:fp16", "--size", "64", "--json"])
     report = json.loads(parity.stdout)
     assert report["token_agreement"] >= 0.98, report
-    again = invoke(export_main, ["--checkpoint", tiny_checkpoint, "-o", out, "--fp16", "--tensorrt", "require",
-                                 "--profile", "1x64x64:1x64x64:2x128x128", *FAST])
+    again = invoke(export_main, ["--checkpoint", shipped_checkpoint, "-o", out, "--fp16", "--tensorrt", "require",
+                                 "--profile", "1x64x64:1x64x64:2x128x128", *export_fast])
     assert "reusing cached engine" in again.stderr
 
 
 @pytest.mark.parametrize("dynamo", [True, False])
-def test_motion_compensated_decoder_exports_and_matches_pytorch(tiny_model, tmp_path, dynamo):
+def test_motion_compensated_decoder_exports_and_matches_pytorch(tiny_model, exported, dynamo):
     import onnxruntime as ort
     import torch
 
-    from reftok_deploy.export.onnx_export import export_graph
     from reftok_deploy.export.precision import to_mixed_fp16
     from reftok_deploy.base.graph_regions import sampling_head_convs
 
@@ -245,7 +256,7 @@ def test_motion_compensated_decoder_exports_and_matches_pytorch(tiny_model, tmp_
     with torch.no_grad():
         tokens = tiny_model.encode(reference, frames)
         want = tiny_model.decode(reference, tokens).numpy()
-    path = export_graph(tiny_model, "decoder", tmp_path / "decoder.onnx", dynamo=dynamo)
+    path = exported("dynamo" if dynamo else "torchscript")["decoder"]  # export_graph, once per session
     model = onnx.load(str(path))
     assert any(n.op_type == "GridSample" for n in model.graph.node) and len(sampling_head_convs(model)) == 1
     # no exporter debug records: they held this machine's paths and per-process function addresses,

@@ -47,9 +47,11 @@ def capture_tree(tmp_path_factory) -> Path:
     """The capture layer as an importable tree for the system Python (it needs no torch)."""
     root = tmp_path_factory.mktemp("syspkg")
     package = root / "reftok_deploy"
-    (package / "runtimes").mkdir(parents=True)
+    for folder in ("base", "runtimes"):
+        (package / folder).mkdir(parents=True)
+    shutil.copy(ROOT / "reftok_deploy" / "__init__.py", package / "__init__.py")
     for name in ("__init__.py", "errors.py", "video.py", "video_integrity.py", "files.py"):
-        shutil.copy(ROOT / "reftok_deploy" / name, package / name)
+        shutil.copy(ROOT / "reftok_deploy" / "base" / name, package / "base" / name)
     for name in ("__init__.py", "capture.py", "output.py"):
         shutil.copy(ROOT / "runtimes" / name, package / "runtimes" / name)
     return root
@@ -78,6 +80,7 @@ def test_system_opencv_reads_a_finite_gstreamer_pipeline_to_its_end(capture_tree
     assert not report["live"] and report["reconnects"] == 0 and "GStreamer yes" in report["opencv"]
 
 
+@pytest.mark.slow  # end-to-end tier: waits out the 8 s open watchdog (fast cover: test_runtime's watchdog test)
 def test_a_pipeline_with_a_missing_element_fails_fast_with_one_line(capture_tree):
     report = run_system(capture_tree, """
         import json, time
@@ -117,6 +120,8 @@ class RtspServer:
             self.process.wait(10)
 
 
+@pytest.mark.slow  # end-to-end tier: a real RTSP server killed, frozen 5 s and restarted (fast cover: test_runtime's
+# fake captures that drop and freeze)
 def test_rtsp_server_killed_frozen_and_restarted(capture_tree):
     port = free_port()
     server = RtspServer(port)
@@ -279,6 +284,7 @@ def system_venv(tmp_path_factory) -> Path:
     return venv
 
 
+@pytest.mark.slow  # end-to-end tier: builds a venv on the system Python (pip installs torch and this package)
 def test_reftok_run_end_to_end_on_the_system_opencv(system_venv, tmp_path):
     """reftok-run on a real GStreamer pipeline through Debian's OpenCV, then its stream replayed."""
     pipeline = ("videotestsrc num-buffers=40 pattern=ball ! video/x-raw,width=96,height=64 ! videoconvert ! "
@@ -296,6 +302,7 @@ def test_reftok_run_end_to_end_on_the_system_opencv(system_venv, tmp_path):
     assert json.loads(replay.stdout)["reconstruction_sha256"] == summary["reconstruction_sha256"]
 
 
+@pytest.mark.slow  # end-to-end tier: the system-OpenCV venv, a real reftok-run on a virtual display
 @pytest.mark.skipif(shutil.which("Xvfb") is None or shutil.which("xwd") is None,
                     reason="Xvfb or xwd missing (apt install xvfb x11-apps)")
 def test_reftok_run_display_under_xvfb(system_venv, tmp_path):

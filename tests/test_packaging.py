@@ -1,4 +1,8 @@
-"""The wheel installs everything under reftok_deploy/ and every console script answers --help."""
+"""The wheel installs everything under reftok_deploy/ and every console script answers --help.
+
+Building and installing the wheel is the end-to-end tier (``-m slow``, .ci/run's second step); the default
+tier checks the same from pyproject.toml and the source tree, in-process.
+"""
 
 import configparser
 import os
@@ -21,6 +25,7 @@ def wheel(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # end-to-end tier: builds the wheel
 def test_every_entry_is_namespaced(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     code = [n for n in names if ".dist-info/" not in n]
@@ -31,6 +36,7 @@ def test_every_entry_is_namespaced(wheel):
     assert "reftok_deploy/weights/twin/config.json" in names
 
 
+@pytest.mark.slow  # end-to-end tier: installs the wheel, a process per console script
 def test_installed_wheel_runs_every_console_script(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
@@ -51,6 +57,52 @@ def test_installed_wheel_runs_every_console_script(wheel, tmp_path):
         located = subprocess.run([sys.executable, "-c", f"import {module}; print({module}.__file__)"], cwd=tmp_path,
                                  env=env, capture_output=True, text=True).stdout
         assert located.startswith(str(target)), located
+
+
+def pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_the_wheel_is_declared_to_hold_every_package_the_weights_and_the_license():
+    """What the wheel tests check after a build, read from pyproject.toml: every folder with an __init__.py under
+    the package roots is a listed package, export/, runtimes/ and calibration/ install under reftok_deploy, every
+    file of the shipped weights matches a package-data pattern, and LICENSE is the license file."""
+    from fnmatch import fnmatch
+
+    config = pyproject()
+    setuptools = config["tool"]["setuptools"]
+    roots = setuptools["package-dir"]
+    assert roots == {"reftok_deploy": "reftok_deploy", "reftok_deploy.export": "export",
+                     "reftok_deploy.runtimes": "runtimes", "reftok_deploy.calibration": "calibration"}, roots
+    found = set()
+    for name, folder in roots.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            found.add(".".join((name, *init.parent.relative_to(ROOT / folder).parts)))
+    assert set(setuptools["packages"]) == found, sorted(found ^ set(setuptools["packages"]))
+    patterns = setuptools["package-data"]["reftok_deploy"]
+    weights = [p.relative_to(ROOT / "reftok_deploy").as_posix() for p in (ROOT / "reftok_deploy" / "weights").rglob("*")
+               if p.is_file()]
+    assert "weights/reftok/model.safetensors" in weights and "weights/twin/config.json" in weights
+    assert not [w for w in weights if not any(fnmatch(w, pattern) for pattern in patterns)], patterns
+    assert config["project"]["license-files"] == ["LICENSE"] and config["project"]["license"] == "Apache-2.0"
+    assert "Apache License" in (ROOT / "LICENSE").read_text()
+
+
+def test_every_console_script_answers_help():
+    """Every [project.scripts] entry names a command that answers --help (in-process; the installed wheel's scripts
+    are run in the end-to-end tier)."""
+    import importlib
+
+    from click.testing import CliRunner
+
+    scripts = pyproject()["project"]["scripts"]
+    assert {"reftok-train", "reftok-eval", "reftok-export", "reftok-run"} <= set(scripts)
+    for name, ref in scripts.items():
+        module, func = ref.split(":")
+        result = CliRunner().invoke(getattr(importlib.import_module(module), func), ["--help"], prog_name=name)
+        assert result.exit_code == 0 and f"Usage: {name}" in result.output, (name, result.output)
 
 
 def test_ci_runs_the_readme_test_command():
@@ -103,6 +155,7 @@ def test_cuda_distributions_are_named():
                                         "triton 3.5.0"]
 
 
+@pytest.mark.slow  # end-to-end tier: builds the wheel
 def test_license_ships_in_the_wheel(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     licenses = [n for n in names if ".dist-info/" in n and n.rsplit("/", 1)[-1] == "LICENSE"]

@@ -11,11 +11,10 @@ import pytest
 from reftok_deploy.calibration.qdq import quantize_qdq
 from reftok_deploy.model.data import demo_clips
 from reftok_deploy.base.errors import ReftokError
-from reftok_deploy.export.onnx_export import export_graph
 from reftok_deploy.base.files import atomic_write_bytes
 from reftok_deploy.base.spec import encoder_feed
 
-NOTICE_LOGGER = "torch.onnx._internal.exporter._registration"
+from tests.conftest import EXPORTER_NOTICE_LOGGER as NOTICE_LOGGER
 
 
 class Catch(logging.Handler):
@@ -27,18 +26,19 @@ class Catch(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_dynamo_export_logs_no_torchvision_notice(tiny_model, tmp_path):
+def test_dynamo_export_logs_no_torchvision_notice(exported):
     """torch's dynamo exporter warned "torchvision is not installed. Skipping torchvision::nms" (and three
     more ops) per graph; RefTok uses no torchvision op. Only that notice is dropped, at its logger (a handler
-    there sees what would reach the console: pytest's capture cannot see torch's own stderr handler)."""
+    there sees what would reach the console: pytest's capture cannot see torch's own stderr handler). The
+    session's dynamo export of both graphs recorded what that logger emitted."""
+    exported("dynamo")
+    assert not [m for m in exported.logged["dynamo"] if "torchvision" in m], exported.logged["dynamo"]
+    # Other records of the same logger still get through.
     logger, catch = logging.getLogger(NOTICE_LOGGER), Catch()
     level = logger.level
-    logger.setLevel(logging.WARNING)  # as on a console; an in-process command run before this test may have quietened torch's loggers
+    logger.setLevel(logging.WARNING)
     logger.addHandler(catch)
     try:
-        export_graph(tiny_model, "decoder", tmp_path / "decoder.onnx", dynamo=True)
-        assert not [m for m in catch.messages if "torchvision" in m], catch.messages
-        # Other records of the same logger still get through.
         logger.warning("torchvision is not installed. Skipping torchvision::nms")
         logger.warning("some other exporter warning")
     finally:

@@ -6,9 +6,9 @@ import time
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from reftok_deploy.cli.bench import E2E_GOPS, main as bench_main
+from reftok_deploy.cli.bench import main as bench_main
+from reftok_deploy.deploy.benchmark import E2E_GOPS
 from reftok_deploy.cli.decode import main as decode_main
 from reftok_deploy.cli.eval import main as eval_main
 from reftok_deploy.cli.run import main as run_main
@@ -18,20 +18,15 @@ from reftok_deploy.runtimes.codec import FrameCodec
 from reftok_deploy.runtimes.gop_encoder import BlockEvent, GopEncoder, ReferenceEvent
 from reftok_deploy.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 from reftok_deploy.runtimes.torch_runner import TorchRunner
-from tests.conftest import moving_still, write_video
+from tests.conftest import invoke, moving_still, tree_listing, write_video
 
 
-def invoke(command, args):
-    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory, tiny_checkpoint):
-    from reftok_deploy.export.job import ExportOptions, run_export
-
-    out = tmp_path_factory.mktemp("rt") / "export"
-    run_export(tiny_checkpoint, out, ExportOptions(dynamo=False, tensorrt="skip"))
-    return out
+@pytest.fixture
+def export_dir(tiny_export):
+    """The session's FP32 export of the tiny checkpoint; tests that change it copy it (checked)."""
+    before = tree_listing(tiny_export)
+    yield tiny_export
+    assert tree_listing(tiny_export) == before, "the test changed the session's export: copy it first"
 
 
 @pytest.fixture(scope="module")
@@ -756,6 +751,33 @@ def test_auto_on_a_live_camera_starts_from_a_fresh_frame(tmp_path, tiny_checkpoi
     assert (seen["captured"] - seen["kept"]) % 256 <= 2
 
 
+def test_an_output_that_stops_wakes_a_stalled_live_source_at_once():
+    """Fast cover of the Ctrl-C test below (end-to-end tier: a nested pytest run): the output stops (Ctrl-C
+    arrives there) while the model stage waits on a source that stopped delivering; the stream wakes the source
+    (FrameSource.interrupt) and returns in well under --read-timeout, with what it finished written."""
+    from reftok_deploy.runtimes.stream import StreamStats, encode_stream
+
+    clip = moving_still("astronaut", 9, 32)
+    stalled = FrozenCapture(clip)  # one reference and one block, then read() blocks
+    source = FrameSource(SourceSpec("rtsp://x", "rtsp://x", live=True), retries=3, backoff=0.001,
+                         opener=lambda spec: stalled, read_timeout=30)
+    shown = []
+
+    def sink(original, recon, overlay, labels):
+        shown.append(recon)
+        if len(shown) == 9:  # the whole block is out and the source has stalled: Ctrl-C
+            raise KeyboardInterrupt
+
+    with source:
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            encode_stream(source, GopEncoder(CountingCodec(0), 8, cut_threshold=None), StreamStats(10.0, 1000),
+                          sink=sink, interrupt=source.interrupt)
+        assert time.monotonic() - started < 3 and len(shown) == 9  # not the 30 s read timeout
+        stalled.release()
+
+
+@pytest.mark.slow  # end-to-end tier: a nested pytest run sends SIGINT to a real reftok-run
 def test_ctrl_c_on_a_stalled_live_source_stops_at_once(tmp_path, tiny_checkpoint, monkeypatch):
     """Ctrl-C while a camera has stopped delivering: reftok-run keeps what it wrote and returns in about
     a second, not after --read-timeout."""
