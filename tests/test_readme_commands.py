@@ -1,5 +1,6 @@
 """README's command blocks, run as written: the Install block, then "A first session", in one shell, in a
-copy of the repository in a temp folder (the quick start has its own test: it is what .ci/run runs).
+copy of the repository in a temp folder made a git repository (the quick start has its own test: it is what
+.ci/run runs). Afterwards `git status` must be clean: the session writes only into its ignored folder.
 
 Also acceptance for the CPU install path: the venv the Install block makes holds no CUDA packages.
 """
@@ -56,14 +57,17 @@ def test_readme_command_blocks_run_as_written(tmp_path):
     work = tmp_path / "reftok-deploy"
     work.mkdir()
     copy_repository(work)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "as cloned"]):
+        subprocess.run(git + args, cwd=work, check=True, capture_output=True)
     script = "\n".join(body for _, body in command_blocks((REPO / "README.md").read_text()))
-    (work / "readme.sh").write_text(script)
+    (tmp_path / "readme.sh").write_text(script)  # outside the checkout: it must stay as cloned
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     # the test's own venv must not answer for the commands: only the one the Install block makes
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                   if not Path(p, "python").exists() or Path(p).resolve() != Path(sys.executable).parent.resolve())
     env["REFTOK_CACHE"] = str(tmp_path / "cache")
-    result = subprocess.run(["bash", "-euo", "pipefail", "readme.sh"], cwd=work, env=env, capture_output=True,
+    result = subprocess.run(["bash", "-euo", "pipefail", str(tmp_path / "readme.sh")], cwd=work, env=env, capture_output=True,
                             text=True, timeout=1500)
     log = result.stdout[-4000:] + "\n--- stderr ---\n" + result.stderr[-6000:]
     assert result.returncode == 0, log
@@ -74,6 +78,15 @@ def test_readme_command_blocks_run_as_written(tmp_path):
     assert len(shas) >= 2 and shas[0] == shas[1], log  # reftok-decode replays reftok-run's stream exactly
     for name in ("box.mp4", "box.rtok", "box_decoded.mp4", "run/checkpoint/model.safetensors"):
         assert (work / "first-session" / name).is_file(), name
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=work, capture_output=True,
+                            text=True, check=True).stdout
+    assert status == "", f"README's blocks left files in the checkout's source folders:\n{status}"
+    ignored = [line[3:] for line in subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+                                                   cwd=work, capture_output=True, text=True, check=True).stdout.splitlines()
+               if line.startswith("!! ")]
+    stray = [p for p in ignored if not p.startswith((".venv", "first-session/"))
+             and "__pycache__/" not in p and ".egg-info/" not in p]
+    assert not stray, f"written into the checkout, hidden by .gitignore: {stray}"
     probe = ("import json, importlib.metadata as m; print(json.dumps([{'name': d.metadata['Name'], "
              "'version': d.version, 'requires': d.requires} for d in m.distributions()]))")
     listed = subprocess.run([str(work / ".venv" / "bin" / "python"), "-c", probe], capture_output=True, text=True,
