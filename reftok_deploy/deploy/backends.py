@@ -145,6 +145,9 @@ def measurement_key(export: ExportFolder, device: str, threads: int | None,
             # say whether it has bf16
             "candidates": [backend_label(spec, device) for spec in candidates],
             "tolerances": {p: vars(t) for p, t in TOLERANCES.items()},
+            # how this package runs INT8 graphs under OpenVINO (its load-time rewrites): a measurement made before
+            # the Concat/ReLU6 rewrites must not keep openvino:int8 out
+            "openvino_int8_rewrites": 2,
             "probe": {"size": list(timing_size), "gops": PROBE_GOPS, "repeats": PROBE_REPEATS}}
 
 
