@@ -8,6 +8,7 @@ import click
 
 from reftok_deploy.base.service_api import DEFAULT_MAX_PIXELS, TOKEN_ENV
 from reftok_deploy.cli import OneLineCommand, sigterm_as_interrupt, user_errors
+from reftok_deploy.base.machine import usable_cores
 from reftok_deploy.cli.options import (FiniteFloatRange, backend_option, checkpoint_option, device_option,
                                        export_option, threads_option, verbose_option)
 
@@ -27,7 +28,8 @@ REPLICAS = click.IntRange(1, 1024)
 @click.option("--max-replicas", type=REPLICAS, default=None,
               help="Autoscale each deployment between its replicas and this many, on queued requests.")
 @click.option("--replica-cpus", type=FiniteFloatRange(0, 1024), default=None,
-              help="Ray's CPU share per replica [default: --threads, or 1].")
+              help="Ray's CPU share per replica [default: --threads (or 1); on a local Ray at most the cores shared "
+                   "out among the replicas, so that every replica can start].")
 @click.option("--replica-gpus", type=FiniteFloatRange(0, 64), default=0.0, show_default=True,
               help="GPUs per replica; fractions share one GPU (e.g. 0.25 puts four replicas on it).")
 @click.option("--max-batch", type=click.IntRange(1, 256), default=8, show_default=True,
@@ -54,7 +56,8 @@ def main(checkpoint, export_folder, backend, device, threads, encoder_replicas, 
     from reftok_deploy.serve.app import Scaling, service_settings, start_service, stop_service
 
     say = (lambda msg: click.echo(msg, err=True))
-    cpus = replica_cpus if replica_cpus is not None else float(threads or 1)
+    cpus = replica_cpus if replica_cpus is not None else default_replica_cpus(threads, address,
+                                                                               encoder_replicas + decoder_replicas)
     scaling = [Scaling(n, max(n, max_replicas or n), cpus, replica_gpus) for n in (encoder_replicas, decoder_replicas)]
     deployment = Deployment(checkpoint, export_folder, backend, device, threads, say=say)
     settings = service_settings(deployment, *scaling, max_pixels=max_pixels, max_batch=max_batch,
@@ -73,3 +76,10 @@ def main(checkpoint, export_folder, backend, device, threads, encoder_replicas, 
         say("stopping")
     finally:
         stop_service(keep_cluster=address is not None)
+
+
+def default_replica_cpus(threads: int | None, address: str | None, replicas: int) -> float:
+    """--threads (or 1) CPUs per replica; on an embedded Ray, no more than its cores shared out among the replicas:
+    Ray starts no replica it cannot give its CPUs, and Serve would wait for one forever."""
+    wanted = float(threads or 1)
+    return wanted if address is not None else min(wanted, usable_cores() / replicas)
