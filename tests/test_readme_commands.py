@@ -81,7 +81,7 @@ def test_readme_command_blocks_run_as_written(tmp_path):
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=work, capture_output=True,
                             text=True, check=True).stdout
     assert status == "", f"README's blocks left files in the checkout's source folders:\n{status}"
-    ignored = [line[3:] for line in subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+    ignored = [line[3:].strip('"') for line in subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
                                                    cwd=work, capture_output=True, text=True, check=True).stdout.splitlines()
                if line.startswith("!! ")]
     stray = [p for p in ignored if not p.startswith((".venv", "first-session/"))
