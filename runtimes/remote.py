@@ -16,7 +16,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import time
 import urllib.parse
 from typing import Any
@@ -83,7 +82,7 @@ class ServerClient:
                 if status not in RETRY_STATUSES:
                     raise ReftokError(f"server {self.url} refused {path} ({status}): {reason}")
                 problem = f"{status}: {reason}"
-            except (ConnectionError, socket.timeout, http.client.HTTPException, OSError) as exc:
+            except (http.client.HTTPException, OSError) as exc:  # refused, reset, timed out, cut short
                 self.close()
                 problem = f"{type(exc).__name__}: {exc}"
             if time.monotonic() + wait > deadline:

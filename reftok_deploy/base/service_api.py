@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from reftok_deploy.base.video import DEFAULT_MAX_PIXELS  # the same largest frame as reftok-run's --max-pixels
 from reftok_deploy.base.wire import ArrayRule, PayloadError
 
 API_VERSION = "v1"
@@ -35,7 +36,6 @@ TOKEN_ENV = "REFTOK_SERVE_TOKEN"  # the bearer token, for servers and clients th
 CHECKPOINT_HEADER = "X-Reftok-Checkpoint"  # sha256 of the weights the client expects (optional)
 BATCH_HEADER = "X-Reftok-Batch"  # how many GOPs the replica ran in the batch that held this one
 MAX_SIDE = 8192
-DEFAULT_MAX_PIXELS = 1920 * 1088
 
 
 @dataclass(frozen=True)

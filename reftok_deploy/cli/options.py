@@ -143,11 +143,17 @@ MIN_SIZE, MAX_SIZE = 16, 4096
 SIZE_RANGE = click.IntRange(MIN_SIZE, MAX_SIZE)
 
 
+def _multiple_of_8(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and value % 8:
+        raise click.BadParameter(f"must be a multiple of 8, got {value}", ctx, param)
+    return value
+
+
 def size_option(help: str, default: int | None = None, multiple_of_8: bool = False) -> Callable:
     bounds = f"from {MIN_SIZE} to {MAX_SIZE}"
     rule = f" A multiple of 8, {bounds}." if multiple_of_8 else f" Any size {bounds} (padded for the model)."
     return click.option("--size", type=SIZE_RANGE, default=default, show_default=default is not None,
-                        help=help + rule)
+                        callback=_multiple_of_8 if multiple_of_8 else None, help=help + rule)
 
 
 def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -6,7 +6,8 @@ import time
 
 import click
 
-from reftok_deploy.base.service_api import DEFAULT_MAX_PIXELS, TOKEN_ENV
+from reftok_deploy.base.service_api import TOKEN_ENV
+from reftok_deploy.base.video import DEFAULT_MAX_PIXELS
 from reftok_deploy.cli import OneLineCommand, sigterm_as_interrupt, user_errors
 from reftok_deploy.base.machine import usable_cores
 from reftok_deploy.cli.options import (FiniteFloatRange, backend_option, checkpoint_option, device_option,
@@ -53,7 +54,7 @@ def main(checkpoint, export_folder, backend, device, threads, encoder_replicas, 
     Clients: reftok-run --server URL, or reftok_deploy.runtimes.remote.ServerClient. Ctrl-C stops.
     """
     from reftok_deploy.deploy.deployment import Deployment
-    from reftok_deploy.serve.app import Scaling, service_settings, start_service, stop_service
+    from reftok_deploy.serve.app import LOOPBACK, Scaling, service_settings, start_service, stop_service
 
     say = (lambda msg: click.echo(msg, err=True))
     cpus = replica_cpus if replica_cpus is not None else default_replica_cpus(threads, address,
@@ -62,7 +63,7 @@ def main(checkpoint, export_folder, backend, device, threads, encoder_replicas, 
     deployment = Deployment(checkpoint, export_folder, backend, device, threads, say=say)
     settings = service_settings(deployment, *scaling, max_pixels=max_pixels, max_batch=max_batch,
                                 batch_wait_ms=batch_wait_ms, host=host, port=port, token=token or None)
-    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+    if host not in LOOPBACK and not token:
         say(f"warning: serving on {host} without --token: anyone who reaches this port can use the model")
     try:
         url = start_service(settings, address, say)

@@ -36,8 +36,6 @@ def main(server, clients, rounds, videos, size, checkpoint, export_folder, threa
     from reftok_deploy.model.data import demo_clips
     from reftok_deploy.serve.load_test import load_test, load_test_lines
 
-    if size % 8:
-        raise click.BadParameter(f"{size} is not a multiple of 8", param_hint="--size")
     clips = {v: read_video(v, size=size) for v in videos} if videos else demo_clips(size)
     deployment = Deployment(checkpoint, export_folder, threads=threads)
     report = load_test(server, deployment, clips, clients, rounds, token)

@@ -169,7 +169,7 @@ class Deployment:
         """Resolve ``--backend auto`` (measured at frames of ``size``, height x width; said on ``say``), and
         give an onnxruntime/OpenVINO backend without --export the checkpoint's cached export."""
         if self.server is not None:
-            self.backend = str(self.server_model()["backend"])
+            self.backend = str(self.server_model()["backend_spec"])
             return self.backend
         self.opened_export()
         if self.backend == "auto":

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from reftok_deploy.base.errors import ReftokError
-from reftok_deploy.base.service_api import API_VERSION, DEFAULT_MAX_PIXELS, ServiceLimits
+from reftok_deploy.base.service_api import API_VERSION, ServiceLimits
+from reftok_deploy.base.video import DEFAULT_MAX_PIXELS
 from reftok_deploy.base.spec import SPATIAL_FACTOR
 from reftok_deploy.deploy.deployment import Deployment
 from reftok_deploy.serve.replicas import RunnerSettings
@@ -67,17 +68,19 @@ def service_settings(deployment: Deployment, encoder: Scaling, decoder: Scaling,
     export = deployment.export
     runner = RunnerSettings(deployment.backend, None if export is None else str(export.path),
                             str(deployment.checkpoint), deployment.device, deployment.threads)
-    model = model_document(config, deployment.weights_sha256(), deployment.label, limits)
+    model = model_document(config, deployment.weights_sha256(), deployment.backend, deployment.label, limits)
     return ServiceSettings(runner, encoder, decoder, limits, model, **options)
 
 
-def model_document(config: Any, checkpoint_sha256: str, backend_label: str, limits: ServiceLimits) -> dict[str, Any]:
-    """GET /v1/model's answer from a RefTokConfig."""
+def model_document(config: Any, checkpoint_sha256: str, backend_spec: str, backend_label: str,
+                   limits: ServiceLimits) -> dict[str, Any]:
+    """GET /v1/model's answer from a RefTokConfig: ``backend`` is the label .rtok headers record,
+    ``backend_spec`` the --backend spec that runs the same way elsewhere."""
     return {"api": API_VERSION, "model_version": int(config.model_version),
             "block_frames": config.block_frames, "temporal_factor": config.temporal_factor,
             "groups": config.block_frames // config.temporal_factor, "spatial_factor": limits.spatial_factor,
             "fsq_levels": list(config.fsq_levels), "codebook_size": int(math.prod(config.fsq_levels)),
-            "checkpoint_sha256": checkpoint_sha256, "backend": backend_label, "limits": limits.as_dict()}
+            "checkpoint_sha256": checkpoint_sha256, "backend": backend_label, "backend_spec": backend_spec, "limits": limits.as_dict()}
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -136,7 +139,10 @@ def stop_service(keep_cluster: bool = False) -> None:
     if not ray.is_initialized():
         return
     try:
-        serve.delete(APP_NAME) if keep_cluster else serve.shutdown()
+        if keep_cluster:
+            serve.delete(APP_NAME)
+        else:
+            serve.shutdown()
     finally:
         ray.shutdown()
 

@@ -98,7 +98,7 @@ def load_test(url: str, deployment: Deployment, clips: dict[str, np.ndarray], cl
     if server.get("checkpoint_sha256") != deployment.weights_sha256():
         raise ReftokError(f"the server at {url} runs checkpoint {str(server.get('checkpoint_sha256'))[:16]}, not "
                           f"{deployment.checkpoint}: pass the server's --checkpoint for the model-only row")
-    deployment.backend = str(server["backend"]).split("+")[0].split("@")[0]
+    deployment.backend = str(server["backend_spec"])
     deployment.choose_backend()
     gops = clip_gops(clips, int(server["block_frames"]))
     names = list(gops)

@@ -9,7 +9,6 @@ The graph runs in a worker thread, so the replica keeps answering Serve's health
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,10 +69,6 @@ class GraphReplica:
 
     async def __call__(self, reference: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, int]:
         return await self.run_batch((reference, second))
-
-    def pid(self) -> int:
-        """This replica's process id (the load test and the fault test kill replicas by it)."""
-        return os.getpid()
 
 
 class EncoderReplica(GraphReplica):
