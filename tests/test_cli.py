@@ -101,6 +101,8 @@ def test_eval_table(trained, video_file):
                                 "--size", "64"])
     assert result.exit_code == 0
     assert "astronaut.avi" in result.stdout and "mean" in result.stdout
+    head = result.stdout.splitlines()[0].split()
+    assert head[-6:] == ["bmw", "x264", "step", "codes", "bits", "beats"] or head[-5:] == ["bmw", "step", "codes", "bits", "beats"]
 
 
 def test_eval_bad_inputs(tmp_path, trained, video_file):

@@ -6,8 +6,11 @@ cut, the tail block padded with its last frame. Quality is measured on every blo
 (references are shown exactly and never scored), after rounding to uint8.
 
 Per clip: PSNR/SSIM of RefTok, the twin, ``copy_reference`` (showing the reference for every
-block frame: zero tokens, the floor a reference-based tokenizer must not fall under) and, where
-available, x264 at RefTok's tokens-only bits (:mod:`reftok_deploy.quality.x264`); the worst frame; the
+block frame: zero tokens, the floor a reference-based tokenizer must not fall under), the
+``block_motion_warp`` (the reference moved by one half-pel vector per 8x8 block and frame, no residual:
+the bound motion alone reaches, its motion bits stated; :mod:`reftok_deploy.quality.block_motion`) and,
+where available, x264 at RefTok's tokens-only bits (:mod:`reftok_deploy.quality.x264`); which of those
+RefTok beats (``beats``); the worst frame; the
 temporal-step statistic (mean absolute change between consecutive frames inside a latent group,
 decoded vs original: version 1's 4-frame steps showed as a ratio far below 1); code usage.
 """
@@ -84,7 +87,7 @@ def code_usage(tokens: np.ndarray, codebook_size: int) -> dict[str, float]:
 def evaluate_frames(name: str, frames: np.ndarray, reftok: RefTok, twin: RefTok | None, batch: int = 4,
                     max_gops: int | None = None, refresh_blocks: int = 1,
                     cut_threshold: float | None = DEFAULT_CUT_THRESHOLD, x264: bool = False,
-                    grid: Path | None = None) -> dict[str, Any]:
+                    grid: Path | None = None, block_motion: bool = True) -> dict[str, Any]:
     """Score a clip ``[N,H,W,3]`` uint8 RGB (see the module docstring); ``grid``: save a PNG there
     (rows: original | RefTok | twin | copy the reference; columns: frames 1, 4, 8 of the first full GOP)."""
     if twin is not None and (twin.cfg.block_frames, twin.cfg.fsq_levels, twin.cfg.temporal_factor) != (
@@ -124,9 +127,30 @@ def evaluate_frames(name: str, frames: np.ndarray, reftok: RefTok, twin: RefTok 
 
         last = gops[-1].index + len(gops[-1].block) + 1
         result["x264"] = x264_at_bits(frames[:last], [g.index for g in gops], bits_tokens)
+    if block_motion:
+        result["block_motion_warp"] = block_motion_baseline(gops, original, pixels)
+    result["beats"] = [name for name in BASELINES if name in result
+                       and result["reftok"]["psnr"] > result[name]["psnr"]]
     if grid is not None:
         save_grid(grid, gops, recons, twin_recons)
     return result
+
+
+# Rows RefTok is compared with, in the order the table prints them.
+BASELINES = ("twin", "copy_reference", "block_motion_warp", "x264")
+
+
+def block_motion_baseline(gops: list[Gop], original: np.ndarray, pixels: int) -> dict[str, float]:
+    """PSNR/SSIM of the block-motion warp over the GOPs' block frames (``original`` ``[N,H,W,3]`` uint8, in
+    GOP order) and the bits per pixel its vectors would cost (not counted against any budget)."""
+    from reftok_deploy.quality.block_motion import block_motion_warp, motion_bits
+
+    warped, bits = [], 0.0
+    for gop in gops:
+        frames, vectors = block_motion_warp(gop.reference, gop.block)
+        warped.append(frames)
+        bits += motion_bits(vectors)
+    return dict(clip_quality(original, np.concatenate(warped)), bpp_motion=bits / (original.shape[0] * pixels))
 
 
 def save_grid(path: Path, gops: list[Gop], recons: list[np.ndarray], twin_recons: list[np.ndarray] | None,
@@ -151,7 +175,7 @@ def save_grid(path: Path, gops: list[Gop], recons: list[np.ndarray], twin_recons
 def summarize(clips: list[dict[str, Any]]) -> dict[str, Any]:
     """Means over clips of every quality and rate figure, and the RefTok - twin / - copy gaps."""
     summary: dict[str, Any] = {"clips": len(clips)}
-    for model in ("reftok", "twin", "copy_reference", "x264"):
+    for model in ("reftok", *BASELINES):
         if all(model in c for c in clips):
             summary[model] = {m: float(np.mean([c[model][m] for c in clips])) for m in ("psnr", "ssim")
                               if m in clips[0][model]}
@@ -161,6 +185,8 @@ def summarize(clips: list[dict[str, Any]]) -> dict[str, Any]:
     if "twin" in summary:
         summary["psnr_gain_db"] = summary["reftok"]["psnr"] - summary["twin"]["psnr"]
         summary["ssim_higher_on_every_clip"] = all(c["reftok"]["ssim"] > c["twin"]["ssim"] for c in clips)
+    if "block_motion_warp" in summary:
+        summary["psnr_over_block_motion_db"] = summary["reftok"]["psnr"] - summary["block_motion_warp"]["psnr"]
     if "x264" in summary:
         summary["psnr_gap_to_x264_db"] = summary["x264"]["psnr"] - summary["reftok"]["psnr"]
     return summary

@@ -46,6 +46,7 @@ class EvalJob:
     cut_threshold: float | None = None
     with_x264: bool | None = None
     grid_dir: str | None = None
+    block_motion: bool = True
 
 
 def check_eval_job(job: EvalJob, note: Callable[[str], None]) -> EvalJob:
@@ -102,5 +103,5 @@ def score(job: EvalJob) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 frames = read_video(name, size=job.size)
             clips.append(evaluate_frames(str(name), frames, reftok, twin, batch=job.batch, max_gops=job.max_gops,
                                          refresh_blocks=job.refresh_blocks, cut_threshold=job.cut_threshold or None,
-                                         x264=job.with_x264, grid=grid))
+                                         x264=job.with_x264, grid=grid, block_motion=job.block_motion))
     return clips, summarize(clips)

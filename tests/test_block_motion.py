@@ -1,0 +1,60 @@
+"""The block-motion warp baseline of reftok-eval: vectors, warp, motion bits, and its row in the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage import data
+
+from reftok_deploy.quality.block_motion import block_flow, block_motion_warp, motion_bits, warp_by_blocks
+from reftok_deploy.quality.metrics import psnr
+
+
+def textured(size: int = 96) -> np.ndarray:
+    return np.ascontiguousarray(data.astronaut()[100 : 100 + size, 150 : 150 + size])
+
+
+def test_a_shifted_frame_gets_its_shift_back_and_the_warp_reproduces_it():
+    ref = textured()
+    frame = np.roll(ref, (2, -3), axis=(0, 1))  # content moved 3 px left, 2 px down
+    vectors = block_flow(ref, frame)
+    assert vectors.shape == (12, 12, 2)
+    inner = vectors[2:-2, 2:-2].reshape(-1, 2)
+    assert np.median(inner[:, 0]) == 3.0 and np.median(inner[:, 1]) == -2.0  # frame(p) = ref(p + v)
+    assert set(np.unique(vectors * 2).tolist()) <= set(np.arange(-200, 201).tolist())  # half-pel grid
+    warped = warp_by_blocks(ref, vectors)
+    assert psnr(frame[16:-16, 16:-16], warped[16:-16, 16:-16]) > 40
+    assert psnr(frame[16:-16, 16:-16], ref[16:-16, 16:-16]) < 25  # copying the reference does not
+
+
+def test_a_static_block_is_the_reference_and_costs_nothing():
+    ref = textured(64)
+    warped, vectors = block_motion_warp(ref, np.stack([ref, ref, ref]))
+    assert np.array_equal(warped, np.stack([ref] * 3)) and not vectors.any()
+    assert motion_bits(vectors) == 0.0
+
+
+def test_motion_bits_count_changes_not_repeats():
+    still = np.zeros((8, 4, 4, 2), np.float32)
+    steady = still.copy()
+    steady[:, :2] = 1.5  # half the blocks move, the same way in every frame: only the first frame's vectors change
+    varying = np.random.default_rng(0).integers(-8, 8, size=still.shape).astype(np.float32) / 2
+    assert motion_bits(still) == 0.0
+    assert 0 < motion_bits(steady) < motion_bits(varying)
+
+
+def test_eval_reports_the_baseline_and_what_the_model_beats():
+    from reftok_deploy.model.reftok import RefTok, RefTokConfig
+    from reftok_deploy.quality.evaluate import BASELINES, evaluate_frames, summarize
+
+    ref = textured(64)
+    clip = np.stack([np.roll(ref, (0, k), axis=(0, 1)) for k in range(9)])  # a pan, 1 px per frame
+    model = RefTok(RefTokConfig(channels=(8, 8, 8), res_blocks=0)).eval()
+    result = evaluate_frames("pan", clip, model, None, x264=False)
+    bmw = result["block_motion_warp"]
+    assert bmw["psnr"] > result["copy_reference"]["psnr"] + 5 and bmw["bpp_motion"] > 0
+    assert result["beats"] == [k for k in BASELINES if k in result and result["reftok"]["psnr"] > result[k]["psnr"]]
+    assert "block_motion_warp" not in result["beats"]  # an untrained model is under the bound
+    summary = summarize([result])
+    assert summary["psnr_over_block_motion_db"] == pytest.approx(result["reftok"]["psnr"] - bmw["psnr"])
+    assert "block_motion_warp" not in evaluate_frames("pan", clip, model, None, block_motion=False)
