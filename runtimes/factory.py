@@ -91,7 +91,7 @@ def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path |
         return TorchRunner(checkpoint, device=device, threads=threads)
     if export is None:
         raise ReftokError(f"backend {spec} needs an export folder (run reftok-export first)")
-    from reftok_deploy.base.spec import MODEL_VERSION
+    from reftok_deploy.base.spec import MODEL_VERSIONS
 
     _same_checkpoint(export, checkpoint)
     graph_precision = "fp32" if precision == "bf16" else precision
@@ -108,9 +108,10 @@ def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path |
             flag = {"fp16": "--fp16", "int8": "--int8 --calib-data ..."}.get(graph_precision, "")
             raise ReftokError(f"{export.path} has no {graph_precision} {graph}: re-run reftok-export {flag}".rstrip())
         version = export.onnx_version(graph, graph_precision)  # read when the folder was opened
-        if version != MODEL_VERSION:
+        if version not in MODEL_VERSIONS or version != export.manifest["model"].get("model_version"):
             raise ReftokError(f"{path} is an ONNX of model version {version}; this reftok-deploy runs "
-                              f"version {MODEL_VERSION}: re-export it")
+                              f"versions {', '.join(map(str, MODEL_VERSIONS))} and the manifest says "
+                              f"{export.manifest['model'].get('model_version')}: re-export it")
         files[graph] = path
     if backend == "openvino":
         from reftok_deploy.runtimes.openvino_runner import OpenVinoRunner, int8_float_hint

@@ -164,7 +164,7 @@ def test_graphs_kept_from_an_export_made_before_group_context_match_a_manifest_w
 def test_the_manifest_field_table_matches_the_model_config():
     assert set(MODEL_FIELDS) == {f.name for f in dataclasses.fields(RefTokConfig) if f.init}
     assert set(OPTIONAL_MODEL_FIELDS) == set(OPTIONAL_CONFIG_KEYS)
-    for preset in (RefTokConfig(), RefTokConfig(group_context=True)):
+    for preset in (RefTokConfig(), RefTokConfig(group_context=True), RefTokConfig().version3()):
         assert all(valid(preset.to_dict()[key]) for key, (_, valid) in MODEL_FIELDS.items())
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from reftok_deploy.base.files import atomic_write_bytes, read_json_object, sha256_file
 from reftok_deploy.base.errors import ReftokError
-from reftok_deploy.base.spec import MODEL_VERSION, Geometry
+from reftok_deploy.base.spec import MODEL_VERSIONS, Geometry
 
 FORMAT = "reftok-export"
 FORMAT_VERSION = 1
@@ -45,8 +45,9 @@ MODEL_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "reference": ("true or false", lambda v: isinstance(v, bool)),
     "motion_channels": ("a positive integer", lambda v: _is_int(v) and v >= 1),
     "group_context": ("true or false", lambda v: isinstance(v, bool)),
+    "aligned_reference": ("true or false", lambda v: isinstance(v, bool)),
 }
-OPTIONAL_MODEL_FIELDS = ("group_context",)  # absent from exports made before it existed
+OPTIONAL_MODEL_FIELDS = ("group_context", "aligned_reference")  # absent from exports made before they existed
 
 
 def tool_versions() -> dict[str, str | None]:
@@ -79,8 +80,9 @@ def read_manifest(folder: str | Path, verify_files: bool = True) -> dict[str, An
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ReftokError(f"{path} has manifest format {manifest.get('format_version')!r}; expected {FORMAT_VERSION}")
     version = manifest.get("model", {}).get("model_version") if isinstance(manifest.get("model"), dict) else None
-    if version != MODEL_VERSION:
-        raise ReftokError(f"{folder} was exported from model version {version!r}; this reftok-deploy runs version {MODEL_VERSION}")
+    if version not in MODEL_VERSIONS:
+        raise ReftokError(f"{folder} was exported from model version {version!r}; this reftok-deploy runs versions "
+                          f"{', '.join(map(str, MODEL_VERSIONS))}")
     check_model_section(path, manifest["model"])
     artifacts = manifest.get("artifacts")
     if not isinstance(artifacts, dict) or not all(isinstance(e, dict) for e in artifacts.values()):

@@ -15,7 +15,9 @@ import numpy as np
 from reftok_deploy.base.errors import ReftokError
 
 # Version of the model family (architecture and token meaning); checkpoints, exports and streams record it.
+# MODEL_VERSION is what a new config gets; every version in MODEL_VERSIONS loads, exports and runs.
 MODEL_VERSION = 2
+MODEL_VERSIONS = (2, 3)
 # Architecture constant: three 2x downsamplings; H and W of every feed are multiples of it.
 SPATIAL_FACTOR = 8
 

@@ -37,6 +37,9 @@ def parse_levels(text: str) -> tuple[int, ...]:
                type=click.Path(file_okay=False))
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="tiny", show_default=True, help="Model size.")
 @click.option("--no-reference", is_flag=True, help="Train the reference-free twin (ablation baseline).")
+@click.option("--model-version", type=click.Choice(["2", "3"]), default="2", show_default=True,
+              help="3: the decoder also reads the reference features aligned by each group's decoded motion (same "
+                   "tokens; a version-2 --init-from starts it decoding exactly as its source). The twin is version 2.")
 @click.option("--fsq-levels", default=None, metavar="L1,L2,...",
               help="FSQ levels per token dimension (codebook = their product, at most 65536). Default: the preset's.")
 @click.option("--group-context/--no-group-context", default=True, show_default=True,
@@ -62,6 +65,8 @@ def parse_levels(text: str) -> tuple[int, ...]:
                    "its tokens in use; version 2's flow teacher does that).")
 @click.option("--flow-weight", default=0.2, show_default=True, type=FiniteFloatRange(0, 100),
               help="Weight of the flow teacher (decoded motion vs true/DIS flow, L1 in pixels), 0 to 100.")
+@click.option("--gate-penalty", default=0.002, show_default=True, type=FiniteFloatRange(0, 100),
+              help="Weight of the mean residual gate in the loss (keeps static content on the exact reference path).")
 @click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1, MAX_COUNT),
               help="Save the checkpoint and the resume state every this many steps.")
 @click.option("--no-builtin-stills", is_flag=True, help="Do not add scikit-image's bundled photographs.")
@@ -80,7 +85,7 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @json_option("Print the checkpoint folder and its training record as JSON.")
 @verbose_option
 @user_errors
-def main(data, output, preset, no_reference, fsq_levels, group_context, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, checkpoint_every, no_builtin_stills,
+def main(data, output, preset, no_reference, model_version, fsq_levels, group_context, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, gate_penalty, checkpoint_every, no_builtin_stills,
          resume, threads, device, workers, max_minutes, autocast, as_json) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
     from reftok_deploy.model.reftok import PRESETS
@@ -89,14 +94,14 @@ def main(data, output, preset, no_reference, fsq_levels, group_context, init_fro
     if crop % 8:
         raise ReftokError(f"--crop must be a multiple of 8, got {crop}")
     cfg = dataclasses.replace(PRESETS[preset], group_context=group_context)
-    cfg = cfg.twin() if no_reference else cfg
+    cfg = cfg.twin() if no_reference else cfg.version3() if model_version == "3" else cfg
     if fsq_levels is not None:
         cfg = dataclasses.replace(cfg, fsq_levels=parse_levels(fsq_levels))
     check_training_memory(preset, batch, crop, device)
     if lr is None:
         lr = PRESET_LR[preset]
     recipe = Recipe(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
-                    reference_dropout=reference_dropout, flow_weight=flow_weight, loss=loss,
+                    reference_dropout=reference_dropout, flow_weight=flow_weight, gate_penalty=gate_penalty, loss=loss,
                     builtin_stills=not no_builtin_stills, max_minutes=max_minutes,
                     autocast=autocast)
     plan = OutputPlan()  # every path before any work; a run that fails before its first checkpoint leaves nothing

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.base.files import AtomicFile, atomic_write_bytes, read_json_object, sha256_file
-from reftok_deploy.base.spec import MODEL_VERSION
+from reftok_deploy.base.spec import MODEL_VERSIONS
 
 if TYPE_CHECKING:  # torch and the model load only where weights are read or written
     import torch
@@ -71,11 +71,12 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     if not isinstance(model, dict):
         raise ReftokError(f"{path} has no 'model' section")
     version = model.get("model_version")
-    if version == 1 and MODEL_VERSION == 2:
-        raise ReftokError(f"{folder} is a version-1 checkpoint; this reftok-deploy runs version 2 (motion-compensated): "
+    if version == 1:
+        raise ReftokError(f"{folder} is a version-1 checkpoint; this reftok-deploy runs versions 2 and 3 (motion-compensated): "
                           f"use the shipped checkpoint, or train one seeded from it with reftok-train --init-from {folder}")
-    if version != MODEL_VERSION:
-        raise ReftokError(f"{folder} is model version {version!r}; this reftok-deploy reads version {MODEL_VERSION}")
+    if version not in MODEL_VERSIONS:
+        raise ReftokError(f"{folder} is model version {version!r}; this reftok-deploy reads versions "
+                          f"{', '.join(map(str, MODEL_VERSIONS))}")
     return config
 
 

@@ -21,6 +21,12 @@ elementwise op. Version 2 decodes, per output frame:
   (+-4 cells) resolution, whose soft-argmax displacements also go straight to the latent head,
   so it can measure motion instead of guessing it.
 
+Version 3 (``aligned_reference``) also aligns the reference *features* the decoder reads at 1/4 and 1/2
+with each group's decoded motion (the mean of its frames' fields, bilinear GridSample): the features of
+the reference where the content now is, beside the unaligned ones (as in learned video codecs' temporal
+context). Its decoder convs gain those inputs (zero-initialised from a version-2 warm start, which
+therefore decodes exactly as its source at first); the tokens and their budget are unchanged.
+
 ``reference=False`` gives the twin: no reference path, no motion, no gate, same token budget.
 
 ``encode``/``decode`` need H and W to be multiples of ``spatial_factor``;
@@ -49,7 +55,7 @@ CONFIG_LIMITS = {"channels": 1024, "res_blocks": 16}
 MOTION_UNIT_PX = 16.0
 CORRELATION_RADII = (3, 4)  # cells at 1/4 and 1/8 resolution: +-12 px and +-32 px
 # Config keys added after version 2 shipped; a stored config without them means False.
-OPTIONAL_CONFIG_KEYS = ("group_context",)
+OPTIONAL_CONFIG_KEYS = ("group_context", "aligned_reference")
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class RefTokConfig:
     motion_channels: int = 16
     # Each group's latent and decoder also see the previous and next group's (see :func:`group_context`).
     group_context: bool = False
+    # Version 3: the decoder also reads the reference features aligned by each group's motion.
+    aligned_reference: bool = False
     model_version: int = MODEL_VERSION
     spatial_factor: int = field(default=SPATIAL_FACTOR, init=False)
 
@@ -79,6 +87,11 @@ class RefTokConfig:
             raise ValueError("res_blocks must be >= 0")
         if self.motion_channels < 1:
             raise ValueError("motion_channels must be >= 1")
+        if self.model_version != (3 if self.aligned_reference else 2) and self.model_version != 1:
+            raise ValueError("aligned_reference is model version 3, and version 3 has it: "
+                             f"got version {self.model_version} with aligned_reference={self.aligned_reference}")
+        if self.aligned_reference and not self.reference:
+            raise ValueError("aligned_reference needs the reference path")
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -129,8 +142,12 @@ class RefTokConfig:
         return Geometry(self.block_frames, self.temporal_factor, self.spatial_factor)
 
     def twin(self) -> "RefTokConfig":
-        """The reference-free twin of this config."""
-        return dataclasses.replace(self, reference=False)
+        """The reference-free twin of this config (version 2's: a twin has no reference to align)."""
+        return dataclasses.replace(self, reference=False, aligned_reference=False, model_version=2)
+
+    def version3(self) -> "RefTokConfig":
+        """This config with version 3's aligned reference features."""
+        return dataclasses.replace(self, aligned_reference=True, model_version=3)
 
 
 PRESETS: dict[str, RefTokConfig] = {
@@ -335,13 +352,18 @@ class BlockDecoder(nn.Module):
         ft = cfg.temporal_factor
         r = cfg.channels if cfg.reference else (0, 0, 0)
         warped = 12 * ft if cfg.reference else 0  # the warped reference frames, unshuffled to 1/2
+        # Version 3: the reference features at 1/4 and 1/2 again, aligned by the group's motion (appended last).
+        aligned = cfg.channels if cfg.aligned_reference else (0, 0, 0)
         self.group_context = cfg.group_context
         context = context_channels(latent_dim) if cfg.group_context else 0
         self.s3 = stage(latent_dim + r[2] + context, c3, cfg.res_blocks + 1)
         self.up2 = nn.Sequential(conv3(c3, c2 * 4), nn.PixelShuffle(2), nn.ReLU6())
-        self.s2 = stage(c2 + r[1], c2, cfg.res_blocks)
+        self.s2 = stage(c2 + r[1] + aligned[1], c2, cfg.res_blocks)
         self.up1 = nn.Sequential(conv3(c2, c1 * 4), nn.PixelShuffle(2), nn.ReLU6())
-        self.s1 = stage(c1 + r[0] + warped, c1, 1)
+        self.s1 = stage(c1 + r[0] + warped + aligned[0], c1, 1)
+        if cfg.aligned_reference:  # a fresh version-3 model starts by ignoring the aligned features, as a warm one does
+            for conv in (self.s2[0], self.s1[0]):
+                nn.init.zeros_(conv.weight[:, -aligned[1 if conv is self.s2[0] else 0]:])
         self.unshuffle = nn.PixelUnshuffle(2)
         self.to_pixels = nn.Sequential(conv3(c1, 12 * ft), nn.PixelShuffle(2))
         self.to_pixels[0].weight.data.mul_(0.1)
@@ -359,7 +381,7 @@ class BlockDecoder(nn.Module):
 
     def trunk(self, codes: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None, batch: int
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Codes ``[B*G,D,H/8,W/8]`` -> (features at 1/4 ``[N,c2,H/4,W/4]``, motion ``[N,2*ft,H/8,W/8]``
+        """Codes ``[B*G,D,H/8,W/8]`` -> (features at 1/8 ``[N,c3,H/8,W/8]``, motion ``[N,2*ft,H/8,W/8]``
         in pixels or None).
 
         Motion is read at 1/8 from the codes themselves (and the neighbouring groups' codes) and the
@@ -368,15 +390,23 @@ class BlockDecoder(nn.Module):
         reference = [] if ref_feats is None else [ref_feats[2]]
         x = self.s3(torch.cat([codes, *reference, *context], 1))
         motion = None if self.to_motion is None else self.to_motion(torch.cat([x, codes, *context], 1)) * MOTION_UNIT_PX
-        x = self.s2(self.up2(x) if ref_feats is None else torch.cat([self.up2(x), ref_feats[1]], 1))
         return x, motion
 
+    def middle(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
+               aligned: torch.Tensor | None = None) -> torch.Tensor:
+        """1/8 features -> 1/4 features ``[N,c2,H/4,W/4]`` (+ the reference's, + version 3's aligned ones)."""
+        x = self.up2(x)
+        if ref_feats is None:
+            return self.s2(x)
+        return self.s2(torch.cat([x, ref_feats[1], *([] if aligned is None else [aligned])], 1))
+
     def head(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
-             warped: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """1/4 features (+ warped reference ``[N,3*ft,H,W]``) -> (pixels or residual, gate logits or None)."""
+             warped: torch.Tensor | None, aligned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """1/4 features (+ warped reference ``[N,3*ft,H,W]``, + version 3's aligned 1/2 features) -> (pixels or
+        residual, gate logits or None)."""
         x = self.up1(x)
         if ref_feats is not None:
-            x = torch.cat([x, ref_feats[0], self.unshuffle(warped)], 1)
+            x = torch.cat([x, ref_feats[0], self.unshuffle(warped), *([] if aligned is None else [aligned])], 1)
         x = self.s1(x)
         return self.to_pixels(x), (None if self.to_gate is None else self.to_gate(x))
 
@@ -480,12 +510,18 @@ class RefTok(nn.Module):
         feats = None if feats is None else self._per_group(feats, groups)
         x, motion = self.decoder.trunk(codes, feats, batch)
         if motion is None:
-            pixels, _ = self.decoder.head(x, None, None)
+            pixels, _ = self.decoder.head(self.decoder.middle(x, None), None, None)
             return {"frames": self._unfold(pixels, batch)}
         motion = dead_zone(motion, MOTION_DEAD_ZONE_PX, straight_through=self.training)
+        aligned4 = aligned2 = None
+        if self.cfg.aligned_reference:
+            group_motion = motion.reshape(motion.shape[0], -1, 2, *motion.shape[-2:]).mean(1)  # [N,2,H/8,W/8] px
+            aligned4 = warp_features(feats[1], group_motion, 4)
+            aligned2 = warp_features(feats[0], group_motion, 2)
+        x = self.decoder.middle(x, feats, aligned4)
         motion = F.interpolate(motion, scale_factor=8.0, mode="bilinear", align_corners=False)
         warped = warp_reference(reference, motion)
-        residual, gate = self.decoder.head(x, feats, warped)
+        residual, gate = self.decoder.head(x, feats, warped, aligned2)
         gate = gate.clamp(0.0, 1.0)
         ft = self.cfg.temporal_factor
         gate3 = gate.repeat_interleave(3, dim=1) if ft > 1 else gate.expand(-1, 3, -1, -1)
@@ -545,6 +581,20 @@ def warp_reference(reference: torch.Tensor, motion: torch.Tensor) -> torch.Tenso
     ref = reference.unsqueeze(1).expand(b, per_frame, 3, h, w).reshape(n * ft, 3, h, w)
     warped = F.grid_sample(ref, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return warped.reshape(n, ft * 3, h, w)
+
+
+def warp_features(features: torch.Tensor, motion: torch.Tensor, cell: int) -> torch.Tensor:
+    """Backward-warp per-group feature maps by the group's motion.
+
+    features ``[N,C,H/cell,W/cell]``; motion ``[N,2,H/8,W/8]``, (x, y) offsets in full-resolution pixels at
+    which each position samples the reference. Returns ``[N,C,H/cell,W/cell]`` (bilinear, edges repeated).
+    """
+    n, _, h, w = features.shape
+    field = F.interpolate(motion, size=(h, w), mode="bilinear", align_corners=False) * (1.0 / cell)
+    xs = (torch.arange(w, device=motion.device).to(features.dtype) + 0.5) * (2.0 / w) - 1.0
+    ys = (torch.arange(h, device=motion.device).to(features.dtype) + 0.5) * (2.0 / h) - 1.0
+    grid = torch.stack([xs.view(1, 1, w) + field[:, 0] * (2.0 / w), ys.view(1, h, 1) + field[:, 1] * (2.0 / h)], -1)
+    return F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:

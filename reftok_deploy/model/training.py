@@ -121,6 +121,17 @@ def code_usage(ids: torch.Tensor, codebook_size: int) -> dict[str, float]:
     return {"distinct": int((counts > 0).sum()), "entropy_bits": float(-(p * p.log2()).sum())}
 
 
+def group_code_usage(counts: torch.Tensor) -> list[dict[str, float]]:
+    """Per latent group (frames 1-4, 5-8, ... of a block): distinct ids and entropy (bits per token) of
+    ``counts [G,codebook]``, the ids counted since the last checkpoint. A group whose tokens collapse to a
+    handful of codes (and decodes by copying the reference) shows here first."""
+    usage = []
+    for row in counts.double():
+        p = row[row > 0] / row.sum().clamp(min=1.0)
+        usage.append({"distinct": int((row > 0).sum()), "entropy_bits": round(float(-(p * p.log2()).sum()), 3)})
+    return usage
+
+
 # A teacher flow is trusted where warping the reference by it reproduces the frame to within
 # this mean absolute error ([-1,1] units; 0.08 ~ 10 levels, above sensor noise): elsewhere
 # (occlusions, new content, cuts) there is no true motion to learn.
@@ -260,6 +271,7 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         raise ReftokError(f"training diverged: the {what} is {value} at step {step + 1}; {kept}; lower --lr or "
                           "check the data")
     stop_at = recipe.steps
+    group_counts = torch.zeros(cfg.block_frames // cfg.temporal_factor, model.fsq.codebook_size, dtype=torch.long)
     autocast = torch.autocast(torch.device(device).type, dtype=AUTOCAST_DTYPES.get(recipe.autocast, torch.float32),
                               enabled=recipe.autocast is not None)
     max_seconds = None if recipe.max_minutes is None else 60.0 * recipe.max_minutes
@@ -300,6 +312,8 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         psnr = 10 * math.log10(4.0 / max(mse, 1e-10))
         running = psnr if running is None else 0.98 * running + 0.02 * psnr
         usage = code_usage(ids, model.fsq.codebook_size)
+        for g in range(group_counts.shape[0]):
+            group_counts[g] += torch.bincount(ids[:, g].reshape(-1).long().cpu(), minlength=model.fsq.codebook_size)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{running:.2f}", codes=usage["distinct"],
                         bits=f"{usage['entropy_bits']:.2f}", epe=f"{motion_error:.2f}")
@@ -312,9 +326,13 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
                            "motion_epe_px": None if math.isnan(motion_error) else round(motion_error, 3),
                            "lr": lr})
         if step % recipe.checkpoint_every == 0 or step == stop_at:
+            per_group = group_code_usage(group_counts)
+            group_counts.zero_()
             training.update(step=step, wall_seconds=round(elapsed + time.perf_counter() - started, 1),
                             train_psnr_running=round(running, 3), codes_used_last_batch=usage["distinct"],
-                            entropy_bits_last_batch=round(usage["entropy_bits"], 3))
+                            entropy_bits_last_batch=round(usage["entropy_bits"], 3),
+                            codes_per_group_since_last_checkpoint=per_group)
+            log_line(run, {"step": step, "checkpoint": True, "codes_per_group": per_group})
             # State first, checkpoint (its config last) second: a crash between them leaves a
             # checkpoint older than the state, which resume detects by their steps.
             _save_state(run, step, optimizer, sampler)

@@ -16,6 +16,10 @@ A version-2 checkpoint without the group context can seed one with it: the three
 neighbouring groups (the encoder's latent head, the decoder's first conv and its motion head; the
 context is always appended last) keep their weights for the old inputs and start at zero for the
 context, so the new model starts out coding and decoding exactly like its source.
+
+A version-2 checkpoint can seed a version-3 model (the same preset with ``aligned_reference``): the two
+decoder convs that read the aligned reference features (appended last) keep their weights for the old
+inputs and start at zero for the new ones; the version-3 model starts out decoding exactly like its source.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import torch
 from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.model.reftok import RefTok, RefTokConfig
 
+# Decoder convs version 3 gives the aligned reference features (appended after every version-2 input).
+_ALIGNED_INPUTS = ("decoder.s2.0.weight", "decoder.s1.0.weight")
 # Tensors whose output channels are the FSQ dimensions D.
 _ENCODER_HEAD = ("encoder.to_latent.weight", "encoder.to_latent.bias")
 # New encoder outputs start smaller than a fresh head's (which is scaled x10 for a cold start):
@@ -84,8 +90,11 @@ def warm_start_state(source: RefTok, target: RefTok) -> dict[str, torch.Tensor]:
                           f"{list(dst_levels)} must start with them")
     if source.cfg.group_context and not target.cfg.group_context:
         raise ReftokError("--init-from checkpoint uses the group context; the model being trained does not")
+    if source.cfg.aligned_reference and not target.cfg.aligned_reference:
+        raise ReftokError("--init-from checkpoint is model version 3 (aligned reference features); the model being "
+                          "trained is version 2")
     src_cfg, dst_cfg = source.cfg.to_dict(), target.cfg.to_dict()
-    for key in ("fsq_levels", "group_context"):
+    for key in ("fsq_levels", "group_context", "aligned_reference", "model_version"):
         src_cfg.pop(key), dst_cfg.pop(key)
     if src_cfg != dst_cfg:
         differ = sorted(k for k in dst_cfg if src_cfg.get(k) != dst_cfg[k])
@@ -97,6 +106,10 @@ def warm_start_state(source: RefTok, target: RefTok) -> dict[str, torch.Tensor]:
         segments = _input_segments(name, source.cfg)
         if segments is not None:
             value = _regroup_inputs(value, segments, _input_segments(name, target.cfg))
+        if name in _ALIGNED_INPUTS and value.shape[1] < fresh.shape[1] and value.shape[2:] == fresh.shape[2:]:
+            grown = torch.zeros_like(fresh)
+            grown[:, : value.shape[1]] = value
+            value = grown
         if name in _ENCODER_HEAD:
             fresh = fresh.clone()
             fresh[d_src:] *= _NEW_LATENT_SCALE
@@ -135,7 +148,7 @@ def upgrade_v1_state(source_config: dict, source_state: dict[str, torch.Tensor],
 
 
 def load_source_weights(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(model config dict, weights) of a checkpoint of model version 1 or 2, hash-checked, for warm starts."""
+    """(model config dict, weights) of a checkpoint of model version 1, 2 or 3, hash-checked, for warm starts."""
     from safetensors.torch import load_file
 
     from reftok_deploy.model.checkpoint import CONFIG, FORMAT, MAX_CONFIG_BYTES, WEIGHTS
@@ -148,8 +161,8 @@ def load_source_weights(folder: str | Path) -> tuple[dict, dict[str, torch.Tenso
         raise ReftokError(f"--init-from {folder}: not a checkpoint folder ({CONFIG} + {WEIGHTS})")
     config = read_json_object(folder / CONFIG, MAX_CONFIG_BYTES, FORMAT, "RefTok checkpoint config")
     model = config.get("model")
-    if not isinstance(model, dict) or model.get("model_version") not in (1, 2):
-        raise ReftokError(f"--init-from {folder}: model version must be 1 or 2")
+    if not isinstance(model, dict) or model.get("model_version") not in (1, 2, 3):
+        raise ReftokError(f"--init-from {folder}: model version must be 1, 2 or 3")
     if config.get("weights_sha256") != sha256_file(folder / WEIGHTS):
         raise ReftokError(f"--init-from {folder}: weights do not match the sha256 in {CONFIG}")
     return model, load_file(str(folder / WEIGHTS))
