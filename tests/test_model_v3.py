@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reftok_deploy.base.errors import ReftokError
-from reftok_deploy.model.reftok import PRESETS, RefTok, RefTokConfig, warp_features
+from reftok_deploy.model.reftok import PRESETS, RefTok, RefTokConfig, warp_features, warp_reference
 from reftok_deploy.model.warm_start import warm_start_state
 from tests.conftest import invoke, moving_still, randomised
 
@@ -77,13 +77,25 @@ def test_warp_features_by_whole_cells_is_a_shift(cell):
     dx, dy = 2, 1  # cells; in pixels: cell * (dx, dy)
     motion = torch.tensor([cell * dx, cell * dy], dtype=torch.float32).view(1, 2, 1, 1).expand(1, 2, 12 * cell // 8,
                                                                                                 16 * cell // 8)
-    warped = warp_features(features, motion, cell)
+    warped = warp_features(features, motion, cell, torch.float32)
     # Each position samples the features (dx, dy) cells further on; away from the borders that is a shift.
     assert torch.allclose(warped[..., :-dy, :-dx], features[..., dy:, dx:], atol=1e-5)
-    assert torch.allclose(warp_features(features, torch.zeros_like(motion), cell), features, atol=1e-6)
+    assert torch.allclose(warp_features(features, torch.zeros_like(motion), cell, torch.float32), features, atol=1e-6)
+
+
+def test_features_move_the_way_the_reference_does():
+    torch.manual_seed(7)
+    reference = torch.rand(1, 3, 16, 24) * 2 - 1
+    motion = torch.randn(1, 2, 2, 3) * 3  # [N,2,H/8,W/8] px, smooth after the upsampling both warps do
+    full = torch.nn.functional.interpolate(motion, scale_factor=8.0, mode="bilinear", align_corners=False)
+    # cell 1: "features" at full resolution are the reference itself, warped by one frame's motion
+    assert torch.allclose(warp_features(reference, motion, 1, torch.float32), warp_reference(reference, full), atol=1e-5)
 
 
 def test_version3_exports_and_every_cpu_runtime_agrees_with_pytorch(tmp_path, v3_model):
+    import onnx
+
+    from reftok_deploy.base.graph_regions import sampling_head_convs
     from reftok_deploy.base.manifest import open_export
     from reftok_deploy.export.job import ExportOptions, run_export
     from reftok_deploy.model.checkpoint import save_checkpoint
@@ -93,7 +105,12 @@ def test_version3_exports_and_every_cpu_runtime_agrees_with_pytorch(tmp_path, v3
     checkpoint = save_checkpoint(v3_model, tmp_path / "v3")
     manifest = run_export(checkpoint, tmp_path / "export", ExportOptions(dynamo=False, tensorrt="skip"))
     assert manifest["model"]["model_version"] == 3 and manifest["model"]["aligned_reference"] is True
+    assert manifest["preflight"] and all(report["ok"] for report in manifest["preflight"].values())
     export = open_export(tmp_path / "export")
+    decoder = onnx.load(str(export.artifact("decoder", "fp32")))
+    # three warps (the reference per frame, its features at 1/4 and 1/2); INT8 keeps only the motion head in float
+    assert [n.op_type for n in decoder.graph.node].count("GridSample") == 3
+    assert len(sampling_head_convs(decoder)) == 1
     clip = moving_still("astronaut", 9, 48)
     with make_runner("torch", None, checkpoint) as torch_runner:
         expected_tokens = FrameCodec(torch_runner).encode(clip[0], clip[1:])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import click
-import numpy as np
 
 from reftok_deploy.cli import OneLineCommand, user_errors
 from reftok_deploy.cli.options import (OUTPUT_RULE, checkpoint_option, gop_options, json_option, max_gops_option,
@@ -68,15 +67,13 @@ def main(legacy_videos, videos, suite, demo, checkpoint, twin_path, no_twin, wit
         click.echo(line)
 
 
-# Baseline columns: result key -> header (a column is printed when every clip has the baseline).
-BASELINE_COLUMNS = {"twin": "twin", "copy_reference": "copy", "block_motion_warp": "bmw", "x264": "x264"}
-
-
 def table_lines(clips: list[dict], summary: dict) -> list[str]:
     """The per-clip table, the mean row and the legend."""
-    shown = [key for key in BASELINE_COLUMNS if all(key in c for c in clips)]
+    from reftok_deploy.quality.evaluate import BASELINE_LABELS
+
+    shown = [key for key in BASELINE_LABELS if all(key in c for c in clips)]  # a column where every clip has it
     head = f"{'clip':<22}{'gops':>5}{'cuts':>5}{'bpp tok':>9}{'bpp all':>9}{'PSNR':>7}{'SSIM':>7}{'worst':>7}"
-    head += "".join(f"{BASELINE_COLUMNS[key]:>7}" for key in shown) + f"{'step':>6}{'codes':>6}{'bits':>6}  beats"
+    head += "".join(f"{BASELINE_LABELS[key]:>7}" for key in shown) + f"{'step':>6}{'codes':>6}{'bits':>6}  beats"
     lines = [head]
     for c in clips:
         line = (f"{click.format_filename(c['clip'], shorten=True)[:21]:<22}{c['gops']:>5}{c['cuts']:>5}"
@@ -84,7 +81,7 @@ def table_lines(clips: list[dict], summary: dict) -> list[str]:
                 f"{c['reftok']['ssim']:>7.3f}{c['reftok']['worst_frame_psnr']:>7.2f}")
         line += "".join(f"{c[key]['psnr']:>7.2f}" for key in shown)
         line += (f"{c['temporal_change']['ratio']:>6.2f}{c['code_usage']['distinct']:>6}"
-                 f"{c['code_usage']['entropy_bits']:>6.2f}  " + (",".join(BASELINE_COLUMNS[k] for k in c["beats"]) or "-"))
+                 f"{c['code_usage']['entropy_bits']:>6.2f}  " + (",".join(BASELINE_LABELS[k] for k in c["beats"]) or "-"))
         lines.append(line)
     mean = (f"{'mean':<22}{'':>10}{summary['bpp_tokens']:>9.4f}{summary['bpp_with_reference_png']:>9.4f}"
             f"{summary['reftok']['psnr']:>7.2f}{summary['reftok']['ssim']:>7.3f}{'':>7}")
@@ -93,7 +90,7 @@ def table_lines(clips: list[dict], summary: dict) -> list[str]:
               "PSNR/SSIM: block frames; worst: lowest frame PSNR; twin: reference-free twin; copy: the reference "
               "shown for every frame (zero tokens); ")
     if "block_motion_warp" in shown:
-        bpp = np.mean([c["block_motion_warp"]["bpp_motion"] for c in clips])
+        bpp = summary["block_motion_warp"]["bpp_motion"]
         legend += (f"bmw: the reference warped by one half-pel vector per 8x8 block and frame, no residual (its "
                    f"motion alone would cost about {bpp:.4f} bpp, not counted); ")
     legend += ("x264: at the tokens' bits, references free; step: within-group frame change, decoded / original "

@@ -72,7 +72,7 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         raise ReftokError(f"{path} has no 'model' section")
     version = model.get("model_version")
     if version == 1:
-        raise ReftokError(f"{folder} is a version-1 checkpoint; this reftok-deploy runs versions 2 and 3 (motion-compensated): "
+        raise ReftokError(f"{folder} is a version-1 checkpoint; this reftok-deploy runs versions {', '.join(map(str, MODEL_VERSIONS))} (motion-compensated): "
                           f"use the shipped checkpoint, or train one seeded from it with reftok-train --init-from {folder}")
     if version not in MODEL_VERSIONS:
         raise ReftokError(f"{folder} is model version {version!r}; this reftok-deploy reads versions "

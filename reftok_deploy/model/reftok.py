@@ -1,4 +1,4 @@
-"""RefTok version 2: a block video tokenizer conditioned on an unquantised reference frame.
+"""RefTok versions 2 and 3: a block video tokenizer conditioned on an unquantised reference frame.
 
 Layout conventions (every public method states its own):
 - reference: ``[B,3,H,W]`` float32 in [-1,1], RGB, never quantised.
@@ -516,8 +516,8 @@ class RefTok(nn.Module):
         aligned4 = aligned2 = None
         if self.cfg.aligned_reference:
             group_motion = motion.reshape(motion.shape[0], -1, 2, *motion.shape[-2:]).mean(1)  # [N,2,H/8,W/8] px
-            aligned4 = warp_features(feats[1], group_motion, 4)
-            aligned2 = warp_features(feats[0], group_motion, 2)
+            aligned4 = warp_features(feats[1], group_motion, 4, reference.dtype)
+            aligned2 = warp_features(feats[0], group_motion, 2, reference.dtype)
         x = self.decoder.middle(x, feats, aligned4)
         motion = F.interpolate(motion, scale_factor=8.0, mode="bilinear", align_corners=False)
         warped = warp_reference(reference, motion)
@@ -557,6 +557,23 @@ class RefTok(nn.Module):
         return parts, ids.reshape(b, -1, ids.shape[-2], ids.shape[-1]), latent
 
 
+def sampling_grid(offsets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Offsets ``[N,2,H,W]`` ((x, y) in cells of this map) -> grid_sample's grid ``[N,H,W,2]``, normalised
+    coordinates (align_corners=False) of each cell centre moved by its offset, in ``dtype``.
+
+    Sizes come from the offsets, never from the map sampled: an exported graph then keeps the sampling
+    region (motion, grid) apart from the features it samples. Integer ranges, cast after: TensorRT parses
+    a float Range only when its bounds are constants. Pass float32 under bf16 autocast: bf16's 8-bit
+    mantissa would put cell centres up to 0.25 cell off near the right and bottom edges of a 256-cell map.
+    """
+    h, w = offsets.shape[-2:]
+    xs = (torch.arange(w, device=offsets.device).to(dtype) + 0.5) * (2.0 / w) - 1.0
+    ys = (torch.arange(h, device=offsets.device).to(dtype) + 0.5) * (2.0 / h) - 1.0
+    gx = xs.view(1, 1, w) + offsets[:, 0] * (2.0 / w)
+    gy = ys.view(1, h, 1) + offsets[:, 1] * (2.0 / h)
+    return torch.stack([gx, gy], dim=-1)
+
+
 def warp_reference(reference: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
     """Backward-warp the reference once per frame.
 
@@ -567,34 +584,24 @@ def warp_reference(reference: torch.Tensor, motion: torch.Tensor) -> torch.Tenso
     b, _, h, w = reference.shape
     n, c, _, _ = motion.shape
     ft = c // 2
-    motion = motion.reshape(n * ft, 2, h, w)
-    # Pixel centres in grid_sample's normalised [-1,1] coordinates (align_corners=False).
-    # Integer ranges, cast after: TensorRT parses a float Range only when its bounds are constants.
-    # In the reference's dtype: under bf16 autocast the motion is bf16, whose 8-bit mantissa would put
-    # the pixel centres up to 0.25 px off near the right and bottom edges at 256 px.
-    xs = (torch.arange(w, device=motion.device).to(reference.dtype) + 0.5) * (2.0 / w) - 1.0
-    ys = (torch.arange(h, device=motion.device).to(reference.dtype) + 0.5) * (2.0 / h) - 1.0
-    gx = xs.view(1, 1, w) + motion[:, 0] * (2.0 / w)
-    gy = ys.view(1, h, 1) + motion[:, 1] * (2.0 / h)
-    grid = torch.stack([gx, gy], dim=-1)  # [N*ft,H,W,2]
+    grid = sampling_grid(motion.reshape(n * ft, 2, h, w), reference.dtype)  # [N*ft,H,W,2]
     per_frame = n * ft // b
     ref = reference.unsqueeze(1).expand(b, per_frame, 3, h, w).reshape(n * ft, 3, h, w)
     warped = F.grid_sample(ref, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return warped.reshape(n, ft * 3, h, w)
 
 
-def warp_features(features: torch.Tensor, motion: torch.Tensor, cell: int) -> torch.Tensor:
+def warp_features(features: torch.Tensor, motion: torch.Tensor, cell: int, dtype: torch.dtype) -> torch.Tensor:
     """Backward-warp per-group feature maps by the group's motion.
 
     features ``[N,C,H/cell,W/cell]``; motion ``[N,2,H/8,W/8]``, (x, y) offsets in full-resolution pixels at
-    which each position samples the reference. Returns ``[N,C,H/cell,W/cell]`` (bilinear, edges repeated).
+    which each position samples the reference; ``dtype`` that of the grid (the reference's). Returns
+    ``[N,C,H/cell,W/cell]`` (bilinear, edges repeated).
     """
-    n, _, h, w = features.shape
-    field = F.interpolate(motion, size=(h, w), mode="bilinear", align_corners=False) * (1.0 / cell)
-    xs = (torch.arange(w, device=motion.device).to(features.dtype) + 0.5) * (2.0 / w) - 1.0
-    ys = (torch.arange(h, device=motion.device).to(features.dtype) + 0.5) * (2.0 / h) - 1.0
-    grid = torch.stack([xs.view(1, 1, w) + field[:, 0] * (2.0 / w), ys.view(1, h, 1) + field[:, 1] * (2.0 / h)], -1)
-    return F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    offsets = F.interpolate(motion, scale_factor=8.0 / cell, mode="bilinear", align_corners=False) * (1.0 / cell)
+    grid = sampling_grid(offsets, dtype)
+    return F.grid_sample(features, grid.to(features.dtype), mode="bilinear", padding_mode="border",
+                         align_corners=False)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -114,22 +114,24 @@ def _load_state(run: Path, optimizer: torch.optim.Optimizer, sampler: TrainingSa
     return step
 
 
+def usage_of_counts(counts: torch.Tensor) -> dict[str, float]:
+    """A histogram of ids ``[codebook]`` -> distinct ids and the entropy (bits per token)."""
+    counts = counts.double()
+    p = counts[counts > 0] / counts.sum().clamp(min=1.0)
+    return {"distinct": int((counts > 0).sum()), "entropy_bits": float(-(p * p.log2()).sum())}
+
+
 def code_usage(ids: torch.Tensor, codebook_size: int) -> dict[str, float]:
     """Distinct ids and the entropy (bits per token) of their histogram, for int ids of any shape."""
-    counts = torch.bincount(ids.reshape(-1).long(), minlength=codebook_size).double()
-    p = counts[counts > 0] / counts.sum()
-    return {"distinct": int((counts > 0).sum()), "entropy_bits": float(-(p * p.log2()).sum())}
+    return usage_of_counts(torch.bincount(ids.reshape(-1).long(), minlength=codebook_size))
 
 
 def group_code_usage(counts: torch.Tensor) -> list[dict[str, float]]:
     """Per latent group (frames 1-4, 5-8, ... of a block): distinct ids and entropy (bits per token) of
     ``counts [G,codebook]``, the ids counted since the last checkpoint. A group whose tokens collapse to a
     handful of codes (and decodes by copying the reference) shows here first."""
-    usage = []
-    for row in counts.double():
-        p = row[row > 0] / row.sum().clamp(min=1.0)
-        usage.append({"distinct": int((row > 0).sum()), "entropy_bits": round(float(-(p * p.log2()).sum()), 3)})
-    return usage
+    return [{"distinct": u["distinct"], "entropy_bits": round(u["entropy_bits"], 3)}
+            for u in map(usage_of_counts, counts)]
 
 
 # A teacher flow is trusted where warping the reference by it reproduces the frame to within
@@ -216,7 +218,7 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
     if resume and (run / STATE).is_file():
         loaded, config = load_checkpoint(run / "checkpoint")
         if loaded.cfg != cfg:
-            raise ReftokError(f"{run} holds a different model config; resume with the same --preset, --no-reference and --group-context/--no-group-context")
+            raise ReftokError(f"{run} holds a different model config; resume with the same --preset, --no-reference, --model-version and --group-context/--no-group-context")
         model.load_state_dict(loaded.state_dict())
         step = _load_state(run, optimizer, sampler)
         saved = config.get("training", {}).get("step")
@@ -320,19 +322,21 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         if time_fraction >= 1.0:
             stop_at = step  # time budget spent: checkpoint now and stop
             training["stopped_by"] = "max_minutes"
-        if step % 50 == 0 or step == stop_at:
-            log_line(run, {"step": step, "loss": round(loss.item(), 5), "psnr_running": round(running, 3),
-                           "codes": usage["distinct"], "entropy_bits": round(usage["entropy_bits"], 3),
-                           "motion_epe_px": None if math.isnan(motion_error) else round(motion_error, 3),
-                           "lr": lr})
-        if step % recipe.checkpoint_every == 0 or step == stop_at:
+        at_checkpoint = step % recipe.checkpoint_every == 0 or step == stop_at
+        per_group = None
+        if at_checkpoint:
             per_group = group_code_usage(group_counts)
             group_counts.zero_()
+        if step % 50 == 0 or at_checkpoint:
+            record = {"step": step, "loss": round(loss.item(), 5), "psnr_running": round(running, 3),
+                      "codes": usage["distinct"], "entropy_bits": round(usage["entropy_bits"], 3),
+                      "motion_epe_px": None if math.isnan(motion_error) else round(motion_error, 3), "lr": lr}
+            log_line(run, record if per_group is None else {**record, "checkpoint": True, "codes_per_group": per_group})
+        if at_checkpoint:
             training.update(step=step, wall_seconds=round(elapsed + time.perf_counter() - started, 1),
                             train_psnr_running=round(running, 3), codes_used_last_batch=usage["distinct"],
                             entropy_bits_last_batch=round(usage["entropy_bits"], 3),
                             codes_per_group_since_last_checkpoint=per_group)
-            log_line(run, {"step": step, "checkpoint": True, "codes_per_group": per_group})
             # State first, checkpoint (its config last) second: a crash between them leaves a
             # checkpoint older than the state, which resume detects by their steps.
             _save_state(run, step, optimizer, sampler)

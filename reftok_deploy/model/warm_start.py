@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from reftok_deploy.base.spec import MODEL_VERSIONS
 from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.model.reftok import RefTok, RefTokConfig
 
@@ -81,8 +82,9 @@ def _regroup_inputs(value: torch.Tensor, source: list[tuple[str, int]], target: 
 def warm_start_state(source: RefTok, target: RefTok) -> dict[str, torch.Tensor]:
     """State dict for ``target`` holding ``source``'s weights.
 
-    ``target.cfg`` may differ from ``source.cfg`` by extra FSQ levels appended after the source's
-    and by the group context switched on; anything else is a :class:`ReftokError`.
+    ``target.cfg`` may differ from ``source.cfg`` by extra FSQ levels appended after the source's,
+    by the group context switched on and by version 3's aligned reference features (version 2 -> 3);
+    anything else is a :class:`ReftokError`. New inputs start at zero: the target decodes as its source.
     """
     src_levels, dst_levels = source.cfg.fsq_levels, target.cfg.fsq_levels
     if dst_levels[: len(src_levels)] != src_levels:
@@ -127,7 +129,7 @@ _V1_SHARED = ("channels", "res_blocks", "fsq_levels", "temporal_factor", "block_
 
 
 def upgrade_v1_state(source_config: dict, source_state: dict[str, torch.Tensor], target: RefTok) -> dict[str, torch.Tensor]:
-    """State dict for a version-2 ``target`` seeded from version-1 weights (see the module docstring)."""
+    """State dict for a version-2 or -3 ``target`` seeded from version-1 weights (see the module docstring)."""
     differ = [k for k in _V1_SHARED if source_config.get(k) != target.cfg.to_dict()[k]]
     if differ:
         raise ReftokError(f"--init-from version-1 checkpoint differs from the model being trained in {differ}")
@@ -161,8 +163,8 @@ def load_source_weights(folder: str | Path) -> tuple[dict, dict[str, torch.Tenso
         raise ReftokError(f"--init-from {folder}: not a checkpoint folder ({CONFIG} + {WEIGHTS})")
     config = read_json_object(folder / CONFIG, MAX_CONFIG_BYTES, FORMAT, "RefTok checkpoint config")
     model = config.get("model")
-    if not isinstance(model, dict) or model.get("model_version") not in (1, 2, 3):
-        raise ReftokError(f"--init-from {folder}: model version must be 1, 2 or 3")
+    if not isinstance(model, dict) or model.get("model_version") not in (1, *MODEL_VERSIONS):
+        raise ReftokError(f"--init-from {folder}: model version must be one of {', '.join(map(str, (1, *MODEL_VERSIONS)))}")
     if config.get("weights_sha256") != sha256_file(folder / WEIGHTS):
         raise ReftokError(f"--init-from {folder}: weights do not match the sha256 in {CONFIG}")
     return model, load_file(str(folder / WEIGHTS))

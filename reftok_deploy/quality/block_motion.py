@@ -18,7 +18,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-BLOCK = 8  # pixels per side of a motion block (the tokenizer's spatial factor)
+from reftok_deploy.base.spec import SPATIAL_FACTOR
+
+BLOCK = SPATIAL_FACTOR  # pixels per side of a motion block: one vector per token cell
 PRECISION = 0.5  # vector resolution in pixels (half-pel)
 
 
