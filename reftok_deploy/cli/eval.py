@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
@@ -80,7 +81,8 @@ def table_lines(clips: list[dict], summary: dict) -> list[str]:
                 f"{c['bpp_tokens']:>9.4f}{c['bpp_with_reference_png']:>9.4f}{c['reftok']['psnr']:>7.2f}"
                 f"{c['reftok']['ssim']:>7.3f}{c['reftok']['worst_frame_psnr']:>7.2f}")
         line += "".join(f"{c[key]['psnr']:>7.2f}" for key in shown)
-        line += (f"{c['temporal_change']['ratio']:>6.2f}{c['code_usage']['distinct']:>6}"
+        ratio = c["temporal_change"]["ratio"]  # inf where the original does not change (a static clip)
+        line += (f"{ratio:>6.2f}" if math.isfinite(ratio) else f"{'-':>6}") + (f"{c['code_usage']['distinct']:>6}"
                  f"{c['code_usage']['entropy_bits']:>6.2f}  " + (",".join(BASELINE_LABELS[k] for k in c["beats"]) or "-"))
         lines.append(line)
     mean = (f"{'mean':<22}{'':>10}{summary['bpp_tokens']:>9.4f}{summary['bpp_with_reference_png']:>9.4f}"
