@@ -96,5 +96,6 @@ def table_lines(clips: list[dict], summary: dict) -> list[str]:
         legend += (f"bmw: the reference warped by one half-pel vector per 8x8 block and frame, no residual (its "
                    f"motion alone would cost about {bpp:.4f} bpp, not counted); ")
     legend += ("x264: at the tokens' bits, references free; step: within-group frame change, decoded / original "
-               "(1 = smooth); codes/bits: distinct token ids, entropy per token; beats: the baselines RefTok's PSNR is above.")
+               "(1 = smooth); codes/bits: distinct token ids, entropy per token; beats: the baselines RefTok's PSNR is "
+               "above by more than 0.01 dB (a tie is no win).")
     return lines + [legend]
