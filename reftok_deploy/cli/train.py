@@ -65,6 +65,9 @@ def parse_levels(text: str) -> tuple[int, ...]:
                    "its tokens in use; version 2's flow teacher does that).")
 @click.option("--flow-weight", default=0.2, show_default=True, type=FiniteFloatRange(0, 100),
               help="Weight of the flow teacher (decoded motion vs true/DIS flow, L1 in pixels), 0 to 100.")
+@click.option("--encoder-flow-weight", default=0.0, show_default=True, type=FiniteFloatRange(0, 100),
+              help="Weight of the encoder-flow teacher (the encoder's cost-volume motion vs the true/DIS flow's "
+                   "8x8 block means, L1 in pixels), 0 to 100; 0 leaves the encoder's motion to the reconstruction.")
 @click.option("--gate-penalty", default=0.002, show_default=True, type=FiniteFloatRange(0, 100),
               help="Weight of the mean residual gate in the loss (keeps static content on the exact reference path).")
 @click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1, MAX_COUNT),
@@ -85,7 +88,7 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @json_option("Print the checkpoint folder and its training record as JSON.")
 @verbose_option
 @user_errors
-def main(data, output, preset, no_reference, model_version, fsq_levels, group_context, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, gate_penalty, checkpoint_every, no_builtin_stills,
+def main(data, output, preset, no_reference, model_version, fsq_levels, group_context, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, encoder_flow_weight, gate_penalty, checkpoint_every, no_builtin_stills,
          resume, threads, device, workers, max_minutes, autocast, as_json) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
     from reftok_deploy.model.reftok import PRESETS
@@ -101,7 +104,8 @@ def main(data, output, preset, no_reference, model_version, fsq_levels, group_co
     if lr is None:
         lr = PRESET_LR[preset]
     recipe = Recipe(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
-                    reference_dropout=reference_dropout, flow_weight=flow_weight, gate_penalty=gate_penalty, loss=loss,
+                    reference_dropout=reference_dropout, flow_weight=flow_weight, encoder_flow_weight=encoder_flow_weight,
+                    gate_penalty=gate_penalty, loss=loss,
                     builtin_stills=not no_builtin_stills, max_minutes=max_minutes,
                     autocast=autocast)
     plan = OutputPlan()  # every path before any work; a run that fails before its first checkpoint leaves nothing

@@ -486,15 +486,25 @@ class RefTok(nn.Module):
     # ---- public API ----------------------------------------------------
     def encode_latent(self, reference: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """Unquantised latents ``[B*G,D,H/8,W/8]`` for frames ``[B,3,T,H,W]`` in [-1,1]."""
+        return self._encode(reference, frames)[0]
+
+    def _encode(self, reference: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(latents ``[B*G,D,H/8,W/8]``, the encoder's measured motion ``[B,2,2,T,H/8,W/8]`` or None for the twin).
+
+        The measured motion is the cost volumes' soft-argmax per frame, at 1/4 (pooled to 1/8) and at 1/8
+        (dim 1), x and y (dim 2), in pixels of the reference seen from the frame: what the training's
+        encoder-flow teacher supervises."""
         groups = frames.shape[2] // self.cfg.temporal_factor
         feats = self.reference_features(reference)
         folded = self._fold(frames)
-        costs = None
+        costs = measured = None
         if feats is not None:
             feats = self._per_group(feats, groups)
             folded = torch.cat([folded, folded - self._reference_pixels(reference, groups)], 1)
             costs = self._costs(reference, frames)
-        return self.encoder(folded, feats, costs, frames.shape[0])
+            b, _, t, h, w = frames.shape
+            measured = costs[2].reshape(b, t, 2, 2, h // 8, w // 8).permute(0, 2, 3, 1, 4, 5) * MOTION_UNIT_PX
+        return self.encoder(folded, feats, costs, frames.shape[0]), measured
 
     def _reference_pixels(self, reference: torch.Tensor, groups: int) -> torch.Tensor:
         """Reference ``[B,3,H,W]`` laid out like folded frames: ``[B*G,ft*3,H,W]``."""
@@ -548,12 +558,15 @@ class RefTok(nn.Module):
 
     def forward(self, reference: torch.Tensor, frames: torch.Tensor
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Training pass: (decoded parts, see :meth:`decode_parts`; ids ``[B,G,h,w]`` int32;
-        pre-quantisation latents ``[B*G,D,h,w]`` for the saturation penalty)."""
+        """Training pass: (decoded parts, see :meth:`decode_parts`, plus RefTok's ``measured_motion``, see
+        :meth:`_encode`; ids ``[B,G,h,w]`` int32; pre-quantisation latents ``[B*G,D,h,w]`` for the saturation
+        penalty)."""
         b = frames.shape[0]
-        latent = self.encode_latent(reference, frames)
+        latent, measured = self._encode(reference, frames)
         codes, ids = self.fsq(latent)
         parts = self.decode_parts(reference, codes, b)
+        if measured is not None:
+            parts["measured_motion"] = measured
         return parts, ids.reshape(b, -1, ids.shape[-2], ids.shape[-1]), latent
 
 
