@@ -65,3 +65,21 @@ def test_eval_reports_the_baseline_and_what_the_model_beats():
     assert summary["psnr_over_block_motion_db"] == pytest.approx(result["reftok"]["psnr"] - bmw["psnr"])
     assert summary["block_motion_warp"]["bpp_motion"] == pytest.approx(bmw["bpp_motion"])
     assert "block_motion_warp" not in evaluate_frames("pan", clip, model, None, block_motion=False)
+
+
+def test_coarser_blocks_cost_fewer_bits_and_the_table_says_their_size(video_file):
+    from reftok_deploy.base.gop_plan import plan_gops
+    from reftok_deploy.cli.eval import main as eval_main
+    from reftok_deploy.quality.evaluate import block_motion_baseline
+    from tests.conftest import invoke
+
+    ref = textured(64)
+    clip = np.stack([np.roll(ref, (k // 2, k), axis=(0, 1)) for k in range(9)])  # a diagonal pan
+    gops = plan_gops(clip, 8, 1, None)
+    original = np.concatenate([g.block for g in gops])
+    fine, coarse = (block_motion_baseline(gops, original, 64 * 64, side) for side in (8, 16))
+    assert (fine["block"], coarse["block"]) == (8, 16)
+    assert 0 < coarse["bpp_motion"] < 0.5 * fine["bpp_motion"]
+    out = invoke(eval_main, ["--video", video_file, "--size", "64", "--no-twin", "--no-x264", "--max-gops", "1",
+                             "--block-motion-size", "16"])
+    assert out.exit_code == 0 and "one half-pel vector per 16x16 block" in out.stdout, out.output

@@ -36,7 +36,11 @@ class _LegacyVideos(click.Argument):
               help="x264 at RefTok's tokens-only bits (references free) [default: on where imageio-ffmpeg is installed].")
 @click.option("--block-motion/--no-block-motion", "block_motion", default=True, show_default=True,
               help="The block-motion warp baseline: the reference moved by one half-pel vector per 8x8 block and frame "
+                   "(--block-motion-size) "
                    "(OpenCV DIS flow averaged per block), no residual; its motion bits are printed, not matched.")
+@click.option("--block-motion-size", type=click.Choice(["8", "16", "32"]), default="8", show_default=True,
+              help="Pixels per side of the block-motion warp's blocks: coarser blocks cost fewer motion bits "
+                   "(at 16 a fifth to a quarter of 8's).")
 @size_option("Frames are resized (short side) and centre-cropped to SIZE x SIZE.", default=256)
 @max_gops_option(None, "Score at most this many GOPs per clip [default: all].")
 @gop_options
@@ -48,7 +52,7 @@ class _LegacyVideos(click.Argument):
 @json_option("Print one JSON document instead of a table.")
 @verbose_option
 @user_errors
-def main(legacy_videos, videos, suite, demo, checkpoint, twin_path, no_twin, with_x264, block_motion, size, max_gops, refresh_blocks, cut_threshold,
+def main(legacy_videos, videos, suite, demo, checkpoint, twin_path, no_twin, with_x264, block_motion, block_motion_size, size, max_gops, refresh_blocks, cut_threshold,
          grid_dir, batch, threads, as_json) -> None:
     """Score --video files (and/or --suite / --demo clips) with the GOPs reftok-run forms.
 
@@ -58,7 +62,8 @@ def main(legacy_videos, videos, suite, demo, checkpoint, twin_path, no_twin, wit
     checkpoint = checkpoint or shipped_checkpoint()
     twin_path = None if no_twin else twin_path or shipped_checkpoint(twin=True)
     job = check_eval_job(EvalJob(checkpoint, twin_path, tuple(videos) + tuple(legacy_videos), suite, demo, size, batch,
-                                 max_gops, refresh_blocks, cut_threshold, with_x264, grid_dir, block_motion),
+                                 max_gops, refresh_blocks, cut_threshold, with_x264, grid_dir, block_motion,
+                                 int(block_motion_size)),
                          note=lambda line: click.echo(line, err=True))
     clips, summary = score(job)
     if as_json:
@@ -92,8 +97,8 @@ def table_lines(clips: list[dict], summary: dict) -> list[str]:
               "PSNR/SSIM: block frames; worst: lowest frame PSNR; twin: reference-free twin; copy: the reference "
               "shown for every frame (zero tokens); ")
     if "block_motion_warp" in shown:
-        bpp = summary["block_motion_warp"]["bpp_motion"]
-        legend += (f"bmw: the reference warped by one half-pel vector per 8x8 block and frame, no residual (its "
+        bpp, side = summary["block_motion_warp"]["bpp_motion"], clips[0]["block_motion_warp"]["block"]
+        legend += (f"bmw: the reference warped by one half-pel vector per {side}x{side} block and frame, no residual (its "
                    f"motion alone would cost about {bpp:.4f} bpp, not counted); ")
     legend += ("x264: at the tokens' bits, references free; step: within-group frame change, decoded / original "
                "(1 = smooth); codes/bits: distinct token ids, entropy per token; beats: the baselines RefTok's PSNR is "

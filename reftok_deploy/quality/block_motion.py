@@ -1,4 +1,5 @@
-"""The block-motion warp baseline: the reference moved by one half-pel vector per 8x8 block and frame.
+"""The block-motion warp baseline: the reference moved by one half-pel vector per 8x8 block and frame
+(or coarser blocks, which cost fewer motion bits).
 
 What a classical codec would send before any residual, and the bound a reference-based tokenizer
 should pass: for every block frame, OpenCV's DIS optical flow (frame -> reference, the backward flow a
@@ -61,9 +62,9 @@ def motion_bits(vectors: np.ndarray, precision: float = PRECISION) -> float:
     return bits
 
 
-def block_motion_warp(reference: np.ndarray, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(reference ``[H,W,3]``, block frames ``[k,H,W,3]``, uint8 RGB) -> (warped ``[k,H,W,3]`` uint8,
-    vectors ``[k,bh,bw,2]`` float32 pixels)."""
+def block_motion_warp(reference: np.ndarray, block: np.ndarray, size: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """(reference ``[H,W,3]``, block frames ``[k,H,W,3]``, uint8 RGB; ``size`` pixels per side of a motion block)
+    -> (warped ``[k,H,W,3]`` uint8, vectors ``[k,ceil(H/size),ceil(W/size),2]`` float32 pixels)."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    vectors = np.stack([block_flow(reference, frame, dis=dis) for frame in block])
-    return np.stack([warp_by_blocks(reference, v) for v in vectors]), vectors
+    vectors = np.stack([block_flow(reference, frame, block=size, dis=dis) for frame in block])
+    return np.stack([warp_by_blocks(reference, v, block=size) for v in vectors]), vectors

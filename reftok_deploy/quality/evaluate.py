@@ -8,7 +8,7 @@ cut, the tail block padded with its last frame. Quality is measured on every blo
 
 Per clip: PSNR/SSIM of RefTok, the twin, ``copy_reference`` (showing the reference for every
 block frame: zero tokens, the floor a reference-based tokenizer must not fall under), the
-``block_motion_warp`` (the reference moved by one half-pel vector per 8x8 block and frame, no residual:
+``block_motion_warp`` (the reference moved by one half-pel vector per 8x8 block, or coarser, and frame, no residual:
 the bound motion alone reaches, its motion bits stated; :mod:`reftok_deploy.quality.block_motion`) and,
 where available, x264 at RefTok's tokens-only bits (:mod:`reftok_deploy.quality.x264`); which of those
 RefTok beats (``beats``: above by more than ``TIE_DB``, so a tie in the printed table is no win); the worst frame; the
@@ -88,9 +88,11 @@ def code_usage(tokens: np.ndarray, codebook_size: int) -> dict[str, float]:
 def evaluate_frames(name: str, frames: np.ndarray, reftok: RefTok, twin: RefTok | None, batch: int = 4,
                     max_gops: int | None = None, refresh_blocks: int = 1,
                     cut_threshold: float | None = DEFAULT_CUT_THRESHOLD, x264: bool = False,
-                    grid: Path | None = None, block_motion: bool = True) -> dict[str, Any]:
+                    grid: Path | None = None, block_motion: bool = True,
+                    block_motion_size: int = 8) -> dict[str, Any]:
     """Score a clip ``[N,H,W,3]`` uint8 RGB (see the module docstring); ``grid``: save a PNG there
-    (rows: original | RefTok | twin | copy the reference; columns: frames 1, 4, 8 of the first full GOP)."""
+    (rows: original | RefTok | twin | copy the reference; columns: frames 1, 4, 8 of the first full GOP);
+    ``block_motion_size``: pixels per side of the block-motion warp's blocks."""
     if twin is not None and (twin.cfg.block_frames, twin.cfg.fsq_levels, twin.cfg.temporal_factor) != (
             reftok.cfg.block_frames, reftok.cfg.fsq_levels, reftok.cfg.temporal_factor):
         raise ReftokError("RefTok and twin checkpoints differ in block length or token budget")
@@ -129,7 +131,7 @@ def evaluate_frames(name: str, frames: np.ndarray, reftok: RefTok, twin: RefTok 
         last = gops[-1].index + len(gops[-1].block) + 1
         result["x264"] = x264_at_bits(frames[:last], [g.index for g in gops], bits_tokens)
     if block_motion:
-        result["block_motion_warp"] = block_motion_baseline(gops, original, pixels)
+        result["block_motion_warp"] = block_motion_baseline(gops, original, pixels, block_motion_size)
     result["beats"] = [name for name in BASELINES if name in result
                        and result["reftok"]["psnr"] > result[name]["psnr"] + TIE_DB]
     if grid is not None:
@@ -146,17 +148,19 @@ BASELINE_LABELS = {"twin": "twin", "copy_reference": "copy", "block_motion_warp"
 BASELINES = tuple(BASELINE_LABELS)
 
 
-def block_motion_baseline(gops: list[Gop], original: np.ndarray, pixels: int) -> dict[str, float]:
-    """PSNR/SSIM of the block-motion warp over the GOPs' block frames (``original`` ``[N,H,W,3]`` uint8, in
-    GOP order) and the bits per pixel its vectors would cost (not counted against any budget)."""
+def block_motion_baseline(gops: list[Gop], original: np.ndarray, pixels: int, block: int = 8) -> dict[str, float]:
+    """PSNR/SSIM of the block-motion warp (``block`` x ``block`` pixels per vector) over the GOPs' block frames
+    (``original`` ``[N,H,W,3]`` uint8, in GOP order), the bits per pixel its vectors would cost (not counted
+    against any budget) and the block size."""
     from reftok_deploy.quality.block_motion import block_motion_warp, motion_bits
 
     warped, bits = [], 0.0
     for gop in gops:
-        frames, vectors = block_motion_warp(gop.reference, gop.block)
+        frames, vectors = block_motion_warp(gop.reference, gop.block, block)
         warped.append(frames)
         bits += motion_bits(vectors)
-    return dict(clip_quality(original, np.concatenate(warped)), bpp_motion=bits / (original.shape[0] * pixels))
+    return dict(clip_quality(original, np.concatenate(warped)), bpp_motion=bits / (original.shape[0] * pixels),
+                block=block)
 
 
 def save_grid(path: Path, gops: list[Gop], recons: list[np.ndarray], twin_recons: list[np.ndarray] | None,

@@ -47,6 +47,7 @@ class EvalJob:
     with_x264: bool | None = None
     grid_dir: str | None = None
     block_motion: bool = True
+    block_motion_size: int = 8
 
 
 def check_eval_job(job: EvalJob, note: Callable[[str], None]) -> EvalJob:
@@ -103,5 +104,6 @@ def score(job: EvalJob) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 frames = read_video(name, size=job.size)
             clips.append(evaluate_frames(str(name), frames, reftok, twin, batch=job.batch, max_gops=job.max_gops,
                                          refresh_blocks=job.refresh_blocks, cut_threshold=job.cut_threshold or None,
-                                         x264=job.with_x264, grid=grid, block_motion=job.block_motion))
+                                         x264=job.with_x264, grid=grid, block_motion=job.block_motion,
+                                         block_motion_size=job.block_motion_size))
     return clips, summarize(clips)
