@@ -81,10 +81,28 @@ def export_graph(model: RefTok, graph: str, path: str | Path, dynamo: bool = Tru
             warnings.simplefilter("ignore")
             extra = {"external_data": False} if dynamo else {}
             torch.onnx.export(module, inputs, tmp, dynamo=dynamo, opset_version=opset, **names, **dynamic, **extra)
-        proto = strip_exporter_metadata(inline_identity_initializers(onnx.load(tmp)))
+        proto = strip_exporter_metadata(inline_identity_initializers(fold_weights(onnx.load(tmp))))
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, tmp)
     return path
+
+# Larger than any weight a RefTok config may ask for (CONFIG_LIMITS: 1024 x 1024 x 12 x 12).
+WEIGHT_FOLD_LIMIT = 1 << 28
+
+
+def fold_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold every computation on weights alone into an initializer, in place, and drop what is left unused.
+
+    The model computes some conv weights from its parameters (a conv over a pixel unshuffle read as one
+    strided conv, a conv over a Concat split per part): runtimes, quantisers and TensorRT want Conv weights
+    constant. The dynamo exporter folds only tensors under 8192 elements; this folds them all.
+    """
+    import onnxscript.optimizer
+
+    onnxscript.optimizer.fold_constants(proto, input_size_limit=WEIGHT_FOLD_LIMIT, output_size_limit=WEIGHT_FOLD_LIMIT)
+    onnxscript.optimizer.remove_unused_nodes(proto)
+    return proto
+
 
 def strip_exporter_metadata(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Drop the exporter's per-node debug records (source stack traces with this machine's paths,

@@ -356,17 +356,19 @@ def test_the_cost_volume_matmuls_read_no_weights_and_stay_in_the_cost_volume_reg
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 def test_input_reading_convs_are_the_convs_on_pixels_and_token_codes(exported, exporter):
     """The convs INT8 keeps in float: encoder: the reference's first conv, the motion features' first conv
-    (frames and reference) and the encoder's first conv (frames, frames - reference); decoder: the
-    reference's first conv, the convs on the codes (trunk and motion head) and the one on the warped
-    reference. Reached through data edges only: a Shape read of an input reaches no conv."""
+    (frames and reference) and the encoder's first conv, on the frames and (its frames - reference part,
+    once per clip) on the reference; decoder: the reference's first conv, the convs on the codes (trunk and
+    motion head) and the one on the warped reference. Each pixel conv reads its input directly (6x6 or 12x12
+    kernels, stride 2 or 4: the unshuffle is folded into the weights). Reached through data edges only: a
+    Shape read of an input reaches no conv."""
     from reftok_deploy.base.graph_regions import input_reading_convs
 
-    for graph, channels_in in (("encoder", [12, 48, 48, 128]), ("decoder", [12, 110, 110, 112])):
+    for graph, channels_in in (("encoder", [3, 3, 3, 3, 12]), ("decoder", [3, 12, 14, 110])):
         model = onnx.load(str(exported(exporter)[graph]))
         shapes = {i.name: list(i.dims) for i in model.graph.initializer}
         convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
         found = input_reading_convs(model)
-        assert len(found) == 4 and len(convs) > 2 * len(found), (graph, found)
+        assert len(found) == len(channels_in) and len(convs) > 2 * len(found), (graph, found)
         first = [n.name for n in model.graph.node if n.op_type == "Conv"][0]
         assert first in found  # the reference encoder's first conv
         assert sorted(shapes[convs[c].input[1]][1] for c in found) == channels_in, found

@@ -102,6 +102,7 @@ def test_group_context_starts_out_coding_like_its_source(levels):
         assert torch.equal(ids % source.fsq.codebook_size, source.encode(ref, frames))
         tokens = torch.randint(0, target.fsq.codebook_size, (2, 2, 4, 6), dtype=torch.int32)
         expected = source.decode(ref, tokens % source.fsq.codebook_size)
-        assert torch.allclose(target.decode(ref, tokens), expected, atol=1e-5)
+        # Equal up to float rounding: the zero context weights join the codes' conv, which sums in another order.
+        assert torch.allclose(target.decode(ref, tokens), expected, atol=5e-5)
     with pytest.raises(ReftokError, match="group context"):
         warm_start_state(target, RefTok(dataclasses.replace(cfg, group_context=False)))

@@ -200,19 +200,68 @@ def stage(cin: int, cout: int, blocks: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(conv3(cin, cout, stride), nn.ReLU6(), *[ResBlock(cout) for _ in range(blocks)])
 
 
+def space_to_depth_weight(weight: torch.Tensor, factor: int) -> torch.Tensor:
+    """Weights ``[O,C*f*f,k,k]`` of a conv over ``PixelUnshuffle(f)`` of an input -> ``[O,C,k*f,k*f]``, those of
+    the same conv read straight from the input with stride f (see :func:`unshuffled_conv`)."""
+    o, channels, k, _ = weight.shape
+    c = channels // (factor * factor)
+    return weight.reshape(o, c, factor, factor, k, k).permute(0, 1, 4, 2, 5, 3).reshape(o, c, k * factor, k * factor)
+
+
+def unshuffled_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, factor: int) -> torch.Tensor:
+    """``conv2d(PixelUnshuffle(factor)(x), weight, bias, padding=k//2)`` computed as one strided conv on ``x``:
+    equal up to float rounding, without the unshuffle's full-resolution transposes (which, with the Concats
+    around them, took more of OpenVINO's time at 640x480 than the convs did)."""
+    k = weight.shape[-1]
+    return F.conv2d(x, space_to_depth_weight(weight, factor), bias, stride=factor, padding=factor * (k // 2))
+
+
+def add_per_clip(per_group: torch.Tensor, per_clip: torch.Tensor) -> torch.Tensor:
+    """``[B*G,C,h,w]`` + ``[B,C,h,w]``: each clip's tensor added to every one of its groups."""
+    b = per_clip.shape[0]
+    return (per_group.reshape(b, -1, *per_group.shape[1:]) + per_clip.unsqueeze(1)).reshape(per_group.shape)
+
+
+GROUP, CLIP, PIXELS = "group", "clip", "pixels"  # kinds of input of :func:`conv_over_groups`
+
+
+def conv_over_groups(conv: nn.Conv2d, inputs: list[tuple[torch.Tensor, str, int]]) -> torch.Tensor:
+    """``conv`` (3x3, stride 1) over the channel concatenation of ``inputs``, in order, without building it.
+
+    Each input is (tensor, kind, the conv's input channels it takes: static, for tracing): GROUP ``[B*G,C,h,w]``; CLIP ``[B,C,h,w]``, one per clip that every group
+    reads (the reference's features: convolved once per clip, not once per group); PIXELS ``[B*G,C,2h,2w]``,
+    read through a ``PixelUnshuffle(2)`` (the conv's weights take ``4C`` channels). Returns ``[B*G,O,h,w]``.
+    """
+    start, group_x, group_w, clip_x, clip_w, pixels = 0, [], [], [], [], []
+    for x, kind, width in inputs:
+        weight = conv.weight[:, start : start + width]
+        start += width
+        if kind == PIXELS:
+            pixels.append(unshuffled_conv(x, weight, None, 2))
+        else:
+            (clip_x if kind == CLIP else group_x).append(x)
+            (clip_w if kind == CLIP else group_w).append(weight)
+    if start != conv.in_channels:
+        raise ValueError(f"inputs give {start} channels, the conv takes {conv.in_channels}")
+    cat = lambda xs: xs[0] if len(xs) == 1 else torch.cat(xs, 1)  # noqa: E731
+    y = F.conv2d(cat(group_x), cat(group_w), None if clip_x else conv.bias, padding=1)
+    for p in pixels:
+        y = y + p
+    return add_per_clip(y, F.conv2d(cat(clip_x), cat(clip_w), conv.bias, padding=1)) if clip_x else y
+
+
 class ReferenceEncoder(nn.Module):
     """Reference ``[B,3,H,W]`` in [-1,1] -> features at 1/2, 1/4, 1/8 resolution."""
 
     def __init__(self, cfg: RefTokConfig) -> None:
         super().__init__()
         c1, c2, c3 = cfg.channels
-        self.unshuffle = nn.PixelUnshuffle(2)
-        self.s1 = stage(12, c1, 0)
+        self.s1 = stage(12, c1, 0)  # over the reference unshuffled to 1/2
         self.s2 = stage(c1, c2, cfg.res_blocks, stride=2)
         self.s3 = stage(c2, c3, cfg.res_blocks, stride=2)
 
     def forward(self, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        f1 = self.s1(self.unshuffle(reference))
+        f1 = self.s1[1:](unshuffled_conv(reference, self.s1[0].weight, self.s1[0].bias, 2))
         f2 = self.s2(f1)
         f3 = self.s3(f2)
         return f1, f2, f3
@@ -258,9 +307,10 @@ def correlation(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Tensor:
         windows = torch.cat([row[:, :, : w + pad].reshape(m, h, tiles, tile, c),
                              row[:, :, tile : tile + w + pad].reshape(m, h, tiles, tile, c)[:, :, :, : 2 * radius]], 3)
         products = torch.matmul(windows.unsqueeze(1), cells_a).reshape(n, h, tiles, span * tile)
-        rows.append(products.index_select(-1, diagonals).reshape(n, h, tiles, tile, size))
-    volume = torch.stack(rows, 4).reshape(n, h, w + pad, size * size)  # [.., dy, dx] -> channel dy*size+dx
-    return volume[:, :, :w].permute(0, 3, 1, 2)
+        rows.append(products.index_select(-1, diagonals).reshape(n, h, w + pad, size))
+    # [N,dy,h,w,dx] (whole rows stacked: a plain copy; stacked innermost, a strided one) -> channel dy*size+dx
+    volume = torch.stack(rows, 1).permute(0, 1, 4, 2, 3).reshape(n, size * size, h, w + pad)
+    return volume[..., :w]
 
 
 # Cosine similarities are in [-1,1]; this temperature makes the soft-argmax follow the best match.
@@ -284,18 +334,18 @@ class MotionFeatures(nn.Module):
     def __init__(self, cfg: RefTokConfig) -> None:
         super().__init__()
         m = cfg.motion_channels
-        self.unshuffle = nn.PixelUnshuffle(4)
         self.s4 = nn.Sequential(nn.Conv2d(48, m, 3, padding=1), nn.ReLU6(), nn.Conv2d(m, m, 3, padding=1))
         self.s8 = nn.Sequential(nn.ReLU6(), nn.Conv2d(m, m, 3, stride=2, padding=1), nn.ReLU6(), nn.Conv2d(m, m, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f4 = self.s4(self.unshuffle(x))
+        f4 = self.s4[1:](unshuffled_conv(x, self.s4[0].weight, self.s4[0].bias, 4))  # over x unshuffled to 1/4
         f8 = self.s8(f4)
         return _unit_norm(f4), _unit_norm(f8)
 
 
 class BlockEncoder(nn.Module):
-    """Folded frames ``[N,k*3*ft,H,W]`` (+ reference features, + per-group cost volumes) -> latents ``[N,D,H/8,W/8]``."""
+    """Folded frames ``[N,3*ft,H,W]`` (+ the reference and its features, + per-group cost volumes) -> latents
+    ``[N,D,H/8,W/8]``."""
 
     COST4, COST8 = 16, 24  # per-frame channels the cost volumes are squeezed to
 
@@ -306,12 +356,14 @@ class BlockEncoder(nn.Module):
         r = cfg.channels if cfg.reference else (0, 0, 0)
         cost4 = self.COST4 * ft if cfg.reference else 0
         cost8 = self.COST8 * ft if cfg.reference else 0
-        self.unshuffle = nn.PixelUnshuffle(2)
-        # RefTok's encoder also sees frames - reference, so its tokens start from what the reference lacks.
+        # RefTok's encoder also sees frames - reference, so its tokens start from what the reference lacks
+        # (both unshuffled to 1/2: the first conv's weights are laid out for that; see forward).
+        self.temporal_factor = ft
         pixels = 12 * ft * (2 if cfg.reference else 1)
         self.s1 = stage(pixels + r[0], c1, 0)
         self.down2 = nn.Sequential(conv3(c1, c2, stride=2), nn.ReLU6())
         self.s2 = stage(c2 + r[1] + cost4, c2, cfg.res_blocks)
+        self.widths = (c2, c3, *r, cost4, cost8)  # of the parts the stages read, for conv_over_groups
         self.down3 = nn.Sequential(conv3(c2, c3, stride=2), nn.ReLU6())
         self.s3 = stage(c3 + r[2] + cost8, c3, cfg.res_blocks)
         # RefTok: the cost volumes' soft-argmax displacements (x, y per frame, at 1/4 pooled to 1/8 and at
@@ -324,18 +376,38 @@ class BlockEncoder(nn.Module):
         # every position rounded to one code, and the tokens were never used.
         self.to_latent.weight.data.mul_(10.0)
 
-    def forward(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
+    def forward(self, x: torch.Tensor, reference: torch.Tensor | None, ref_feats: tuple[torch.Tensor, ...] | None,
                 costs: tuple[torch.Tensor, ...] | None, batch: int) -> torch.Tensor:
-        """``costs``: (squeezed cost volume at 1/4, at 1/8, soft-argmax flows at 1/8), RefTok only;
-        ``batch``: B of the ``B*G`` groups in ``x`` (for the group context)."""
-        x = self.unshuffle(x)
-        x = self.s1(x if ref_feats is None else torch.cat([x, ref_feats[0]], 1))
+        """``x`` folded frames ``[B*G,3*ft,H,W]``; RefTok only: ``reference [B,3,H,W]``, its features (one per
+        clip), ``costs`` (squeezed cost volume at 1/4, at 1/8, soft-argmax flows at 1/8, per group);
+        ``batch``: B (for the group context)."""
+        if ref_feats is None:
+            x = self.s1[1:](unshuffled_conv(x, self.s1[0].weight, self.s1[0].bias, 2))
+        else:
+            x = self.s1[1:](self._first_conv(x, reference, ref_feats[0]))
+        c2, c3, _, r2, r3, cost4, cost8 = self.widths
         x = self.down2(x)
-        x = self.s2(x if ref_feats is None else torch.cat([x, ref_feats[1], costs[0]], 1))
+        x = self.s2(x) if ref_feats is None else self.s2[1:](
+            conv_over_groups(self.s2[0], [(x, GROUP, c2), (ref_feats[1], CLIP, r2), (costs[0], GROUP, cost4)]))
         x = self.down3(x)
-        x = self.s3(x if ref_feats is None else torch.cat([x, ref_feats[2], costs[1]], 1))
+        x = self.s3(x) if ref_feats is None else self.s3[1:](
+            conv_over_groups(self.s3[0], [(x, GROUP, c3), (ref_feats[2], CLIP, r3), (costs[1], GROUP, cost8)]))
         x = x if ref_feats is None else torch.cat([x, costs[2]], 1)
         return self.to_latent(torch.cat([x, group_context(x, batch)], 1) if self.group_context else x)
+
+    def _first_conv(self, frames: torch.Tensor, reference: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The first conv over (frames, frames - reference, the reference's 1/2 features), as trained, computed
+        as conv_{a+b}(frames) + (features' conv - conv_b(reference repeated ft times)): the reference's parts
+        once per clip, and no frames - reference or Concat at full resolution."""
+        conv, ft = self.s1[0], self.temporal_factor
+        pixels = 12 * ft
+        on_frames, on_difference = conv.weight[:, :pixels], conv.weight[:, pixels : 2 * pixels]
+        per_group = unshuffled_conv(frames, on_frames + on_difference, None, 2)
+        # The reference repeated ft times, unshuffled: channel (f*3 + c)*4 + i is the reference's c*4 + i.
+        on_reference = on_difference.reshape(conv.out_channels, ft, 12, 3, 3).sum(1)
+        per_clip = (F.conv2d(features, conv.weight[:, 2 * pixels :], conv.bias, padding=1)
+                    - unshuffled_conv(reference, on_reference, None, 2))
+        return add_per_clip(per_group, per_clip)
 
 
 class BlockDecoder(nn.Module):
@@ -357,6 +429,8 @@ class BlockDecoder(nn.Module):
         self.group_context = cfg.group_context
         context = context_channels(latent_dim) if cfg.group_context else 0
         self.s3 = stage(latent_dim + r[2] + context, c3, cfg.res_blocks + 1)
+        # Channels of the parts the stages read, for conv_over_groups.
+        self.widths = dict(codes=latent_dim, context=context, up=(c1, c2), reference=r, warped=warped, aligned=aligned)
         self.up2 = nn.Sequential(conv3(c3, c2 * 4), nn.PixelShuffle(2), nn.ReLU6())
         self.s2 = stage(c2 + r[1] + aligned[1], c2, cfg.res_blocks)
         self.up1 = nn.Sequential(conv3(c2, c1 * 4), nn.PixelShuffle(2), nn.ReLU6())
@@ -364,7 +438,6 @@ class BlockDecoder(nn.Module):
         if cfg.aligned_reference:  # a fresh version-3 model starts by ignoring the aligned features, as a warm one does
             for conv in (self.s2[0], self.s1[0]):
                 nn.init.zeros_(conv.weight[:, -aligned[1 if conv is self.s2[0] else 0]:])
-        self.unshuffle = nn.PixelUnshuffle(2)
         self.to_pixels = nn.Sequential(conv3(c1, 12 * ft), nn.PixelShuffle(2))
         self.to_pixels[0].weight.data.mul_(0.1)
         nn.init.zeros_(self.to_pixels[0].bias)
@@ -381,14 +454,19 @@ class BlockDecoder(nn.Module):
 
     def trunk(self, codes: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None, batch: int
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Codes ``[B*G,D,H/8,W/8]`` -> (features at 1/8 ``[N,c3,H/8,W/8]``, motion ``[N,2*ft,H/8,W/8]``
-        in pixels or None).
+        """Codes ``[B*G,D,H/8,W/8]`` (+ the reference's features, one per clip) -> (features at 1/8
+        ``[N,c3,H/8,W/8]``, motion ``[N,2*ft,H/8,W/8]`` in pixels or None).
 
         Motion is read at 1/8 from the codes themselves (and the neighbouring groups' codes) and the
         first stage: a short path, so the flow teacher's gradient reaches the encoder quickly."""
         context = [group_context(codes, batch)] if self.group_context else []
-        reference = [] if ref_feats is None else [ref_feats[2]]
-        x = self.s3(torch.cat([codes, *reference, *context], 1))
+        if ref_feats is None:
+            x = self.s3(torch.cat([codes, *context], 1))
+        else:
+            widths = self.widths
+            x = self.s3[1:](conv_over_groups(self.s3[0], [(codes, GROUP, widths["codes"]),
+                                                           (ref_feats[2], CLIP, widths["reference"][2]),
+                                                           *[(c, GROUP, widths["context"]) for c in context]]))
         motion = None if self.to_motion is None else self.to_motion(torch.cat([x, codes, *context], 1)) * MOTION_UNIT_PX
         return x, motion
 
@@ -398,16 +476,24 @@ class BlockDecoder(nn.Module):
         x = self.up2(x)
         if ref_feats is None:
             return self.s2(x)
-        return self.s2(torch.cat([x, ref_feats[1], *([] if aligned is None else [aligned])], 1))
+        widths = self.widths
+        aligned_input = [] if aligned is None else [(aligned, GROUP, widths["aligned"][1])]
+        return self.s2[1:](conv_over_groups(self.s2[0], [(x, GROUP, widths["up"][1]),
+                                                         (ref_feats[1], CLIP, widths["reference"][1]), *aligned_input]))
 
     def head(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
              warped: torch.Tensor | None, aligned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """1/4 features (+ warped reference ``[N,3*ft,H,W]``, + version 3's aligned 1/2 features) -> (pixels or
-        residual, gate logits or None)."""
+        """1/4 features (+ the reference's features, one per clip, + warped reference ``[N,3*ft,H,W]``, + version
+        3's aligned 1/2 features) -> (pixels or residual ``[N,3*ft,H,W]``, gate logits ``[N,ft,H,W]`` or None)."""
         x = self.up1(x)
-        if ref_feats is not None:
-            x = torch.cat([x, ref_feats[0], self.unshuffle(warped), *([] if aligned is None else [aligned])], 1)
-        x = self.s1(x)
+        if ref_feats is None:
+            x = self.s1(x)
+        else:
+            widths = self.widths
+            aligned_input = [] if aligned is None else [(aligned, GROUP, widths["aligned"][0])]
+            x = self.s1[1:](conv_over_groups(self.s1[0], [(x, GROUP, widths["up"][0]),
+                                                          (ref_feats[0], CLIP, widths["reference"][0]),
+                                                          (warped, PIXELS, widths["warped"]), *aligned_input]))
         return self.to_pixels(x), (None if self.to_gate is None else self.to_gate(x))
 
 
@@ -455,32 +541,23 @@ class RefTok(nn.Module):
         x = x.reshape(batch, groups, ft, c, h, w).permute(0, 3, 1, 2, 4, 5)
         return x.reshape(batch, c, groups * ft, h, w)
 
-    @staticmethod
-    def _per_group(feats: tuple[torch.Tensor, ...], groups: int) -> tuple[torch.Tensor, ...]:
-        """Repeat per-clip tensors ``[B,C,h,w]`` for each of G groups -> ``[B*G,C,h,w]``."""
-        out = []
-        for f in feats:
-            b, c, h, w = f.shape
-            out.append(f.unsqueeze(1).expand(b, groups, c, h, w).reshape(b * groups, c, h, w))
-        return tuple(out)
-
     def reference_features(self, reference: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
-        """Reference ``[B,3,H,W]`` in [-1,1] -> features at 1/2, 1/4, 1/8 (None for the twin)."""
+        """Reference ``[B,3,H,W]`` in [-1,1] -> features at 1/2, 1/4, 1/8, one per clip (None for the twin)."""
         return None if self.reference_encoder is None else self.reference_encoder(reference)
 
-    def _costs(self, reference: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-group cost volumes: ``[B*G,16*ft,H/4,W/4]`` and ``[B*G,24*ft,H/8,W/8]``."""
-        b, c, t, h, w = frames.shape
-        per_frame = frames.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+    def _costs(self, reference: torch.Tensor, folded: torch.Tensor, batch: int) -> tuple[torch.Tensor, ...]:
+        """Folded frames ``[B*G,ft*3,H,W]`` -> per-group cost volumes ``[B*G,16*ft,H/4,W/4]`` and
+        ``[B*G,24*ft,H/8,W/8]``, and the soft-argmax flows ``[B*G,2*2*ft,H/8,W/8]`` (MOTION_UNIT_PX)."""
+        n, c, h, w = folded.shape
+        per_frame = folded.reshape(n * c // 3, 3, h, w)  # folded frames are frame-major: no copy
         m4, m8 = self.motion_features(per_frame)
         r4, r8 = self.motion_features(reference)  # one per clip, matched with each of its t frames
         v4 = correlation(m4, r4, CORRELATION_RADII[0])
         v8 = correlation(m8, r8, CORRELATION_RADII[1])
         flow4 = F.avg_pool2d(soft_argmax(v4, CORRELATION_RADII[0]) * (4.0 / MOTION_UNIT_PX), 2)
         flow8 = soft_argmax(v8, CORRELATION_RADII[1]) * (8.0 / MOTION_UNIT_PX)
-        ft = self.cfg.temporal_factor
         # [B*T,C,h,w] -> [B*G,ft*C,h,w], frame-major like folded pixels.
-        return tuple(x.reshape(b * t // ft, ft * x.shape[1], *x.shape[-2:])
+        return tuple(x.reshape(n, c // 3 * x.shape[1], *x.shape[-2:])
                      for x in (self.squeeze4(v4), self.squeeze8(v8), torch.cat([flow4, flow8], 1)))
 
     # ---- public API ----------------------------------------------------
@@ -494,30 +571,20 @@ class RefTok(nn.Module):
         The measured motion is the cost volumes' soft-argmax per frame, at 1/4 (pooled to 1/8) and at 1/8
         (dim 1), x and y (dim 2), in pixels of the reference seen from the frame: what the training's
         encoder-flow teacher supervises."""
-        groups = frames.shape[2] // self.cfg.temporal_factor
+        b, _, t, h, w = frames.shape
         feats = self.reference_features(reference)
         folded = self._fold(frames)
-        costs = measured = None
-        if feats is not None:
-            feats = self._per_group(feats, groups)
-            folded = torch.cat([folded, folded - self._reference_pixels(reference, groups)], 1)
-            costs = self._costs(reference, frames)
-            b, _, t, h, w = frames.shape
-            measured = costs[2].reshape(b, t, 2, 2, h // 8, w // 8).permute(0, 2, 3, 1, 4, 5) * MOTION_UNIT_PX
-        return self.encoder(folded, feats, costs, frames.shape[0]), measured
-
-    def _reference_pixels(self, reference: torch.Tensor, groups: int) -> torch.Tensor:
-        """Reference ``[B,3,H,W]`` laid out like folded frames: ``[B*G,ft*3,H,W]``."""
-        (pixels,) = self._per_group((reference.repeat(1, self.cfg.temporal_factor, 1, 1),), groups)
-        return pixels
+        if feats is None:
+            return self.encoder(folded, None, None, None, b), None
+        costs = self._costs(reference, folded, b)
+        measured = costs[2].reshape(b, t, 2, 2, h // 8, w // 8).permute(0, 2, 3, 1, 4, 5) * MOTION_UNIT_PX
+        return self.encoder(folded, reference, feats, costs, b), measured
 
     def decode_parts(self, reference: torch.Tensor, codes: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
         """Codes ``[B*G,D,h,w]`` -> ``frames [B,3,G*ft,8h,8w]`` (unclamped) and, for RefTok, the parts:
         ``motion [B,2,T,8h,8w]`` (pixels, after the dead zone), ``gate [B,1,T,8h,8w]`` in [0,1],
         ``warped [B,3,T,8h,8w]``."""
-        groups = codes.shape[0] // batch
         feats = self.reference_features(reference)
-        feats = None if feats is None else self._per_group(feats, groups)
         x, motion = self.decoder.trunk(codes, feats, batch)
         if motion is None:
             pixels, _ = self.decoder.head(self.decoder.middle(x, None), None, None)
@@ -526,16 +593,17 @@ class RefTok(nn.Module):
         aligned4 = aligned2 = None
         if self.cfg.aligned_reference:
             group_motion = motion.reshape(motion.shape[0], -1, 2, *motion.shape[-2:]).mean(1)  # [N,2,H/8,W/8] px
-            aligned4 = warp_features(feats[1], group_motion, 4, reference.dtype)
-            aligned2 = warp_features(feats[0], group_motion, 2, reference.dtype)
+            aligned4 = warp_features(feats[1], group_motion, 4, reference.dtype, batch)
+            aligned2 = warp_features(feats[0], group_motion, 2, reference.dtype, batch)
         x = self.decoder.middle(x, feats, aligned4)
-        motion = F.interpolate(motion, scale_factor=8.0, mode="bilinear", align_corners=False)
-        warped = warp_reference(reference, motion)
+        warped = warp_reference(reference, motion, SPATIAL_FACTOR)
         residual, gate = self.decoder.head(x, feats, warped, aligned2)
         gate = gate.clamp(0.0, 1.0)
+        n, _, h, w = residual.shape
         ft = self.cfg.temporal_factor
-        gate3 = gate.repeat_interleave(3, dim=1) if ft > 1 else gate.expand(-1, 3, -1, -1)
-        out = warped + gate3 * residual
+        gated = (residual.reshape(n, ft, 3, h, w) * gate.unsqueeze(2)).reshape(n, 3 * ft, h, w)
+        out = warped + gated
+        motion = F.interpolate(motion, scale_factor=8.0, mode="bilinear", align_corners=False)  # for training's losses
         return {"frames": self._unfold(out, batch), "motion": self._unfold(motion, batch),
                 "gate": self._unfold(gate, batch), "warped": self._unfold(warped, batch)}
 
@@ -570,51 +638,71 @@ class RefTok(nn.Module):
         return parts, ids.reshape(b, -1, ids.shape[-2], ids.shape[-1]), latent
 
 
-def sampling_grid(offsets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Offsets ``[N,2,H,W]`` ((x, y) in cells of this map) -> grid_sample's grid ``[N,H,W,2]``, normalised
-    coordinates (align_corners=False) of each cell centre moved by its offset, in ``dtype``.
+def sampling_grid(offsets: torch.Tensor, scale: int = 1) -> torch.Tensor:
+    """Offsets ``[N,2,h,w]`` ((x, y) in pixels of a map ``scale`` times finer) -> grid_sample's grid
+    ``[N,h*scale,w*scale,2]``: normalised coordinates (align_corners=False) of each pixel centre moved by its
+    offset, the offsets upsampled bilinearly. In the offsets' dtype: pass float32 under bf16 autocast, whose
+    8-bit mantissa would put centres up to 0.25 pixel off near the edges of a 256 map.
 
-    Sizes come from the offsets, never from the map sampled: an exported graph then keeps the sampling
-    region (motion, grid) apart from the features it samples. Integer ranges, cast after: TensorRT parses
-    a float Range only when its bounds are constants. Pass float32 under bf16 autocast: bf16's 8-bit
-    mantissa would put cell centres up to 0.25 cell off near the right and bottom edges of a 256-cell map.
+    Sizes come from the offsets, never from the map sampled: an exported graph then keeps the
+    sampling region (motion, grid) apart from the features it samples. Integer ranges, cast after: TensorRT
+    parses a float Range only when its bounds are constants. Offsets are normalised before upsampling
+    (upsampling is linear: the same values on 64 times fewer pixels) and the centres added channels-first,
+    then one transpose (x, y interleaved per pixel over the whole map was the decoder's slowest step at
+    640x480 under OpenVINO).
     """
-    h, w = offsets.shape[-2:]
-    xs = (torch.arange(w, device=offsets.device).to(dtype) + 0.5) * (2.0 / w) - 1.0
-    ys = (torch.arange(h, device=offsets.device).to(dtype) + 0.5) * (2.0 / h) - 1.0
-    gx = xs.view(1, 1, w) + offsets[:, 0] * (2.0 / w)
-    gy = ys.view(1, h, 1) + offsets[:, 1] * (2.0 / h)
-    return torch.stack([gx, gy], dim=-1)
+    h, w = offsets.shape[-2] * scale, offsets.shape[-1] * scale
+    normalised = torch.cat([offsets[:, :1] * (2.0 / w), offsets[:, 1:] * (2.0 / h)], 1)
+    if scale != 1:  # all maps as the channels of one item: interpolating 2 channels wide was 4x slower
+        n, _, mh, mw = normalised.shape
+        normalised = F.interpolate(normalised.reshape(1, 2 * n, mh, mw), scale_factor=float(scale), mode="bilinear",
+                                   align_corners=False).reshape(n, 2, h, w)
+    xs = (torch.arange(w, device=offsets.device).to(offsets.dtype) + 0.5) * (2.0 / w) - 1.0
+    ys = (torch.arange(h, device=offsets.device).to(offsets.dtype) + 0.5) * (2.0 / h) - 1.0
+    centres = torch.cat([xs.view(1, 1, 1, w).expand(1, 1, h, w), ys.view(1, 1, h, 1).expand(1, 1, h, w)], 1)
+    return (normalised + centres).permute(0, 2, 3, 1)
 
 
-def warp_reference(reference: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+def sample_per_clip(images: torch.Tensor, grid: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+    """Bilinear samples (edges repeated) of ``images [B,C,H,W]`` at ``grid [B*K,h,w,2]`` (K grids per image, in
+    order) -> ``[B*K,C,h,w]``. The K grids are stacked into one tall grid per image, so the images are never
+    copied K times. ``batch``: B, when the images are computed (their shape would join the grid's region of
+    an exported graph to the layers that made them); default ``images.shape[0]``."""
+    b = images.shape[0] if batch is None else batch
+    c = images.shape[1]
+    n, h, w, _ = grid.shape
+    tall = grid.reshape(b, n // b * h, w, 2)
+    sampled = F.grid_sample(images, tall.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    return sampled.reshape(b, c, n // b, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def warp_reference(reference: torch.Tensor, motion: torch.Tensor, scale: int = 1) -> torch.Tensor:
     """Backward-warp the reference once per frame.
 
-    reference ``[B,3,H,W]`` in [-1,1]; motion ``[B*G,2*ft,H,W]``, per frame the (x, y) offset in
-    pixels at which each output pixel samples the reference.
-    Returns ``[B*G,3*ft,H,W]`` laid out like folded frames (frame-major, then RGB).
+    reference ``[B,3,H,W]`` in [-1,1]; motion ``[B*G,2*ft,H/scale,W/scale]``, per frame the (x, y) offset in
+    pixels at which each output pixel samples the reference, at full resolution or coarser (upsampled
+    bilinearly, see :func:`sampling_grid`). Returns ``[B*G,3*ft,H,W]`` laid out like folded frames
+    (frame-major, then RGB).
     """
-    b, _, h, w = reference.shape
-    n, c, _, _ = motion.shape
+    h, w = reference.shape[-2:]
+    n, c = motion.shape[:2]
     ft = c // 2
-    grid = sampling_grid(motion.reshape(n * ft, 2, h, w), reference.dtype)  # [N*ft,H,W,2]
-    per_frame = n * ft // b
-    ref = reference.unsqueeze(1).expand(b, per_frame, 3, h, w).reshape(n * ft, 3, h, w)
-    warped = F.grid_sample(ref, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return warped.reshape(n, ft * 3, h, w)
+    offsets = motion.reshape(n * ft, 2, *motion.shape[-2:]).to(reference.dtype)
+    grid = sampling_grid(offsets, scale)  # [N*ft,H,W,2]
+    return sample_per_clip(reference, grid).reshape(n, ft * 3, h, w)
 
 
-def warp_features(features: torch.Tensor, motion: torch.Tensor, cell: int, dtype: torch.dtype) -> torch.Tensor:
-    """Backward-warp per-group feature maps by the group's motion.
+def warp_features(features: torch.Tensor, motion: torch.Tensor, cell: int, dtype: torch.dtype,
+                  batch: int | None = None) -> torch.Tensor:
+    """Backward-warp feature maps by each group's motion.
 
-    features ``[N,C,H/cell,W/cell]``; motion ``[N,2,H/8,W/8]``, (x, y) offsets in full-resolution pixels at
-    which each position samples the reference; ``dtype`` that of the grid (the reference's). Returns
-    ``[N,C,H/cell,W/cell]`` (bilinear, edges repeated).
+    features ``[B,C,H/cell,W/cell]`` (one per clip, or one per group: B = N); motion ``[N,2,H/8,W/8]``, N = B*G,
+    (x, y) offsets in full-resolution pixels at which each position samples the reference; ``dtype`` that of
+    the grid (the reference's); ``batch`` B (see :func:`sample_per_clip`). Returns ``[N,C,H/cell,W/cell]``
+    (bilinear, edges repeated).
     """
-    offsets = F.interpolate(motion, scale_factor=8.0 / cell, mode="bilinear", align_corners=False) * (1.0 / cell)
-    grid = sampling_grid(offsets, dtype)
-    return F.grid_sample(features, grid.to(features.dtype), mode="bilinear", padding_mode="border",
-                         align_corners=False)
+    offsets = (motion * (1.0 / cell)).to(dtype)
+    return sample_per_clip(features, sampling_grid(offsets, 8 // cell), batch)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
