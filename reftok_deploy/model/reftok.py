@@ -216,21 +216,26 @@ def unshuffled_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return F.conv2d(x, space_to_depth_weight(weight, factor), bias, stride=factor, padding=factor * (k // 2))
 
 
-def add_per_clip(per_group: torch.Tensor, per_clip: torch.Tensor) -> torch.Tensor:
-    """``[B*G,C,h,w]`` + ``[B,C,h,w]``: each clip's tensor added to every one of its groups."""
-    b = per_clip.shape[0]
-    return (per_group.reshape(b, -1, *per_group.shape[1:]) + per_clip.unsqueeze(1)).reshape(per_group.shape)
+def add_per_clip(per_group: torch.Tensor, per_clip: torch.Tensor, size: tuple) -> torch.Tensor:
+    """``[B*G,C,h,w]`` + ``[B,C,h,w]``: each clip's tensor added to every one of its groups.
+
+    ``size`` (B, C, h, w): C an int, the others ints or, in a traced graph, sizes computed from the graph's
+    inputs, never read off these two maps: a Shape op on a conv's output kept ONNX Runtime from fusing that
+    conv into an int8 kernel."""
+    b, c, h, w = size
+    return (per_group.reshape(b, -1, c, h, w) + per_clip.reshape(b, 1, c, h, w)).reshape(-1, c, h, w)
 
 
 GROUP, CLIP, PIXELS = "group", "clip", "pixels"  # kinds of input of :func:`conv_over_groups`
 
 
-def conv_over_groups(conv: nn.Conv2d, inputs: list[tuple[torch.Tensor, str, int]]) -> torch.Tensor:
+def conv_over_groups(conv: nn.Conv2d, inputs: list[tuple[torch.Tensor, str, int]], size: tuple) -> torch.Tensor:
     """``conv`` (3x3, stride 1) over the channel concatenation of ``inputs``, in order, without building it.
 
     Each input is (tensor, kind, the conv's input channels it takes: static, for tracing): GROUP ``[B*G,C,h,w]``; CLIP ``[B,C,h,w]``, one per clip that every group
     reads (the reference's features: convolved once per clip, not once per group); PIXELS ``[B*G,C,2h,2w]``,
-    read through a ``PixelUnshuffle(2)`` (the conv's weights take ``4C`` channels). Returns ``[B*G,O,h,w]``.
+    read through a ``PixelUnshuffle(2)`` (the conv's weights take ``4C`` channels). ``size``: (B, h, w), see
+    :func:`add_per_clip`. Returns ``[B*G,O,h,w]``.
     """
     start, group_x, group_w, clip_x, clip_w, pixels = 0, [], [], [], [], []
     for x, kind, width in inputs:
@@ -247,7 +252,10 @@ def conv_over_groups(conv: nn.Conv2d, inputs: list[tuple[torch.Tensor, str, int]
     y = F.conv2d(cat(group_x), cat(group_w), None if clip_x else conv.bias, padding=1)
     for p in pixels:
         y = y + p
-    return add_per_clip(y, F.conv2d(cat(clip_x), cat(clip_w), conv.bias, padding=1)) if clip_x else y
+    if not clip_x:
+        return y
+    b, h, w = size
+    return add_per_clip(y, F.conv2d(cat(clip_x), cat(clip_w), conv.bias, padding=1), (b, conv.out_channels, h, w))
 
 
 class ReferenceEncoder(nn.Module):
@@ -383,19 +391,20 @@ class BlockEncoder(nn.Module):
         ``batch``: B (for the group context)."""
         if ref_feats is None:
             x = self.s1[1:](unshuffled_conv(x, self.s1[0].weight, self.s1[0].bias, 2))
+            x = self.s3(self.down3(self.s2(self.down2(x))))
         else:
-            x = self.s1[1:](self._first_conv(x, reference, ref_feats[0]))
-        c2, c3, _, r2, r3, cost4, cost8 = self.widths
-        x = self.down2(x)
-        x = self.s2(x) if ref_feats is None else self.s2[1:](
-            conv_over_groups(self.s2[0], [(x, GROUP, c2), (ref_feats[1], CLIP, r2), (costs[0], GROUP, cost4)]))
-        x = self.down3(x)
-        x = self.s3(x) if ref_feats is None else self.s3[1:](
-            conv_over_groups(self.s3[0], [(x, GROUP, c3), (ref_feats[2], CLIP, r3), (costs[1], GROUP, cost8)]))
-        x = x if ref_feats is None else torch.cat([x, costs[2]], 1)
+            c2, c3, _, r2, r3, cost4, cost8 = self.widths
+            h, w = reference.shape[-2:]
+            x = self.down2(self.s1[1:](self._first_conv(x, reference, ref_feats[0], batch)))
+            x = self.down3(self.s2[1:](conv_over_groups(
+                self.s2[0], [(x, GROUP, c2), (ref_feats[1], CLIP, r2), (costs[0], GROUP, cost4)], (batch, h // 4, w // 4))))
+            x = self.s3[1:](conv_over_groups(
+                self.s3[0], [(x, GROUP, c3), (ref_feats[2], CLIP, r3), (costs[1], GROUP, cost8)], (batch, h // 8, w // 8)))
+            x = torch.cat([x, costs[2]], 1)
         return self.to_latent(torch.cat([x, group_context(x, batch)], 1) if self.group_context else x)
 
-    def _first_conv(self, frames: torch.Tensor, reference: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def _first_conv(self, frames: torch.Tensor, reference: torch.Tensor, features: torch.Tensor, batch: int
+                    ) -> torch.Tensor:
         """The first conv over (frames, frames - reference, the reference's 1/2 features), as trained, computed
         as conv_{a+b}(frames) + (features' conv - conv_b(reference repeated ft times)): the reference's parts
         once per clip, and no frames - reference or Concat at full resolution."""
@@ -407,7 +416,8 @@ class BlockEncoder(nn.Module):
         on_reference = on_difference.reshape(conv.out_channels, ft, 12, 3, 3).sum(1)
         per_clip = (F.conv2d(features, conv.weight[:, 2 * pixels :], conv.bias, padding=1)
                     - unshuffled_conv(reference, on_reference, None, 2))
-        return add_per_clip(per_group, per_clip)
+        h, w = reference.shape[-2:]
+        return add_per_clip(per_group, per_clip, (batch, conv.out_channels, h // 2, w // 2))
 
 
 class BlockDecoder(nn.Module):
@@ -466,34 +476,41 @@ class BlockDecoder(nn.Module):
             widths = self.widths
             x = self.s3[1:](conv_over_groups(self.s3[0], [(codes, GROUP, widths["codes"]),
                                                            (ref_feats[2], CLIP, widths["reference"][2]),
-                                                           *[(c, GROUP, widths["context"]) for c in context]]))
+                                                           *[(c, GROUP, widths["context"]) for c in context]],
+                                             (batch, *codes.shape[-2:])))
         motion = None if self.to_motion is None else self.to_motion(torch.cat([x, codes, *context], 1)) * MOTION_UNIT_PX
         return x, motion
 
     def middle(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
-               aligned: torch.Tensor | None = None) -> torch.Tensor:
-        """1/8 features -> 1/4 features ``[N,c2,H/4,W/4]`` (+ the reference's, + version 3's aligned ones)."""
+               aligned: torch.Tensor | None = None, size: tuple = ()) -> torch.Tensor:
+        """1/8 features -> 1/4 features ``[N,c2,H/4,W/4]`` (+ the reference's, + version 3's aligned ones).
+        ``size``: (B, H/8, W/8) with reference features, see :func:`add_per_clip`."""
         x = self.up2(x)
         if ref_feats is None:
             return self.s2(x)
         widths = self.widths
         aligned_input = [] if aligned is None else [(aligned, GROUP, widths["aligned"][1])]
+        b, h, w = size
         return self.s2[1:](conv_over_groups(self.s2[0], [(x, GROUP, widths["up"][1]),
-                                                         (ref_feats[1], CLIP, widths["reference"][1]), *aligned_input]))
+                                                         (ref_feats[1], CLIP, widths["reference"][1]), *aligned_input],
+                                            (b, h * 2, w * 2)))
 
-    def head(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
-             warped: torch.Tensor | None, aligned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def head(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None, warped: torch.Tensor | None,
+             aligned: torch.Tensor | None = None, size: tuple = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
         """1/4 features (+ the reference's features, one per clip, + warped reference ``[N,3*ft,H,W]``, + version
-        3's aligned 1/2 features) -> (pixels or residual ``[N,3*ft,H,W]``, gate logits ``[N,ft,H,W]`` or None)."""
+        3's aligned 1/2 features) -> (pixels or residual ``[N,3*ft,H,W]``, gate logits ``[N,ft,H,W]`` or None).
+        ``size`` as for :meth:`middle`."""
         x = self.up1(x)
         if ref_feats is None:
             x = self.s1(x)
         else:
             widths = self.widths
             aligned_input = [] if aligned is None else [(aligned, GROUP, widths["aligned"][0])]
+            b, h, w = size
             x = self.s1[1:](conv_over_groups(self.s1[0], [(x, GROUP, widths["up"][0]),
                                                           (ref_feats[0], CLIP, widths["reference"][0]),
-                                                          (warped, PIXELS, widths["warped"]), *aligned_input]))
+                                                          (warped, PIXELS, widths["warped"]), *aligned_input],
+                                             (b, h * 4, w * 4)))
         return self.to_pixels(x), (None if self.to_gate is None else self.to_gate(x))
 
 
@@ -595,9 +612,10 @@ class RefTok(nn.Module):
             group_motion = motion.reshape(motion.shape[0], -1, 2, *motion.shape[-2:]).mean(1)  # [N,2,H/8,W/8] px
             aligned4 = warp_features(feats[1], group_motion, 4, reference.dtype, batch)
             aligned2 = warp_features(feats[0], group_motion, 2, reference.dtype, batch)
-        x = self.decoder.middle(x, feats, aligned4)
+        size = (batch, *codes.shape[-2:])  # from the decoder's input, see add_per_clip
+        x = self.decoder.middle(x, feats, aligned4, size)
         warped = warp_reference(reference, motion, SPATIAL_FACTOR)
-        residual, gate = self.decoder.head(x, feats, warped, aligned2)
+        residual, gate = self.decoder.head(x, feats, warped, aligned2, size)
         gate = gate.clamp(0.0, 1.0)
         n, _, h, w = residual.shape
         ft = self.cfg.temporal_factor
@@ -666,14 +684,14 @@ def sampling_grid(offsets: torch.Tensor, scale: int = 1) -> torch.Tensor:
 def sample_per_clip(images: torch.Tensor, grid: torch.Tensor, batch: int | None = None) -> torch.Tensor:
     """Bilinear samples (edges repeated) of ``images [B,C,H,W]`` at ``grid [B*K,h,w,2]`` (K grids per image, in
     order) -> ``[B*K,C,h,w]``. The K grids are stacked into one tall grid per image, so the images are never
-    copied K times. ``batch``: B, when the images are computed (their shape would join the grid's region of
-    an exported graph to the layers that made them); default ``images.shape[0]``."""
+    copied K times. ``batch``: B, when the images are computed; default ``images.shape[0]``. Computed images'
+    shapes are never read: in an exported graph that would join the grid's region to the layers that made them,
+    and a Shape op on a conv's output keeps ONNX Runtime from fusing that conv into an int8 kernel."""
     b = images.shape[0] if batch is None else batch
-    c = images.shape[1]
     n, h, w, _ = grid.shape
     tall = grid.reshape(b, n // b * h, w, 2)
     sampled = F.grid_sample(images, tall.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False)
-    return sampled.reshape(b, c, n // b, h, w).transpose(1, 2).reshape(n, c, h, w)
+    return sampled.reshape(b, -1, n // b, h, w).transpose(1, 2).reshape(n, -1, h, w)
 
 
 def warp_reference(reference: torch.Tensor, motion: torch.Tensor, scale: int = 1) -> torch.Tensor:
