@@ -34,7 +34,7 @@ METHODS = ("minmax", "entropy", "percentile")
 # DQ -> Conv -> Clip -> Q into one int8 conv (measured: INT8 encode+decode 1.8x FP32 on one
 # CPU thread, against 1.4x with Q/DQ around every Clip) and matches TensorRT's placement
 # (Q/DQ on conv inputs, activations fused into the conv).
-QUANTIZED_OPS = ["Conv", "Add", "Concat", "DepthToSpace", "SpaceToDepth", "Reshape", "Transpose"]
+QUANTIZED_OPS = ["Conv", "Add", "Concat", "DepthToSpace", "SpaceToDepth", "Reshape", "Transpose", "Gather"]
 
 log = logging.getLogger(__name__)
 

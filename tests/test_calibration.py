@@ -80,10 +80,14 @@ def test_openvino_reads_skip_connections_of_float_convs_unquantised(int8_export)
     from reftok_deploy.runtimes.openvino_graphs import ACTIVATIONS, float_skip_connections
 
     def skip_inputs(model: onnx.ModelProto, kept_float: set[str]) -> list[str]:
-        """Producers of the Add inputs that come from a float conv (through its activation, maybe a Q/DQ)."""
+        """Producers of the inputs of quantised Adds (reading at least one Q/DQ pair) that come from a float conv
+        (through its activation, maybe a Q/DQ); a float Add (the decoder's first conv on the token codes plus
+        the reference's part) has nothing to misread."""
         producer = {o: n for n in model.graph.node for o in n.output}
         found = []
         for add in (n for n in model.graph.node if n.op_type == "Add"):
+            if not any(getattr(producer.get(name), "op_type", None) == "DequantizeLinear" for name in add.input):
+                continue
             for name in add.input:
                 node = producer.get(name)
                 if node is not None and node.op_type == "DequantizeLinear":

@@ -219,11 +219,12 @@ def unshuffled_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 def add_per_clip(per_group: torch.Tensor, per_clip: torch.Tensor, size: tuple) -> torch.Tensor:
     """``[B*G,C,h,w]`` + ``[B,C,h,w]``: each clip's tensor added to every one of its groups.
 
-    ``size`` (B, C, h, w): C an int, the others ints or, in a traced graph, sizes computed from the graph's
-    inputs, never read off these two maps: a Shape op on a conv's output kept ONNX Runtime from fusing that
-    conv into an int8 kernel."""
-    b, c, h, w = size
-    return (per_group.reshape(b, -1, c, h, w) + per_clip.reshape(b, 1, c, h, w)).reshape(-1, c, h, w)
+    ``size`` (B, G): ints or, in a traced graph, sizes computed from the graph's inputs. Neither map's shape is
+    read (a Shape op on a conv's output kept ONNX Runtime from fusing that conv into an int8 kernel) nor
+    reshaped to 5-D (OpenVINO's int8 graphs spent 100 ms per 640x480 GOP converting quantised 5-D tensors):
+    the clip's map is gathered once per group."""
+    b, groups = size
+    return per_group + per_clip.index_select(0, torch.arange(b * groups, device=per_clip.device) // groups)
 
 
 GROUP, CLIP, PIXELS = "group", "clip", "pixels"  # kinds of input of :func:`conv_over_groups`
@@ -234,7 +235,7 @@ def conv_over_groups(conv: nn.Conv2d, inputs: list[tuple[torch.Tensor, str, int]
 
     Each input is (tensor, kind, the conv's input channels it takes: static, for tracing): GROUP ``[B*G,C,h,w]``; CLIP ``[B,C,h,w]``, one per clip that every group
     reads (the reference's features: convolved once per clip, not once per group); PIXELS ``[B*G,C,2h,2w]``,
-    read through a ``PixelUnshuffle(2)`` (the conv's weights take ``4C`` channels). ``size``: (B, h, w), see
+    read through a ``PixelUnshuffle(2)`` (the conv's weights take ``4C`` channels). ``size``: (B, G), see
     :func:`add_per_clip`. Returns ``[B*G,O,h,w]``.
     """
     start, group_x, group_w, clip_x, clip_w, pixels = 0, [], [], [], [], []
@@ -252,10 +253,7 @@ def conv_over_groups(conv: nn.Conv2d, inputs: list[tuple[torch.Tensor, str, int]
     y = F.conv2d(cat(group_x), cat(group_w), None if clip_x else conv.bias, padding=1)
     for p in pixels:
         y = y + p
-    if not clip_x:
-        return y
-    b, h, w = size
-    return add_per_clip(y, F.conv2d(cat(clip_x), cat(clip_w), conv.bias, padding=1), (b, conv.out_channels, h, w))
+    return add_per_clip(y, F.conv2d(cat(clip_x), cat(clip_w), conv.bias, padding=1), size) if clip_x else y
 
 
 class ReferenceEncoder(nn.Module):
@@ -394,16 +392,16 @@ class BlockEncoder(nn.Module):
             x = self.s3(self.down3(self.s2(self.down2(x))))
         else:
             c2, c3, _, r2, r3, cost4, cost8 = self.widths
-            h, w = reference.shape[-2:]
-            x = self.down2(self.s1[1:](self._first_conv(x, reference, ref_feats[0], batch)))
+            size = (batch, x.shape[0] // batch)  # x: the folded frames, from the graph's input (see add_per_clip)
+            x = self.down2(self.s1[1:](self._first_conv(x, reference, ref_feats[0], size)))
             x = self.down3(self.s2[1:](conv_over_groups(
-                self.s2[0], [(x, GROUP, c2), (ref_feats[1], CLIP, r2), (costs[0], GROUP, cost4)], (batch, h // 4, w // 4))))
+                self.s2[0], [(x, GROUP, c2), (ref_feats[1], CLIP, r2), (costs[0], GROUP, cost4)], size)))
             x = self.s3[1:](conv_over_groups(
-                self.s3[0], [(x, GROUP, c3), (ref_feats[2], CLIP, r3), (costs[1], GROUP, cost8)], (batch, h // 8, w // 8)))
+                self.s3[0], [(x, GROUP, c3), (ref_feats[2], CLIP, r3), (costs[1], GROUP, cost8)], size))
             x = torch.cat([x, costs[2]], 1)
         return self.to_latent(torch.cat([x, group_context(x, batch)], 1) if self.group_context else x)
 
-    def _first_conv(self, frames: torch.Tensor, reference: torch.Tensor, features: torch.Tensor, batch: int
+    def _first_conv(self, frames: torch.Tensor, reference: torch.Tensor, features: torch.Tensor, size: tuple
                     ) -> torch.Tensor:
         """The first conv over (frames, frames - reference, the reference's 1/2 features), as trained, computed
         as conv_{a+b}(frames) + (features' conv - conv_b(reference repeated ft times)): the reference's parts
@@ -416,8 +414,7 @@ class BlockEncoder(nn.Module):
         on_reference = on_difference.reshape(conv.out_channels, ft, 12, 3, 3).sum(1)
         per_clip = (F.conv2d(features, conv.weight[:, 2 * pixels :], conv.bias, padding=1)
                     - unshuffled_conv(reference, on_reference, None, 2))
-        h, w = reference.shape[-2:]
-        return add_per_clip(per_group, per_clip, (batch, conv.out_channels, h // 2, w // 2))
+        return add_per_clip(per_group, per_clip, size)
 
 
 class BlockDecoder(nn.Module):
@@ -477,23 +474,22 @@ class BlockDecoder(nn.Module):
             x = self.s3[1:](conv_over_groups(self.s3[0], [(codes, GROUP, widths["codes"]),
                                                            (ref_feats[2], CLIP, widths["reference"][2]),
                                                            *[(c, GROUP, widths["context"]) for c in context]],
-                                             (batch, *codes.shape[-2:])))
+                                             (batch, codes.shape[0] // batch)))
         motion = None if self.to_motion is None else self.to_motion(torch.cat([x, codes, *context], 1)) * MOTION_UNIT_PX
         return x, motion
 
     def middle(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None,
                aligned: torch.Tensor | None = None, size: tuple = ()) -> torch.Tensor:
         """1/8 features -> 1/4 features ``[N,c2,H/4,W/4]`` (+ the reference's, + version 3's aligned ones).
-        ``size``: (B, H/8, W/8) with reference features, see :func:`add_per_clip`."""
+        ``size``: (B, G) with reference features, see :func:`add_per_clip`."""
         x = self.up2(x)
         if ref_feats is None:
             return self.s2(x)
         widths = self.widths
         aligned_input = [] if aligned is None else [(aligned, GROUP, widths["aligned"][1])]
-        b, h, w = size
         return self.s2[1:](conv_over_groups(self.s2[0], [(x, GROUP, widths["up"][1]),
                                                          (ref_feats[1], CLIP, widths["reference"][1]), *aligned_input],
-                                            (b, h * 2, w * 2)))
+                                            size))
 
     def head(self, x: torch.Tensor, ref_feats: tuple[torch.Tensor, ...] | None, warped: torch.Tensor | None,
              aligned: torch.Tensor | None = None, size: tuple = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -506,11 +502,9 @@ class BlockDecoder(nn.Module):
         else:
             widths = self.widths
             aligned_input = [] if aligned is None else [(aligned, GROUP, widths["aligned"][0])]
-            b, h, w = size
             x = self.s1[1:](conv_over_groups(self.s1[0], [(x, GROUP, widths["up"][0]),
                                                           (ref_feats[0], CLIP, widths["reference"][0]),
-                                                          (warped, PIXELS, widths["warped"]), *aligned_input],
-                                             (b, h * 4, w * 4)))
+                                                          (warped, PIXELS, widths["warped"]), *aligned_input], size))
         return self.to_pixels(x), (None if self.to_gate is None else self.to_gate(x))
 
 
@@ -612,7 +606,7 @@ class RefTok(nn.Module):
             group_motion = motion.reshape(motion.shape[0], -1, 2, *motion.shape[-2:]).mean(1)  # [N,2,H/8,W/8] px
             aligned4 = warp_features(feats[1], group_motion, 4, reference.dtype, batch)
             aligned2 = warp_features(feats[0], group_motion, 2, reference.dtype, batch)
-        size = (batch, *codes.shape[-2:])  # from the decoder's input, see add_per_clip
+        size = (batch, codes.shape[0] // batch)  # from the decoder's input, see add_per_clip
         x = self.decoder.middle(x, feats, aligned4, size)
         warped = warp_reference(reference, motion, SPATIAL_FACTOR)
         residual, gate = self.decoder.head(x, feats, warped, aligned2, size)
