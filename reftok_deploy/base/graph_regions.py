@@ -101,12 +101,12 @@ def _non_compute_ancestors(nodes: list[onnx.NodeProto], starts: list[int]) -> se
     return found
 
 
-MATCHING_OPS = {"Softmax"}
+MATCHING_OPS = {"Exp", "Softmax"}  # the soft-argmax's weights (its softmax written out; exports before it: Softmax)
 
 
 def cost_volume_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the non-compute nodes of the encoder's motion measurement: everything between the
-    motion-feature convs and the next convs through a Softmax (unit norm, the correlation's matrix
+    motion-feature convs and the next convs through the soft-argmax's Exp (unit norm, the correlation's matrix
     products, gathers and Concat, the soft-argmax and the displacement Concat).
 
     They stay FP32 in FP16 graphs and unquantised in INT8 ones: the soft-argmax divides cosine

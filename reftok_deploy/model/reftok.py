@@ -327,11 +327,15 @@ def soft_argmax(volume: torch.Tensor, radius: int) -> torch.Tensor:
     """Cost volume ``[N,(2r+1)^2,h,w]`` (channel order of :func:`correlation`) -> expected displacement
     ``[N,2,h,w]`` (x, y) in cells: where, around each cell, the reference matches best."""
     size = 2 * radius + 1
-    weights = torch.softmax(volume / SOFT_ARGMAX_TEMPERATURE, dim=1)
+    # The softmax over channels written out: cosines are at most 1, so exp((cos - 1) / T) is in (0, 1] and needs
+    # no running maximum; the same numbers, and onnxruntime's Softmax over channels (a transpose to the last axis
+    # and back) took 132 of its encoder's 377 ms per 640x480 GOP.
+    weights = torch.exp((volume - 1.0) * (1.0 / SOFT_ARGMAX_TEMPERATURE))
     offsets = torch.arange(size, device=volume.device).to(volume.dtype) - radius
     dx = offsets.repeat(size).view(1, -1, 1, 1)
     dy = offsets.repeat_interleave(size).view(1, -1, 1, 1)
-    return torch.cat([(weights * dx).sum(1, keepdim=True), (weights * dy).sum(1, keepdim=True)], 1)
+    total = weights.sum(1, keepdim=True)
+    return torch.cat([(weights * dx).sum(1, keepdim=True), (weights * dy).sum(1, keepdim=True)], 1) / total
 
 
 class MotionFeatures(nn.Module):

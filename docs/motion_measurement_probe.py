@@ -1,0 +1,116 @@
+"""How precisely can the encoder measure motion? The shipped encoder's cost volumes read several ways, against a
+plain correlation of grey 5x5 patches at 1/2 and 1/4 resolution, each scored by its error (px) against DIS optical
+flow's 8x8 block means on the blocks that move more than 1 px (the block-motion warp's motion), with "zero" (no
+motion) as the floor to beat. 256x256, 6 GOPs of 8 frames spread over each clip.
+
+    .venv/bin/python docs/motion_measurement_probe.py DIR_WITH_box.mp4_tree.avi_carphone.mp4
+"""
+
+from __future__ import annotations
+
+import sys
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reftok_deploy.model.checkpoint import default_checkpoint, load_checkpoint
+from reftok_deploy.model.reftok import CORRELATION_RADII, SOFT_ARGMAX_TEMPERATURE, correlation, soft_argmax
+from reftok_deploy.quality.block_motion import block_flow
+
+GOPS, SIZE = 6, 256
+
+
+def clip_frames(path: str) -> np.ndarray:
+    """Every frame, short side resized to SIZE and centre-cropped: ``[F,SIZE,SIZE,3]`` uint8 RGB."""
+    capture, frames = cv2.VideoCapture(path), []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return np.stack(frames)
+        h, w = frame.shape[:2]
+        scale = SIZE / min(h, w)
+        frame = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        h, w = frame.shape[:2]
+        y, x = (h - SIZE) // 2, (w - SIZE) // 2
+        frames.append(cv2.cvtColor(frame[y : y + SIZE, x : x + SIZE], cv2.COLOR_BGR2RGB))
+
+
+def offsets(radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dy) of each channel of a :func:`correlation` volume, in cells."""
+    cells = torch.arange(2 * radius + 1, dtype=torch.float32) - radius
+    return cells.repeat(2 * radius + 1), cells.repeat_interleave(2 * radius + 1)
+
+
+def hard_argmax(volume: torch.Tensor, radius: int) -> torch.Tensor:
+    """``[N,K,h,w]`` -> the best cell's (x, y) ``[N,2,h,w]``."""
+    dx, dy = offsets(radius)
+    best = volume.argmax(1)
+    return torch.stack([dx[best], dy[best]], 1)
+
+
+def local_soft_argmax(volume: torch.Tensor, radius: int) -> torch.Tensor:
+    """The soft-argmax over the 3x3 cells around the best one (the global one averages distant matches in)."""
+    dx, dy = offsets(radius)
+    cells = torch.stack([dx, dy], 0).view(1, 2, -1, 1, 1)
+    near = ((cells - hard_argmax(volume, radius).unsqueeze(2)).abs() <= 1).all(1)
+    weights = torch.softmax(volume.masked_fill(~near, -1e9) / SOFT_ARGMAX_TEMPERATURE, 1)
+    return torch.stack([(weights * dx.view(1, -1, 1, 1)).sum(1), (weights * dy.view(1, -1, 1, 1)).sum(1)], 1)
+
+
+def grey_patches(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """``[N,3,H,W]`` -> zero-mean unit-norm 5x5 patches of the grey image at 1/scale ``[N,25,H/s,W/s]``."""
+    grey = F.avg_pool2d(x.mean(1, keepdim=True), scale)
+    patches = F.unfold(F.pad(grey, (2, 2, 2, 2), mode="replicate"), 5).view(x.shape[0], 25, *grey.shape[-2:])
+    patches = patches - patches.mean(1, keepdim=True)
+    return patches / (patches.norm(dim=1, keepdim=True) + 1e-3)
+
+
+def estimates(model, block: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every estimator's motion per 8x8 block ``[8,2,h/8,w/8]`` px (frame -> reference)."""
+    radius4, radius8 = CORRELATION_RADII
+    m4, m8 = model.motion_features(block)
+    r4, r8 = model.motion_features(reference)
+    v4, v8 = correlation(m4, r4, radius4), correlation(m8, r8, radius8)
+    found = {
+        "encoder 1/8 soft-argmax (shipped)": soft_argmax(v8, radius8) * 8,
+        "encoder 1/4 soft-argmax (shipped)": F.avg_pool2d(soft_argmax(v4, radius4) * 4, 2),
+        "encoder 1/8 argmax": hard_argmax(v8, radius8) * 8,
+        "encoder 1/8 local soft-argmax": local_soft_argmax(v8, radius8) * 8,
+        "encoder 1/4 local soft-argmax": F.avg_pool2d(local_soft_argmax(v4, radius4) * 4, 2),
+    }
+    for scale, radius in ((2, 4), (4, 3)):
+        volume = correlation(grey_patches(block, scale), grey_patches(reference, scale), radius)
+        found[f"grey patches 1/{scale} (+-{scale * radius} px) soft-argmax"] = F.avg_pool2d(
+            soft_argmax(volume, radius) * scale, 8 // scale)
+    found["zero"] = torch.zeros_like(found["encoder 1/8 argmax"])
+    return found
+
+
+def main(folder: str) -> None:
+    torch.set_num_threads(2)
+    model, _ = load_checkpoint(default_checkpoint())
+    model.eval()
+    table: dict[str, dict[str, float]] = {}
+    for clip in ("box.mp4", "tree.avi", "carphone.mp4"):
+        frames = clip_frames(f"{folder}/{clip}")
+        errors: dict[str, list[torch.Tensor]] = {}
+        for start in np.linspace(0, len(frames) - 9, GOPS).astype(int):
+            reference, block = frames[start], frames[start + 1 : start + 9]
+            teacher = torch.from_numpy(np.stack([block_flow(reference, f, precision=1e-6) for f in block]))
+            teacher = teacher.permute(0, 3, 1, 2)
+            moving = teacher.norm(dim=1) > 1
+            pixels = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 127.5 - 1  # noqa: E731
+            with torch.no_grad():
+                for name, motion in estimates(model, pixels(block), pixels(reference[None])).items():
+                    errors.setdefault(name, []).append((motion - teacher).norm(dim=1)[moving])
+        table[clip] = {name: float(torch.cat(e).mean()) for name, e in errors.items()}
+        table[clip]["(moving blocks)"] = sum(e.numel() for e in errors["zero"])
+    print("px off DIS on moving 8x8 blocks".ljust(46), *[c.rjust(13) for c in table])
+    for name in table["box.mp4"]:
+        print(name.ljust(46), *[f"{table[c][name]:13.2f}" for c in table])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
