@@ -26,8 +26,8 @@ import onnx
 
 from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.base.files import atomic_write_bytes
-from reftok_deploy.base.graph_regions import (cost_volume_nodes, input_regions, sampling_head_convs, token_arithmetic_nodes,
-                                         topological_sort)
+from reftok_deploy.base.graph_regions import (conv_parts, cost_volume_nodes, input_regions, sampling_head_convs,
+                                              token_arithmetic_nodes, topological_sort)
 
 METHODS = ("minmax", "entropy", "percentile")
 # Q/DQ goes on these ops only. Leaving the ReLU6 Clips unquantised lets ONNX Runtime fuse
@@ -136,14 +136,17 @@ def quantize_qdq(fp32: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], meth
             finally:
                 root.setLevel(level)
         atomic_write_bytes(cache, ranges.read_bytes())
-        return separate_shared_activation_qdq(onnx.load(str(target)))
+        return float_convs_read_float(separate_shared_activation_qdq(onnx.load(str(target))), float_nodes(fp32))
 
 
 def float_nodes(fp32: onnx.ModelProto) -> list[str]:
     """Nodes an INT8 graph leaves unquantised: token arithmetic, cost volume, motion warp head, and the
-    convs that read the pixels or the token codes with the ops before them (:func:`input_regions`)."""
+    convs that read the pixels or the token codes with the ops before them (:func:`input_regions`), each whole
+    where the model computes it in parts (:func:`conv_parts`)."""
     paths, convs = input_regions(fp32)
-    names = token_arithmetic_nodes(fp32) + sampling_head_convs(fp32) + cost_volume_nodes(fp32) + paths + convs
+    joins, parts = conv_parts(fp32, convs)
+    names = (token_arithmetic_nodes(fp32) + sampling_head_convs(fp32) + cost_volume_nodes(fp32) + paths + convs
+             + joins + parts)
     return list(dict.fromkeys(names))
 
 
@@ -167,6 +170,32 @@ def _entropy_ranges(source: Path, feeds: list[dict[str, np.ndarray]], cache: Pat
                                                   "symmetric": True})
     calibrator.collect_data(FeedReader(feeds))
     save_tensors_data(calibrator.compute_data(), cache)
+
+
+def float_convs_read_float(model: onnx.ModelProto, kept_float: list[str]) -> onnx.ModelProto:
+    """Let each conv that stays float (``kept_float``) read the float tensor behind the Q/DQ pair in front of it,
+    dropping that pair (its own, after :func:`separate_shared_activation_qdq`): TensorRT's placement puts Q/DQ on
+    the inputs of int8 convs only. The case: a conv computed in parts, whose part on the reference's features is
+    kept float because another part reads the pixels, while the features are quantised for the int8 convs that
+    also read them."""
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    names, removed = set(kept_float), set()
+    for conv in graph.node:
+        dq = producer.get(conv.input[0]) if conv.op_type == "Conv" and conv.name in names else None
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or readers[dq.output[0]] != 1 or readers[q.output[0]] != 1:
+            continue
+        conv.input[0] = q.input[0]
+        removed |= {id(q), id(dq)}
+    kept = [node for node in graph.node if id(node) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model
 
 
 def separate_shared_activation_qdq(model: onnx.ModelProto) -> onnx.ModelProto:

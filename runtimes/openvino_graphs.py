@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from reftok_deploy.base.graph_regions import COMPUTE_OPS, consumers_of
+from reftok_deploy.base.graph_regions import COMPUTE_OPS, PART_JOINING_OPS, consumers_of
 
 # Ops between a conv and the Q it feeds that keep the conv's output "from" that conv (ReLU6 is a Clip).
 ACTIVATIONS = ("Clip", "Relu")
@@ -34,9 +34,15 @@ def float_skip_connections(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int
     outputs = {o.name for o in graph.output}
 
     def float_conv(node: onnx.NodeProto | None) -> bool:
-        """Whether ``node``, after the activations above it, is a compute op whose input is not dequantised."""
+        """Whether ``node``, after the activations above it, is a compute op whose input is not dequantised, or
+        the sum of a conv computed in parts one of which is (model.reftok.conv_over_groups)."""
         while node is not None and node.op_type in ACTIVATIONS:
             node = producer.get(node.input[0])
+        return float_part(node)
+
+    def float_part(node: onnx.NodeProto | None) -> bool:
+        if node is not None and node.op_type in PART_JOINING_OPS:
+            return any(float_part(producer.get(name)) for name in node.input)
         if node is None or node.op_type not in COMPUTE_OPS:
             return False
         source = producer.get(node.input[0])

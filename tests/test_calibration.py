@@ -76,6 +76,7 @@ def test_qdq_graph_follows_tensorrt_rules(int8_export):
 def test_openvino_reads_skip_connections_of_float_convs_unquantised(int8_export):
     """The INT8 file keeps TensorRT's placement (the skip connection's Add reads a Q/DQ pair); OpenVINO,
     which misread that pair, gets it removed at load time and nothing else."""
+    from reftok_deploy.base.graph_regions import PART_JOINING_OPS
     from reftok_deploy.calibration.qdq import float_nodes
     from reftok_deploy.runtimes.openvino_graphs import ACTIVATIONS, float_skip_connections
 
@@ -84,6 +85,15 @@ def test_openvino_reads_skip_connections_of_float_convs_unquantised(int8_export)
         (through its activation, maybe a Q/DQ); a float Add (the decoder's first conv on the token codes plus
         the reference's part) has nothing to misread."""
         producer = {o: n for n in model.graph.node for o in n.output}
+        def float_part(join):
+            for name in join.input:
+                node = producer.get(name)
+                if node is not None and node.op_type == "Conv" and node.name in kept_float:
+                    return node
+                if node is not None and node.op_type in PART_JOINING_OPS and float_part(node) is not None:
+                    return float_part(node)
+            return None
+
         found = []
         for add in (n for n in model.graph.node if n.op_type == "Add"):
             if not any(getattr(producer.get(name), "op_type", None) == "DequantizeLinear" for name in add.input):
@@ -94,6 +104,8 @@ def test_openvino_reads_skip_connections_of_float_convs_unquantised(int8_export)
                     node = producer.get(producer[node.input[0]].input[0])
                 while node is not None and node.op_type in ACTIVATIONS:
                     node = producer.get(node.input[0])
+                if node is not None and node.op_type in PART_JOINING_OPS and node.name in kept_float:
+                    node = float_part(node)  # a conv computed in parts: one of its float parts
                 if node is not None and node.op_type == "Conv" and node.name in kept_float:
                     found.append(producer[name].op_type)
         return found
@@ -144,7 +156,7 @@ def test_openvino_int8_computes_its_float_ops_in_bf16_only_where_native(int8_exp
 
 def test_onnxruntime_runs_every_int8_conv_as_an_int8_kernel(int8_export, tmp_path):
     """Tensors read twice (residual inputs, reference features) used to leave their convs in float."""
-    from reftok_deploy.base.graph_regions import input_reading_convs, sampling_head_convs
+    from reftok_deploy.base.graph_regions import conv_parts, input_reading_convs, sampling_head_convs
     from reftok_deploy.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 
     for graph in ("encoder", "decoder"):
@@ -159,6 +171,7 @@ def test_onnxruntime_runs_every_int8_conv_as_an_int8_kernel(int8_export, tmp_pat
         # L2-normalised for the cost volume, not quantised).
         fp32 = onnx.load(str(int8_export / f"{graph}.fp32.onnx"))
         by_design = set(sampling_head_convs(fp32)) | set(input_reading_convs(fp32))
+        by_design |= set(conv_parts(fp32, input_reading_convs(fp32))[1])  # their other parts (conv_over_groups)
         # (ONNX Runtime may rename a conv it fuses with the following Mul, so convs are checked by count.)
         assert "QLinearConv" in ops, graph
         if graph == "encoder":

@@ -180,6 +180,48 @@ def input_regions(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     return sorted(path, key=order.__getitem__), sorted(convs, key=order.__getitem__)
 
 
+# Ops that join the parts of a conv computed per part of its input (model.reftok.conv_over_groups: group parts,
+# a per-clip part gathered for each group, pixel parts; the encoder's first conv subtracts the reference's part).
+PART_JOINING_OPS = {"Add", "Sub", "Gather"}
+
+
+def conv_parts(model: onnx.ModelProto, convs: list[str]) -> tuple[list[str], list[str]]:
+    """(joining nodes, other compute nodes): the rest of each conv in ``convs`` that the model computes in parts.
+
+    From each conv's output, the Add/Sub/Gather nodes that sum it with other parts, and the convs whose outputs
+    those nodes read (through Add/Sub/Gather only); repeated until nothing new. A skip connection is not a part:
+    its other input comes through an activation. INT8 keeps a whole conv float when any part reads the pixels or
+    the codes, so the parts' sum (whose terms can be far larger than the activation after it) is never rounded.
+    """
+    graph = model.graph
+    consumers = consumers_of(graph)
+    producer = {out: n for n in graph.node for out in n.output}
+    joins: dict[int, onnx.NodeProto] = {}
+    found: dict[int, onnx.NodeProto] = {}
+    stack = [n for n in graph.node if n.name in set(convs)]
+    while stack:
+        node = stack.pop()
+        for out in node.output:  # downstream: the joins this part feeds
+            for nxt in consumers.get(out, []):
+                if nxt.op_type in PART_JOINING_OPS and id(nxt) not in joins:
+                    joins[id(nxt)] = nxt
+                    stack.append(nxt)
+        if node.op_type in PART_JOINING_OPS:  # upstream: the other parts a join reads
+            for name in node.input:
+                source = producer.get(name)
+                if source is None or id(source) in joins or id(source) in found:
+                    continue
+                if source.op_type in COMPUTE_OPS and source.name not in convs:
+                    found[id(source)] = source
+                    stack.append(source)
+                elif source.op_type in PART_JOINING_OPS:
+                    joins[id(source)] = source
+                    stack.append(source)
+    order = {id(n): i for i, n in enumerate(graph.node)}
+    by_order = lambda nodes: [n.name for n in sorted(nodes.values(), key=lambda n: order[id(n)])]  # noqa: E731
+    return by_order(joins), by_order(found)
+
+
 def input_reading_convs(model: onnx.ModelProto) -> list[str]:
     """Names of the compute nodes that read a graph input through non-compute ops only: the convs on
     the pixels (reference, frames, the warped reference) and on the decoded token codes.

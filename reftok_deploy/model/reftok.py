@@ -327,10 +327,10 @@ def soft_argmax(volume: torch.Tensor, radius: int) -> torch.Tensor:
     """Cost volume ``[N,(2r+1)^2,h,w]`` (channel order of :func:`correlation`) -> expected displacement
     ``[N,2,h,w]`` (x, y) in cells: where, around each cell, the reference matches best."""
     size = 2 * radius + 1
-    # The softmax over channels written out: cosines are at most 1, so exp((cos - 1) / T) is in (0, 1] and needs
-    # no running maximum; the same numbers, and onnxruntime's Softmax over channels (a transpose to the last axis
-    # and back) took 132 of its encoder's 377 ms per 640x480 GOP.
-    weights = torch.exp((volume - 1.0) * (1.0 / SOFT_ARGMAX_TEMPERATURE))
+    # The softmax over channels written out (exp of the shift by each cell's best match, channel sums): the same
+    # numbers, and onnxruntime's Softmax over channels (a transpose to the last axis and back) took 132 of its
+    # encoder's 377 ms per 640x480 GOP. The best match's weight is 1, so the sum never underflows, in FP16 too.
+    weights = torch.exp((volume - volume.amax(1, keepdim=True)) * (1.0 / SOFT_ARGMAX_TEMPERATURE))
     offsets = torch.arange(size, device=volume.device).to(volume.dtype) - radius
     dx = offsets.repeat(size).view(1, -1, 1, 1)
     dy = offsets.repeat_interleave(size).view(1, -1, 1, 1)
@@ -615,9 +615,9 @@ class RefTok(nn.Module):
         warped = warp_reference(reference, motion, SPATIAL_FACTOR)
         residual, gate = self.decoder.head(x, feats, warped, aligned2, size)
         gate = gate.clamp(0.0, 1.0)
-        n, _, h, w = residual.shape
         ft = self.cfg.temporal_factor
-        gated = (residual.reshape(n, ft, 3, h, w) * gate.unsqueeze(2)).reshape(n, 3 * ft, h, w)
+        h, w = reference.shape[-2:]  # sizes from the graph's inputs (see add_per_clip)
+        gated = (residual.reshape(-1, ft, 3, h, w) * gate.unsqueeze(2)).reshape(-1, 3 * ft, h, w)
         out = warped + gated
         motion = F.interpolate(motion, scale_factor=8.0, mode="bilinear", align_corners=False)  # for training's losses
         return {"frames": self._unfold(out, batch), "motion": self._unfold(motion, batch),
@@ -717,6 +717,8 @@ def warp_features(features: torch.Tensor, motion: torch.Tensor, cell: int, dtype
     the grid (the reference's); ``batch`` B (see :func:`sample_per_clip`). Returns ``[N,C,H/cell,W/cell]``
     (bilinear, edges repeated).
     """
+    if 8 % cell:
+        raise ValueError(f"cell {cell} does not divide the motion's 8-pixel cells")
     offsets = (motion * (1.0 / cell)).to(dtype)
     return sample_per_clip(features, sampling_grid(offsets, 8 // cell), batch)
 
