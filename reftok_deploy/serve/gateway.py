@@ -21,6 +21,11 @@ from reftok_deploy.base.service_api import (BATCH_HEADER, CHECKPOINT_HEADER, DEC
 from reftok_deploy.base.wire import MEDIA_TYPE, PayloadError, decode_arrays, encode_arrays
 
 
+# An oversized body up to this many times the limit is read (and dropped) before the 413 goes out; a larger one
+# is refused at once, and its client may see the connection close instead.
+DRAIN_FACTOR = 4
+
+
 class Refusal(Exception):
     """A request answered with ``status`` and one line, ``reason``."""
 
@@ -88,17 +93,31 @@ class Gateway:
         limit = self.limits.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            if declared.isdigit() and int(declared) <= DRAIN_FACTOR * limit:
+                await self._drain(request)
             raise Refusal(413, f"a body of {declared} bytes; this server takes at most {limit}")
         content_type = request.headers.get("content-type", "").split(";")[0].strip()
         if content_type != MEDIA_TYPE:
             raise Refusal(415, f"Content-Type {content_type or 'missing'}: send {MEDIA_TYPE}")
         chunks, size = [], 0
-        async for chunk in request.stream():
+        async for chunk in request.stream():  # past the limit, read on (to DRAIN_FACTOR x) and drop: see _drain
             size += len(chunk)
-            if size > limit:
-                raise Refusal(413, f"a body over {limit} bytes, this server's limit")
-            chunks.append(chunk)
+            if size > DRAIN_FACTOR * limit:
+                break
+            if size <= limit:
+                chunks.append(chunk)
+        if size > limit:
+            raise Refusal(413, f"a body over {limit} bytes, this server's limit")
         return b"".join(chunks)
+
+    async def _drain(self, request: Request) -> None:
+        """Read and drop an oversized body, up to DRAIN_FACTOR times the limit: a server that answers 413 and
+        closes while the client is still sending gives the client a broken pipe instead of the answer."""
+        read = 0
+        async for chunk in request.stream():
+            read += len(chunk)
+            if read > DRAIN_FACTOR * self.limits.max_body_bytes:
+                return
 
     @staticmethod
     def _parse(body: bytes, rules, check) -> list[np.ndarray]:
