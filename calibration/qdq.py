@@ -26,8 +26,8 @@ import onnx
 
 from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.base.files import atomic_write_bytes
-from reftok_deploy.base.graph_regions import (conv_parts, cost_volume_nodes, input_regions, sampling_head_convs,
-                                              token_arithmetic_nodes, topological_sort)
+from reftok_deploy.base.graph_regions import (consumers_of, conv_parts, cost_volume_nodes, drop_nodes, input_regions,
+                                              sampling_head_convs, token_arithmetic_nodes, topological_sort)
 
 METHODS = ("minmax", "entropy", "percentile")
 # Q/DQ goes on these ops only. Leaving the ReLU6 Clips unquantised lets ONNX Runtime fuse
@@ -180,21 +180,17 @@ def float_convs_read_float(model: onnx.ModelProto, kept_float: list[str]) -> onn
     also read them."""
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    consumers = consumers_of(graph)
     names, removed = set(kept_float), set()
     for conv in graph.node:
         dq = producer.get(conv.input[0]) if conv.op_type == "Conv" and conv.name in names else None
         q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if q is None or q.op_type != "QuantizeLinear" or readers[dq.output[0]] != 1 or readers[q.output[0]] != 1:
+        if q is None or q.op_type != "QuantizeLinear" or len(consumers[dq.output[0]]) != 1 \
+                or len(consumers[q.output[0]]) != 1:
             continue
         conv.input[0] = q.input[0]
         removed |= {id(q), id(dq)}
-    kept = [node for node in graph.node if id(node) not in removed]
-    del graph.node[:]
-    graph.node.extend(kept)
+    drop_nodes(graph, removed)
     return model
 
 

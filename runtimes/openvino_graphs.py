@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from reftok_deploy.base.graph_regions import COMPUTE_OPS, PART_JOINING_OPS, consumers_of
+from reftok_deploy.base.graph_regions import COMPUTE_OPS, PART_JOINING_OPS, consumers_of, drop_nodes
 
 # Ops between a conv and the Q it feeds that keep the conv's output "from" that conv (ReLU6 is a Clip).
 ACTIVATIONS = ("Clip", "Relu")
@@ -59,9 +59,7 @@ def float_skip_connections(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int
                 continue
             add.input[k] = q.input[0]
             removed |= {id(q), id(dq)}
-    kept = [node for node in graph.node if id(node) not in removed]
-    del graph.node[:]
-    graph.node.extend(kept)
+    drop_nodes(graph, removed)
     return model, len(removed) // 2
 
 
@@ -160,9 +158,7 @@ def float_reads_of_float_tensors(model: onnx.ModelProto) -> tuple[onnx.ModelProt
             while name in replaced:  # a pair read through another removed pair
                 name = replaced[name]
             node.input[k] = name
-    kept = [node for node in graph.node if id(node) not in removed]
-    del graph.node[:]
-    graph.node.extend(kept)
+    drop_nodes(graph, removed)
     return model, len(removed) // 2
 
 

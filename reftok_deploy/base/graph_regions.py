@@ -27,6 +27,13 @@ def consumers_of(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
+def drop_nodes(graph: onnx.GraphProto, removed: set[int]) -> None:
+    """Remove the nodes whose ``id`` is in ``removed`` from ``graph``, in place, keeping the others' order."""
+    kept = [node for node in graph.node if id(node) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
 def token_arithmetic_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes that must stay FP32: downstream of the last compute op, or upstream of the first.
 

@@ -216,6 +216,11 @@ def unshuffled_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return F.conv2d(x, space_to_depth_weight(weight, factor), bias, stride=factor, padding=factor * (k // 2))
 
 
+def stage_on_unshuffled(stage: nn.Sequential, x: torch.Tensor, factor: int) -> torch.Tensor:
+    """A stage whose first conv reads ``PixelUnshuffle(factor)(x)``, run on ``x`` through :func:`unshuffled_conv`."""
+    return stage[1:](unshuffled_conv(x, stage[0].weight, stage[0].bias, factor))
+
+
 def add_per_clip(per_group: torch.Tensor, per_clip: torch.Tensor, size: tuple) -> torch.Tensor:
     """``[B*G,C,h,w]`` + ``[B,C,h,w]``: each clip's tensor added to every one of its groups.
 
@@ -267,7 +272,7 @@ class ReferenceEncoder(nn.Module):
         self.s3 = stage(c2, c3, cfg.res_blocks, stride=2)
 
     def forward(self, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        f1 = self.s1[1:](unshuffled_conv(reference, self.s1[0].weight, self.s1[0].bias, 2))
+        f1 = stage_on_unshuffled(self.s1, reference, 2)
         f2 = self.s2(f1)
         f3 = self.s3(f2)
         return f1, f2, f3
@@ -348,7 +353,7 @@ class MotionFeatures(nn.Module):
         self.s8 = nn.Sequential(nn.ReLU6(), nn.Conv2d(m, m, 3, stride=2, padding=1), nn.ReLU6(), nn.Conv2d(m, m, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f4 = self.s4[1:](unshuffled_conv(x, self.s4[0].weight, self.s4[0].bias, 4))  # over x unshuffled to 1/4
+        f4 = stage_on_unshuffled(self.s4, x, 4)  # over x unshuffled to 1/4
         f8 = self.s8(f4)
         return _unit_norm(f4), _unit_norm(f8)
 
@@ -392,7 +397,7 @@ class BlockEncoder(nn.Module):
         clip), ``costs`` (squeezed cost volume at 1/4, at 1/8, soft-argmax flows at 1/8, per group);
         ``batch``: B (for the group context)."""
         if ref_feats is None:
-            x = self.s1[1:](unshuffled_conv(x, self.s1[0].weight, self.s1[0].bias, 2))
+            x = stage_on_unshuffled(self.s1, x, 2)
             x = self.s3(self.down3(self.s2(self.down2(x))))
         else:
             c2, c3, _, r2, r3, cost4, cost8 = self.widths

@@ -94,30 +94,29 @@ class Gateway:
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             if declared.isdigit() and int(declared) <= DRAIN_FACTOR * limit:
-                await self._drain(request)
+                await self._read(request, limit)  # read and dropped: see DRAIN_FACTOR
             raise Refusal(413, f"a body of {declared} bytes; this server takes at most {limit}")
         content_type = request.headers.get("content-type", "").split(";")[0].strip()
         if content_type != MEDIA_TYPE:
             raise Refusal(415, f"Content-Type {content_type or 'missing'}: send {MEDIA_TYPE}")
+        body, size = await self._read(request, limit)
+        if size > limit:
+            raise Refusal(413, f"a body over {limit} bytes, this server's limit")
+        return body
+
+    @staticmethod
+    async def _read(request: Request, limit: int) -> tuple[bytes, int]:
+        """(the body if it is at most ``limit`` bytes, the bytes read). An oversized body is read on, up to
+        DRAIN_FACTOR times the limit, and dropped: a server that answers 413 and closes while the client is still
+        sending gives the client a broken pipe instead of the answer."""
         chunks, size = [], 0
-        async for chunk in request.stream():  # past the limit, read on (to DRAIN_FACTOR x) and drop: see _drain
+        async for chunk in request.stream():
             size += len(chunk)
             if size > DRAIN_FACTOR * limit:
                 break
             if size <= limit:
                 chunks.append(chunk)
-        if size > limit:
-            raise Refusal(413, f"a body over {limit} bytes, this server's limit")
-        return b"".join(chunks)
-
-    async def _drain(self, request: Request) -> None:
-        """Read and drop an oversized body, up to DRAIN_FACTOR times the limit: a server that answers 413 and
-        closes while the client is still sending gives the client a broken pipe instead of the answer."""
-        read = 0
-        async for chunk in request.stream():
-            read += len(chunk)
-            if read > DRAIN_FACTOR * self.limits.max_body_bytes:
-                return
+        return b"".join(chunks), size
 
     @staticmethod
     def _parse(body: bytes, rules, check) -> list[np.ndarray]:
