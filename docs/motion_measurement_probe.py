@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from reftok_deploy.model.checkpoint import default_checkpoint, load_checkpoint
-from reftok_deploy.model.reftok import CORRELATION_RADII, SOFT_ARGMAX_TEMPERATURE, correlation, soft_argmax
+from reftok_deploy.model.matching import SOFT_ARGMAX_TEMPERATURE, correlation, soft_argmax
+from reftok_deploy.model.reftok import CORRELATION_RADII
 from reftok_deploy.quality.block_motion import block_flow
 
 GOPS, SIZE = 6, 256

@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reftok_deploy.model.reftok import (CLIP, GROUP, PIXELS, PRESETS, BlockEncoder, conv_over_groups, sample_per_clip,
-                                        sampling_grid, soft_argmax, unshuffled_conv)
+from reftok_deploy.model.layers import CLIP, GROUP, PIXELS, conv_over_groups, unshuffled_conv
+from reftok_deploy.model.matching import soft_argmax
+from reftok_deploy.model.reftok import PRESETS, BlockEncoder
+from reftok_deploy.model.warping import sample_per_clip, sampling_grid
 
 B, G = 2, 3  # clips, groups per clip: group g of clip b is item b*G + g
 

@@ -6,7 +6,8 @@ import torch
 
 from reftok_deploy.quality.evaluate import reconstruct
 from tests.conftest import moving_still
-from reftok_deploy.model.reftok import MOTION_UNIT_PX, PRESETS, RefTok, RefTokConfig, crop_to, pad_to_multiple, warp_reference
+from reftok_deploy.model.reftok import MOTION_UNIT_PX, PRESETS, RefTok, RefTokConfig, crop_to, pad_to_multiple
+from reftok_deploy.model.warping import warp_reference
 
 
 @pytest.mark.parametrize("height,width", [(64, 64), (37, 50), (8, 8), (71, 29)])
@@ -192,7 +193,7 @@ def test_with_the_group_context_a_group_decodes_from_its_neighbours_tokens():
 def test_correlation_is_the_local_dot_product_at_every_offset(radius, height, width):
     """Channel (dy, dx) of the cost volume is <a(p), b(p + (dy - r, dx - r))>, zero outside ``b``, for any
     width (tiles padded and cropped) -- checked against the definition, one offset at a time."""
-    from reftok_deploy.model.reftok import correlation
+    from reftok_deploy.model.matching import correlation
 
     generator = torch.Generator().manual_seed(height * 100 + width + radius)
     a = torch.randn(6, 5, height, width, generator=generator)  # 2 clips of 3 frames
@@ -209,7 +210,7 @@ def test_correlation_is_the_local_dot_product_at_every_offset(radius, height, wi
 
 
 def test_correlation_refuses_a_radius_wider_than_its_tile():
-    from reftok_deploy.model.reftok import CORRELATION_TILE, correlation
+    from reftok_deploy.model.matching import CORRELATION_TILE, correlation
 
     a = torch.zeros(1, 2, 4, 4)
     with pytest.raises(ValueError, match="CORRELATION_TILE"):
@@ -222,7 +223,8 @@ def test_flops_count_convolutions_and_the_cost_volume_once(tiny_model):
     from torch.utils.flop_counter import FlopCounterMode
 
     from reftok_deploy.model.flops import gop_flops
-    from reftok_deploy.model.reftok import CORRELATION_RADII, CORRELATION_TILE
+    from reftok_deploy.model.matching import CORRELATION_TILE
+    from reftok_deploy.model.reftok import CORRELATION_RADII
 
     cfg, size = tiny_model.cfg, 64
     counted = gop_flops(tiny_model, size)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from reftok_deploy.base.errors import ReftokError
-from reftok_deploy.model.reftok import PRESETS, RefTok, RefTokConfig, warp_features, warp_reference
+from reftok_deploy.model.reftok import PRESETS, RefTok, RefTokConfig
+from reftok_deploy.model.warping import warp_features, warp_reference
 from reftok_deploy.model.warm_start import warm_start_state
 from tests.conftest import invoke, moving_still, randomised
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import onnx
 
 # Learned layers (ops with weights). MatMul is not one here: the models' only MatMuls multiply two
-# activations (the cost volume, :func:`reftok_deploy.model.reftok.correlation`) and belong to that region;
+# activations (the cost volume, :func:`reftok_deploy.model.matching.correlation`) and belong to that region;
 # tests/test_export.py checks that no exported MatMul reads a weight.
 COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm"}
 # Ops kept in FP32 together with all their non-compute ancestors.

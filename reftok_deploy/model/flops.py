@@ -4,7 +4,7 @@
 encoder, the decoder and both (PyTorch's FlopCounterMode: convolutions and matrix products, 2 FLOPs
 per multiply-add; elementwise ops and GridSample are not counted). The cost volume is counted apart, as its dot
 products (2 FLOPs per channel of each offset and cell); the tiled matrix products that compute it
-(:func:`reftok_deploy.model.reftok.correlation`) also multiply cells no offset needs, about 1.9x as many.
+(:func:`reftok_deploy.model.matching.correlation`) also multiply cells no offset needs, about 1.9x as many.
 """
 
 from __future__ import annotations

@@ -44,6 +44,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from reftok_deploy.model.fsq import FSQ
+from reftok_deploy.model.layers import (CLIP, GROUP, PIXELS, add_per_clip, conv3, conv_over_groups, stage,
+                                        stage_on_unshuffled, unshuffled_conv)
+from reftok_deploy.model.matching import correlation, soft_argmax, unit_norm
+from reftok_deploy.model.warping import warp_features, warp_reference
 from reftok_deploy.base.spec import MODEL_VERSION, SPATIAL_FACTOR, Geometry
 
 # Motion below this many pixels is exactly zero: static content decodes to the reference itself.
@@ -180,87 +184,6 @@ def group_context(x: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat([previous, following], 2).reshape(n, 2 * (c + 1), h, w)
 
 
-def conv3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
-
-
-class ResBlock(nn.Module):
-    def __init__(self, ch: int) -> None:
-        super().__init__()
-        self.conv1 = conv3(ch, ch)
-        self.conv2 = conv3(ch, ch)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu6(x + self.conv2(F.relu6(self.conv1(x))))
-
-
-def stage(cin: int, cout: int, blocks: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(conv3(cin, cout, stride), nn.ReLU6(), *[ResBlock(cout) for _ in range(blocks)])
-
-
-def space_to_depth_weight(weight: torch.Tensor, factor: int) -> torch.Tensor:
-    """Weights ``[O,C*f*f,k,k]`` of a conv over ``PixelUnshuffle(f)`` of an input -> ``[O,C,k*f,k*f]``, those of
-    the same conv read straight from the input with stride f (see :func:`unshuffled_conv`)."""
-    o, channels, k, _ = weight.shape
-    c = channels // (factor * factor)
-    return weight.reshape(o, c, factor, factor, k, k).permute(0, 1, 4, 2, 5, 3).reshape(o, c, k * factor, k * factor)
-
-
-def unshuffled_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, factor: int) -> torch.Tensor:
-    """``conv2d(PixelUnshuffle(factor)(x), weight, bias, padding=k//2)`` computed as one strided conv on ``x``:
-    equal up to float rounding, without the unshuffle's full-resolution transposes (which, with the Concats
-    around them, took more of OpenVINO's time at 640x480 than the convs did)."""
-    k = weight.shape[-1]
-    return F.conv2d(x, space_to_depth_weight(weight, factor), bias, stride=factor, padding=factor * (k // 2))
-
-
-def stage_on_unshuffled(stage: nn.Sequential, x: torch.Tensor, factor: int) -> torch.Tensor:
-    """A stage whose first conv reads ``PixelUnshuffle(factor)(x)``, run on ``x`` through :func:`unshuffled_conv`."""
-    return stage[1:](unshuffled_conv(x, stage[0].weight, stage[0].bias, factor))
-
-
-def add_per_clip(per_group: torch.Tensor, per_clip: torch.Tensor, size: tuple) -> torch.Tensor:
-    """``[B*G,C,h,w]`` + ``[B,C,h,w]``: each clip's tensor added to every one of its groups.
-
-    ``size`` (B, G): ints or, in a traced graph, sizes computed from the graph's inputs. Neither map's shape is
-    read (a Shape op on a conv's output kept ONNX Runtime from fusing that conv into an int8 kernel) nor
-    reshaped to 5-D (OpenVINO's int8 graphs spent 100 ms per 640x480 GOP converting quantised 5-D tensors):
-    the clip's map is gathered once per group."""
-    b, groups = size
-    return per_group + per_clip.index_select(0, torch.arange(b * groups, device=per_clip.device) // groups)
-
-
-GROUP, CLIP, PIXELS = "group", "clip", "pixels"  # kinds of input of :func:`conv_over_groups`
-
-
-def conv_over_groups(conv: nn.Conv2d, inputs: list[tuple[torch.Tensor, str, int]], size: tuple) -> torch.Tensor:
-    """``conv`` (3x3, stride 1) over the channel concatenation of ``inputs``, in order, without building it.
-
-    Each input is (tensor, kind, the conv's input channels it takes: static, for tracing): GROUP ``[B*G,C,h,w]``; CLIP ``[B,C,h,w]``, one per clip that every group
-    reads (the reference's features: convolved once per clip, not once per group); PIXELS ``[B*G,C,2h,2w]``,
-    read through a ``PixelUnshuffle(2)`` (the conv's weights take ``4C`` channels). ``size``: (B, G), see
-    :func:`add_per_clip`. Returns ``[B*G,O,h,w]``.
-    """
-    start, group_x, group_w, clip_x, clip_w, pixels = 0, [], [], [], [], []
-    for x, kind, width in inputs:
-        weight = conv.weight[:, start : start + width]
-        start += width
-        if kind == PIXELS:
-            pixels.append(unshuffled_conv(x, weight, None, 2))
-        else:
-            (clip_x if kind == CLIP else group_x).append(x)
-            (clip_w if kind == CLIP else group_w).append(weight)
-    if start != conv.in_channels:
-        raise ValueError(f"inputs give {start} channels, the conv takes {conv.in_channels}")
-    cat = lambda xs: xs[0] if len(xs) == 1 else torch.cat(xs, 1)  # noqa: E731
-    y = F.conv2d(cat(group_x), cat(group_w), None if clip_x else conv.bias, padding=1)
-    for p in pixels:
-        y = y + p
-    return add_per_clip(y, F.conv2d(cat(clip_x), cat(clip_w), conv.bias, padding=1), size) if clip_x else y
-
-
 class ReferenceEncoder(nn.Module):
     """Reference ``[B,3,H,W]`` in [-1,1] -> features at 1/2, 1/4, 1/8 resolution."""
 
@@ -278,70 +201,6 @@ class ReferenceEncoder(nn.Module):
         return f1, f2, f3
 
 
-def _unit_norm(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalise ``[N,C,h,w]`` over channels: correlations are cosines in [-1,1] (safe for FP16/INT8)."""
-    return x * torch.rsqrt((x * x).sum(1, keepdim=True) + 1e-6)
-
-
-CORRELATION_TILE = 8  # cells of a row multiplied as one small matrix (>= 2 * the largest radius)
-
-
-def correlation(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Tensor:
-    """Local cost volume: ``a [N,C,h,w]`` against ``b [M,C,h,w]`` -> ``[N,(2r+1)^2,h,w]``, channel (dy, dx) =
-    <a(p), b(p + d)>, zero where p + d is outside ``b``. N is a multiple of M: ``a``'s items are M runs of N/M,
-    run k against ``b[k]`` (every frame of a clip against its one reference, without copying it N/M times).
-
-    Computed per row offset dy as batched matrix products: the ``tile + 2r`` cells of ``b`` that a run of
-    CORRELATION_TILE cells of ``a`` can reach (``[tile+2r,C]``) times those cells (``[C,tile]``), then the
-    ``2r+1`` diagonals wanted are gathered from each ``[tile+2r,tile]`` product. Plain ONNX
-    (Pad/Transpose/Reshape/MatMul/Gather); 2r+1 matrix products instead of (2r+1)^2 multiplies and
-    channel sums over the whole map, which left runtimes memory-bound (measured: OpenVINO's bf16
-    encoder at 640x480 174 instead of 392 ms, per OpenVINO's layer counters). Equal to the direct sum up to float rounding order.
-    """
-    tile = CORRELATION_TILE
-    if 2 * radius > tile:
-        raise ValueError(f"correlation radius {radius} needs CORRELATION_TILE >= {2 * radius}")
-    n, c, h, w = a.shape
-    m = b.shape[0]
-    size, span = 2 * radius + 1, tile + 2 * radius
-    tiles = (w + tile - 1) // tile
-    pad = tiles * tile - w  # cells past the right edge; their results are cropped
-    # a as [M,N/M,h,tiles,C,tile] and b as [M,h,w,C] (channels last): no per-offset transpose is needed
-    cells_a = F.pad(a, (0, pad)).permute(0, 2, 1, 3).reshape(m, n // m, h, c, tiles, tile).transpose(3, 4)
-    # b with radius cells of zeros around it, and one more tile on the right so every window is whole
-    padded = F.pad(b, (radius, radius + pad + tile, radius, radius)).permute(0, 2, 3, 1)
-    # flat index of (cell i, offset dx) in a [tile+2r, tile] product: row i + dx, column i
-    diagonals = torch.tensor([(i + dx) * tile + i for i in range(tile) for dx in range(size)], device=a.device)
-    rows = []
-    for dy in range(size):
-        row = padded[:, dy : dy + h]
-        windows = torch.cat([row[:, :, : w + pad].reshape(m, h, tiles, tile, c),
-                             row[:, :, tile : tile + w + pad].reshape(m, h, tiles, tile, c)[:, :, :, : 2 * radius]], 3)
-        products = torch.matmul(windows.unsqueeze(1), cells_a).reshape(n, h, tiles, span * tile)
-        rows.append(products.index_select(-1, diagonals).reshape(n, h, w + pad, size))
-    # [N,dy,h,w,dx] (whole rows stacked: a plain copy; stacked innermost, a strided one) -> channel dy*size+dx
-    volume = torch.stack(rows, 1).permute(0, 1, 4, 2, 3).reshape(n, size * size, h, w + pad)
-    return volume[..., :w]
-
-
-# Cosine similarities are in [-1,1]; this temperature makes the soft-argmax follow the best match.
-SOFT_ARGMAX_TEMPERATURE = 0.05
-
-
-def soft_argmax(volume: torch.Tensor, radius: int) -> torch.Tensor:
-    """Cost volume ``[N,(2r+1)^2,h,w]`` (channel order of :func:`correlation`) -> expected displacement
-    ``[N,2,h,w]`` (x, y) in cells: where, around each cell, the reference matches best."""
-    size = 2 * radius + 1
-    # The softmax over channels written out (exp of the shift by each cell's best match, channel sums): the same
-    # numbers, and onnxruntime's Softmax over channels (a transpose to the last axis and back) took 132 of its
-    # encoder's 377 ms per 640x480 GOP. The best match's weight is 1, so the sum never underflows, in FP16 too.
-    weights = torch.exp((volume - volume.amax(1, keepdim=True)) * (1.0 / SOFT_ARGMAX_TEMPERATURE))
-    offsets = torch.arange(size, device=volume.device).to(volume.dtype) - radius
-    dx = offsets.repeat(size).view(1, -1, 1, 1)
-    dy = offsets.repeat_interleave(size).view(1, -1, 1, 1)
-    total = weights.sum(1, keepdim=True)
-    return torch.cat([(weights * dx).sum(1, keepdim=True), (weights * dy).sum(1, keepdim=True)], 1) / total
-
 
 class MotionFeatures(nn.Module):
     """Frames ``[N,3,H,W]`` in [-1,1] -> unit-norm features at 1/4 and 1/8 (for correlation)."""
@@ -355,7 +214,7 @@ class MotionFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f4 = stage_on_unshuffled(self.s4, x, 4)  # over x unshuffled to 1/4
         f8 = self.s8(f4)
-        return _unit_norm(f4), _unit_norm(f8)
+        return unit_norm(f4), unit_norm(f8)
 
 
 class BlockEncoder(nn.Module):
@@ -658,74 +517,6 @@ class RefTok(nn.Module):
             parts["measured_motion"] = measured
         return parts, ids.reshape(b, -1, ids.shape[-2], ids.shape[-1]), latent
 
-
-def sampling_grid(offsets: torch.Tensor, scale: int = 1) -> torch.Tensor:
-    """Offsets ``[N,2,h,w]`` ((x, y) in pixels of a map ``scale`` times finer) -> grid_sample's grid
-    ``[N,h*scale,w*scale,2]``: normalised coordinates (align_corners=False) of each pixel centre moved by its
-    offset, the offsets upsampled bilinearly. In the offsets' dtype: pass float32 under bf16 autocast, whose
-    8-bit mantissa would put centres up to 0.25 pixel off near the edges of a 256 map.
-
-    Sizes come from the offsets, never from the map sampled: an exported graph then keeps the
-    sampling region (motion, grid) apart from the features it samples. Integer ranges, cast after: TensorRT
-    parses a float Range only when its bounds are constants. Offsets are normalised before upsampling
-    (upsampling is linear: the same values on 64 times fewer pixels) and the centres added channels-first,
-    then one transpose (x, y interleaved per pixel over the whole map was the decoder's slowest step at
-    640x480 under OpenVINO).
-    """
-    h, w = offsets.shape[-2] * scale, offsets.shape[-1] * scale
-    normalised = torch.cat([offsets[:, :1] * (2.0 / w), offsets[:, 1:] * (2.0 / h)], 1)
-    if scale != 1:  # all maps as the channels of one item: interpolating 2 channels wide was 4x slower
-        n, _, mh, mw = normalised.shape
-        normalised = F.interpolate(normalised.reshape(1, 2 * n, mh, mw), scale_factor=float(scale), mode="bilinear",
-                                   align_corners=False).reshape(n, 2, h, w)
-    xs = (torch.arange(w, device=offsets.device).to(offsets.dtype) + 0.5) * (2.0 / w) - 1.0
-    ys = (torch.arange(h, device=offsets.device).to(offsets.dtype) + 0.5) * (2.0 / h) - 1.0
-    centres = torch.cat([xs.view(1, 1, 1, w).expand(1, 1, h, w), ys.view(1, 1, h, 1).expand(1, 1, h, w)], 1)
-    return (normalised + centres).permute(0, 2, 3, 1)
-
-
-def sample_per_clip(images: torch.Tensor, grid: torch.Tensor, batch: int | None = None) -> torch.Tensor:
-    """Bilinear samples (edges repeated) of ``images [B,C,H,W]`` at ``grid [B*K,h,w,2]`` (K grids per image, in
-    order) -> ``[B*K,C,h,w]``. The K grids are stacked into one tall grid per image, so the images are never
-    copied K times. ``batch``: B, when the images are computed; default ``images.shape[0]``. Computed images'
-    shapes are never read: in an exported graph that would join the grid's region to the layers that made them,
-    and a Shape op on a conv's output keeps ONNX Runtime from fusing that conv into an int8 kernel."""
-    b = images.shape[0] if batch is None else batch
-    n, h, w, _ = grid.shape
-    tall = grid.reshape(b, n // b * h, w, 2)
-    sampled = F.grid_sample(images, tall.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False)
-    return sampled.reshape(b, -1, n // b, h, w).transpose(1, 2).reshape(n, -1, h, w)
-
-
-def warp_reference(reference: torch.Tensor, motion: torch.Tensor, scale: int = 1) -> torch.Tensor:
-    """Backward-warp the reference once per frame.
-
-    reference ``[B,3,H,W]`` in [-1,1]; motion ``[B*G,2*ft,H/scale,W/scale]``, per frame the (x, y) offset in
-    pixels at which each output pixel samples the reference, at full resolution or coarser (upsampled
-    bilinearly, see :func:`sampling_grid`). Returns ``[B*G,3*ft,H,W]`` laid out like folded frames
-    (frame-major, then RGB).
-    """
-    h, w = reference.shape[-2:]
-    n, c = motion.shape[:2]
-    ft = c // 2
-    offsets = motion.reshape(n * ft, 2, *motion.shape[-2:]).to(reference.dtype)
-    grid = sampling_grid(offsets, scale)  # [N*ft,H,W,2]
-    return sample_per_clip(reference, grid).reshape(n, ft * 3, h, w)
-
-
-def warp_features(features: torch.Tensor, motion: torch.Tensor, cell: int, dtype: torch.dtype,
-                  batch: int | None = None) -> torch.Tensor:
-    """Backward-warp feature maps by each group's motion.
-
-    features ``[B,C,H/cell,W/cell]`` (one per clip, or one per group: B = N); motion ``[N,2,H/8,W/8]``, N = B*G,
-    (x, y) offsets in full-resolution pixels at which each position samples the reference; ``dtype`` that of
-    the grid (the reference's); ``batch`` B (see :func:`sample_per_clip`). Returns ``[N,C,H/cell,W/cell]``
-    (bilinear, edges repeated).
-    """
-    if 8 % cell:
-        raise ValueError(f"cell {cell} does not divide the motion's 8-pixel cells")
-    offsets = (motion * (1.0 / cell)).to(dtype)
-    return sample_per_clip(features, sampling_grid(offsets, 8 // cell), batch)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:

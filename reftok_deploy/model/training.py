@@ -23,7 +23,8 @@ from reftok_deploy.base.files import check_writable_folder, sha256_file
 from reftok_deploy.model.data import TrainingSampler, batch_stream
 from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.base.machine import physical_memory_bytes
-from reftok_deploy.model.reftok import CORRELATION_RADII, RefTok, RefTokConfig, warp_reference
+from reftok_deploy.model.reftok import CORRELATION_RADII, RefTok, RefTokConfig
+from reftok_deploy.model.warping import warp_reference
 from reftok_deploy.base.video import list_media
 from reftok_deploy.model.warm_start import load_source_weights, upgrade_v1_state, warm_start_state
 
