@@ -46,8 +46,10 @@ MODEL_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "motion_channels": ("a positive integer", lambda v: _is_int(v) and v >= 1),
     "group_context": ("true or false", lambda v: isinstance(v, bool)),
     "aligned_reference": ("true or false", lambda v: isinstance(v, bool)),
+    "motion_search": ("true or false", lambda v: isinstance(v, bool)),
 }
-OPTIONAL_MODEL_FIELDS = ("group_context", "aligned_reference")  # absent from exports made before they existed
+# absent from exports made before they existed
+OPTIONAL_MODEL_FIELDS = ("group_context", "aligned_reference", "motion_search")
 
 
 def tool_versions() -> dict[str, str | None]:

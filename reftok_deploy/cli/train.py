@@ -40,6 +40,13 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @click.option("--model-version", type=click.Choice(["2", "3"]), default="2", show_default=True,
               help="3: the decoder also reads the reference features aligned by each group's decoded motion (same "
                    "tokens; a version-2 --init-from starts it decoding exactly as its source). The twin is version 2.")
+@click.option("--motion-search", is_flag=True,
+              help="Version 3 with the encoder's motion search: each frame's motion found coarse to fine and refined "
+                   "per 8x8 block, read by the latent head (same tokens; a version-2 --init-from starts it coding "
+                   "exactly as its source). Without --model-version 3 the decoder is version 2's.")
+@click.option("--search-weights", type=click.Path(dir_okay=False), default=None,
+              help="The motion search's weights from reftok-train-search (search.safetensors); needs --motion-search. "
+                   "Default: a fresh search, trained with the rest.")
 @click.option("--fsq-levels", default=None, metavar="L1,L2,...",
               help="FSQ levels per token dimension (codebook = their product, at most 65536). Default: the preset's.")
 @click.option("--group-context/--no-group-context", default=True, show_default=True,
@@ -88,7 +95,7 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @json_option("Print the checkpoint folder and its training record as JSON.")
 @verbose_option
 @user_errors
-def main(data, output, preset, no_reference, model_version, fsq_levels, group_context, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, encoder_flow_weight, gate_penalty, checkpoint_every, no_builtin_stills,
+def main(data, output, preset, no_reference, model_version, motion_search, search_weights, fsq_levels, group_context, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, encoder_flow_weight, gate_penalty, checkpoint_every, no_builtin_stills,
          resume, threads, device, workers, max_minutes, autocast, as_json) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
     from reftok_deploy.model.reftok import PRESETS
@@ -97,7 +104,16 @@ def main(data, output, preset, no_reference, model_version, fsq_levels, group_co
     if crop % 8:
         raise ReftokError(f"--crop must be a multiple of 8, got {crop}")
     cfg = dataclasses.replace(PRESETS[preset], group_context=group_context)
-    cfg = cfg.twin() if no_reference else cfg.version3() if model_version == "3" else cfg
+    if (motion_search or search_weights) and no_reference:
+        raise ReftokError("--motion-search and --search-weights need the reference: the twin has no motion")
+    if search_weights and not motion_search:
+        raise ReftokError("--search-weights needs --motion-search")
+    if search_weights and resume:
+        raise ReftokError("--search-weights starts a run; a resumed run keeps its own search")
+    if no_reference:
+        cfg = cfg.twin()
+    elif model_version == "3" or motion_search:
+        cfg = cfg.version3(aligned_reference=model_version == "3", motion_search=motion_search)
     if fsq_levels is not None:
         cfg = dataclasses.replace(cfg, fsq_levels=parse_levels(fsq_levels))
     check_training_memory(preset, batch, crop, device)
@@ -113,12 +129,13 @@ def main(data, output, preset, no_reference, model_version, fsq_levels, group_co
         plan.reads(path, "the training data")
     if not resume:  # a resumed run reads its own folder on purpose
         plan.reads(init_from, "the --init-from checkpoint")
+        plan.reads(search_weights, "the --search-weights file")
     plan.folder(output, "--output", writes=("checkpoint/model.safetensors", "checkpoint/config.json", STATE,
                                             "train_log.jsonl"),
                 keep_if=lambda run: (run / "checkpoint" / "config.json").is_file())
     with plan:
         folder = train(cfg, list(data), output, recipe, resume=resume, threads=threads, init_from=init_from,
-                       device=device, workers=workers)
+                       device=device, workers=workers, search_weights=search_weights)
     if as_json:
         click.echo(json.dumps({"checkpoint": str(folder), "training": read_config(folder).get("training")}, indent=2))
     else:

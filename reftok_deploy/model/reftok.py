@@ -47,6 +47,7 @@ from reftok_deploy.model.fsq import FSQ
 from reftok_deploy.model.layers import (CLIP, GROUP, PIXELS, add_per_clip, conv3, conv_over_groups, stage,
                                         stage_on_unshuffled, unshuffled_conv)
 from reftok_deploy.model.matching import correlation, soft_argmax, unit_norm
+from reftok_deploy.model.motion_search import SEARCH_CHANNELS, MotionSearch
 from reftok_deploy.model.warping import warp_features, warp_reference
 from reftok_deploy.base.spec import MODEL_VERSION, SPATIAL_FACTOR, Geometry
 
@@ -59,7 +60,7 @@ CONFIG_LIMITS = {"channels": 1024, "res_blocks": 16}
 MOTION_UNIT_PX = 16.0
 CORRELATION_RADII = (3, 4)  # cells at 1/4 and 1/8 resolution: +-12 px and +-32 px
 # Config keys added after version 2 shipped; a stored config without them means False.
-OPTIONAL_CONFIG_KEYS = ("group_context", "aligned_reference")
+OPTIONAL_CONFIG_KEYS = ("group_context", "aligned_reference", "motion_search")
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class RefTokConfig:
     group_context: bool = False
     # Version 3: the decoder also reads the reference features aligned by each group's motion.
     aligned_reference: bool = False
+    # Version 3: the encoder also searches each frame's motion coarse to fine (see motion_search.py) and its
+    # latent head reads that motion.
+    motion_search: bool = False
     model_version: int = MODEL_VERSION
     spatial_factor: int = field(default=SPATIAL_FACTOR, init=False)
 
@@ -91,11 +95,13 @@ class RefTokConfig:
             raise ValueError("res_blocks must be >= 0")
         if self.motion_channels < 1:
             raise ValueError("motion_channels must be >= 1")
-        if self.model_version != (3 if self.aligned_reference else 2) and self.model_version != 1:
-            raise ValueError("aligned_reference is model version 3, and version 3 has it: "
-                             f"got version {self.model_version} with aligned_reference={self.aligned_reference}")
-        if self.aligned_reference and not self.reference:
-            raise ValueError("aligned_reference needs the reference path")
+        version3 = self.aligned_reference or self.motion_search
+        if self.model_version != (3 if version3 else 2) and self.model_version != 1:
+            raise ValueError("aligned_reference and motion_search are model version 3, and version 3 has one of them: "
+                             f"got version {self.model_version} with aligned_reference={self.aligned_reference}, "
+                             f"motion_search={self.motion_search}")
+        if version3 and not self.reference:
+            raise ValueError("aligned_reference and motion_search need the reference path")
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -146,12 +152,12 @@ class RefTokConfig:
         return Geometry(self.block_frames, self.temporal_factor, self.spatial_factor)
 
     def twin(self) -> "RefTokConfig":
-        """The reference-free twin of this config (version 2's: a twin has no reference to align)."""
-        return dataclasses.replace(self, reference=False, aligned_reference=False, model_version=2)
+        """The reference-free twin of this config (version 2's: a twin has no reference to align or search)."""
+        return dataclasses.replace(self, reference=False, aligned_reference=False, motion_search=False, model_version=2)
 
-    def version3(self) -> "RefTokConfig":
-        """This config with version 3's aligned reference features."""
-        return dataclasses.replace(self, aligned_reference=True, model_version=3)
+    def version3(self, aligned_reference: bool = True, motion_search: bool = False) -> "RefTokConfig":
+        """This config as version 3, with the aligned reference features and/or the motion search."""
+        return dataclasses.replace(self, aligned_reference=aligned_reference, motion_search=motion_search, model_version=3)
 
 
 PRESETS: dict[str, RefTokConfig] = {
@@ -159,6 +165,12 @@ PRESETS: dict[str, RefTokConfig] = {
     "small": RefTokConfig(channels=(48, 96, 160), res_blocks=2, motion_channels=24, group_context=True),
     "base": RefTokConfig(channels=(64, 128, 256), res_blocks=3, motion_channels=32, group_context=True),
 }
+
+
+def measured_scales(cfg: RefTokConfig) -> int:
+    """How many motion measurements per frame the encoder makes and its latent head reads: the soft-argmax at
+    1/4 and at 1/8, and version 3's motion search; none for the twin."""
+    return 0 if not cfg.reference else 3 if cfg.motion_search else 2
 
 
 def context_channels(channels: int) -> int:
@@ -241,8 +253,9 @@ class BlockEncoder(nn.Module):
         self.down3 = nn.Sequential(conv3(c2, c3, stride=2), nn.ReLU6())
         self.s3 = stage(c3 + r[2] + cost8, c3, cfg.res_blocks)
         # RefTok: the cost volumes' soft-argmax displacements (x, y per frame, at 1/4 pooled to 1/8 and at
-        # 1/8, in MOTION_UNIT_PX) reach the latent head directly: a short path from measured motion to tokens.
-        self.flow_channels = 2 * 2 * ft if cfg.reference else 0
+        # 1/8, in MOTION_UNIT_PX; version 3's searched motion after them) reach the latent head directly: a short
+        # path from measured motion to tokens.
+        self.flow_channels = 2 * measured_scales(cfg) * ft
         head = c3 + self.flow_channels
         self.group_context = cfg.group_context
         self.to_latent = conv3(head + (context_channels(head) if cfg.group_context else 0), latent_dim)
@@ -396,6 +409,7 @@ class RefTok(nn.Module):
         self.fsq = FSQ(cfg.fsq_levels)
         self.reference_encoder = ReferenceEncoder(cfg) if cfg.reference else None
         self.motion_features = MotionFeatures(cfg) if cfg.reference else None
+        self.motion_search = MotionSearch(SEARCH_CHANNELS) if cfg.motion_search else None
         if cfg.reference:
             n4, n8 = ((2 * r + 1) ** 2 for r in CORRELATION_RADII)
             self.squeeze4 = nn.Sequential(nn.Conv2d(n4, BlockEncoder.COST4, 1), nn.ReLU6())
@@ -426,7 +440,9 @@ class RefTok(nn.Module):
 
     def _costs(self, reference: torch.Tensor, folded: torch.Tensor, batch: int) -> tuple[torch.Tensor, ...]:
         """Folded frames ``[B*G,ft*3,H,W]`` -> per-group cost volumes ``[B*G,16*ft,H/4,W/4]`` and
-        ``[B*G,24*ft,H/8,W/8]``, and the soft-argmax flows ``[B*G,2*2*ft,H/8,W/8]`` (MOTION_UNIT_PX)."""
+        ``[B*G,24*ft,H/8,W/8]``, and the measured motion ``[B*G,2*S*ft,H/8,W/8]`` (MOTION_UNIT_PX, x and y each):
+        per frame the soft-argmaxes at 1/4 and 1/8, then (version 3) per frame the searched motion, so a
+        version-2 head's inputs come first."""
         n, c, h, w = folded.shape
         per_frame = folded.reshape(n * c // 3, 3, h, w)  # folded frames are frame-major: no copy
         m4, m8 = self.motion_features(per_frame)
@@ -435,9 +451,12 @@ class RefTok(nn.Module):
         v8 = correlation(m8, r8, CORRELATION_RADII[1])
         flow4 = F.avg_pool2d(soft_argmax(v4, CORRELATION_RADII[0]) * (4.0 / MOTION_UNIT_PX), 2)
         flow8 = soft_argmax(v8, CORRELATION_RADII[1]) * (8.0 / MOTION_UNIT_PX)
+        flows = [torch.cat([flow4, flow8], 1)]
+        if self.motion_search is not None:
+            flows.append(self.motion_search(reference, per_frame, batch)[-1] * (1.0 / MOTION_UNIT_PX))
         # [B*T,C,h,w] -> [B*G,ft*C,h,w], frame-major like folded pixels.
-        return tuple(x.reshape(n, c // 3 * x.shape[1], *x.shape[-2:])
-                     for x in (self.squeeze4(v4), self.squeeze8(v8), torch.cat([flow4, flow8], 1)))
+        per_group = lambda x: x.reshape(n, c // 3 * x.shape[1], *x.shape[-2:])  # noqa: E731
+        return per_group(self.squeeze4(v4)), per_group(self.squeeze8(v8)), torch.cat([per_group(f) for f in flows], 1)
 
     # ---- public API ----------------------------------------------------
     def encode_latent(self, reference: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
@@ -445,18 +464,21 @@ class RefTok(nn.Module):
         return self._encode(reference, frames)[0]
 
     def _encode(self, reference: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(latents ``[B*G,D,H/8,W/8]``, the encoder's measured motion ``[B,2,2,T,H/8,W/8]`` or None for the twin).
+        """(latents ``[B*G,D,H/8,W/8]``, the encoder's measured motion ``[B,S,2,T,H/8,W/8]`` or None for the twin).
 
-        The measured motion is the cost volumes' soft-argmax per frame, at 1/4 (pooled to 1/8) and at 1/8
-        (dim 1), x and y (dim 2), in pixels of the reference seen from the frame: what the training's
-        encoder-flow teacher supervises."""
+        The measured motion is, per frame, the cost volumes' soft-argmax at 1/4 (pooled to 1/8) and at 1/8 and
+        version 3's searched motion (dim 1, S = :func:`measured_scales`), x and y (dim 2), in pixels of the
+        reference seen from the frame: what the training's encoder-flow teacher supervises."""
         b, _, t, h, w = frames.shape
         feats = self.reference_features(reference)
         folded = self._fold(frames)
         if feats is None:
             return self.encoder(folded, None, None, None, b), None
         costs = self._costs(reference, folded, b)
-        measured = costs[2].reshape(b, t, 2, 2, h // 8, w // 8).permute(0, 2, 3, 1, 4, 5) * MOTION_UNIT_PX
+        split = 4 * self.cfg.temporal_factor  # the soft-argmaxes' channels, then the searched motion's (if any)
+        per_frame = lambda x, scales: x.reshape(b, t, scales, 2, h // 8, w // 8)  # noqa: E731
+        measured = torch.cat([per_frame(costs[2][:, :split], 2), per_frame(costs[2][:, split:], measured_scales(self.cfg) - 2)],
+                             2).permute(0, 2, 3, 1, 4, 5) * MOTION_UNIT_PX
         return self.encoder(folded, reference, feats, costs, b), measured
 
     def decode_parts(self, reference: torch.Tensor, codes: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:

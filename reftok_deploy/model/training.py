@@ -23,8 +23,10 @@ from reftok_deploy.base.files import check_writable_folder, sha256_file
 from reftok_deploy.model.data import TrainingSampler, batch_stream
 from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.base.machine import physical_memory_bytes
+from reftok_deploy.model.motion_search import SEARCH_REACH_PX
 from reftok_deploy.model.reftok import CORRELATION_RADII, RefTok, RefTokConfig
-from reftok_deploy.model.warping import warp_reference
+from reftok_deploy.model.search_training import load_search_weights
+from reftok_deploy.model.teacher import block_error, block_targets, teacher_mask
 from reftok_deploy.base.video import list_media
 from reftok_deploy.model.warm_start import load_source_weights, upgrade_v1_state, warm_start_state
 
@@ -58,6 +60,8 @@ class Recipe:
     loss: str = "l1"
     # Weights of another checkpoint the run started from (folder name + weights sha256), or None.
     init_from: str | None = None
+    # The motion search's weights the run started from (file name + sha256; reftok-train-search), or None.
+    search_weights: str | None = None
     # Wall-time budget of one training call: it stops with a checkpoint when spent, and the
     # learning rate decays by time or by steps, whichever is further along.
     max_minutes: float | None = None
@@ -141,39 +145,16 @@ def group_code_usage(counts: torch.Tensor) -> list[dict[str, float]]:
             for u in map(usage_of_counts, counts)]
 
 
-# A teacher flow is trusted where warping the reference by it reproduces the frame to within
-# this mean absolute error ([-1,1] units; 0.08 ~ 10 levels, above sensor noise): elsewhere
-# (occlusions, new content, cuts) there is no true motion to learn.
-TEACHER_TOLERANCE = 0.08
-
-
-@torch.no_grad()
-def teacher_mask(model: RefTok, reference: torch.Tensor, frames: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """``[B,1,T,H,W]`` float mask, 1 where ``flow [B,2,T,H,W]`` explains ``frames [B,3,T,H,W]``."""
-    b = frames.shape[0]
-    warped = model._unfold(warp_reference(reference, model._fold(flow)), b)
-    return ((warped - frames).abs().mean(1, keepdim=True) < TEACHER_TOLERANCE).to(frames.dtype)
-
-
-# A block's teacher vector is used when at least this share of its pixels is trusted (teacher_mask).
-TRUSTED_BLOCK_SHARE = 0.9
-
-
 def encoder_flow_error(measured: torch.Tensor, flow: torch.Tensor, trusted: torch.Tensor) -> torch.Tensor:
     """Mean L1 (pixels, x + y) of the encoder's measured motion ``[B,S,2,T,H/8,W/8]`` (S scales) against the
     teacher ``flow [B,2,T,H,W]`` averaged over 8x8 blocks, on blocks ``trusted [B,1,T,H,W]`` (0/1) enough.
 
-    Each scale's target is clamped to the displacement its cost volume can express (radius x cell)."""
-    b, _, t, h, w = flow.shape
-    cell = h // measured.shape[-2]
-    target = F.avg_pool2d(flow.reshape(b, 2 * t, h, w), cell).reshape(b, 2, t, h // cell, w // cell)
-    weight = (F.avg_pool2d(trusted.reshape(b, t, h, w), cell) >= TRUSTED_BLOCK_SHARE).to(flow.dtype).unsqueeze(1)
-    total = flow.new_zeros(())
-    for scale, (radius, step) in enumerate(zip(CORRELATION_RADII, (4, 8))):
-        reach = float(radius * step)
-        error = (measured[:, scale].float() - target.clamp(-reach, reach)).abs().sum(1, keepdim=True)
-        total = total + (error * weight).sum() / weight.sum().clamp(min=1.0)
-    return total / len(CORRELATION_RADII)
+    Each scale's target is clamped to the displacement it can express (a cost volume's radius x cell; the motion
+    search's SEARCH_REACH_PX)."""
+    target, weight = block_targets(flow, trusted, flow.shape[-2] // measured.shape[-2])
+    reaches = [radius * step for radius, step in zip(CORRELATION_RADII, (4, 8))] + [SEARCH_REACH_PX]
+    scales = measured.shape[1]
+    return sum(block_error(measured[:, s], target, weight, float(reaches[s])) for s in range(scales)) / scales
 
 
 def log_line(run: Path, record: dict) -> None:
@@ -210,12 +191,13 @@ def check_training_memory(preset: str, batch: int, crop: int, device: str) -> No
 
 def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, resume: bool = False,
           threads: int | None = None, progress: bool = True, init_from: str | Path | None = None,
-          device: str = "cpu", workers: int = 0) -> Path:
+          device: str = "cpu", workers: int = 0, search_weights: str | Path | None = None) -> Path:
     """Train ``cfg`` on the videos/stills under ``data``; returns the checkpoint folder.
 
     ``init_from``: a checkpoint whose weights a fresh run starts from (see :mod:`reftok_deploy.model.warm_start`);
     ignored when resuming, where the run's own state wins. ``device``: 'cpu' or a CUDA device;
-    ``workers``: data processes (see :func:`reftok_deploy.model.data.batch_stream`).
+    ``workers``: data processes (see :func:`reftok_deploy.model.data.batch_stream`); ``search_weights``: a trained
+    motion search (:func:`reftok_deploy.model.search_training.load_search_weights`) a fresh run starts from.
     """
     if recipe.loss not in LOSSES:
         raise ReftokError(f"unknown loss {recipe.loss!r}; choose one of {sorted(LOSSES)}")
@@ -271,6 +253,9 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
                 model.load_state_dict(warm_start_state(source, model))
             recipe = replace(recipe, init_from=f"{Path(init_from).name} (model version {source_config.get('model_version')}) "
                                               f"sha256:{sha256_file(Path(init_from) / WEIGHTS)}")
+        if search_weights is not None:
+            digest = load_search_weights(model, search_weights)
+            recipe = replace(recipe, search_weights=f"{Path(search_weights).name} sha256:{digest}")
     model.to(device).train()
     for state in optimizer.state.values():  # moments restored on the CPU follow the model
         for key, value in state.items():
@@ -324,7 +309,7 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         loss = LOSSES[recipe.loss](recon, frames) + recipe.latent_penalty * saturation
         motion_error = measured_error = float("nan")
         if "motion" in parts:
-            trusted = teacher_mask(model, reference, frames, flow)
+            trusted = teacher_mask(reference, frames, flow)
             flow_l1 = ((parts["motion"].float() - flow).abs().sum(1, keepdim=True) * trusted).sum() / trusted.sum().clamp(min=1.0)
             loss = loss + recipe.flow_weight * flow_l1 + recipe.gate_penalty * parts["gate"].float().mean()
             motion_error = flow_l1.item()

@@ -17,9 +17,12 @@ neighbouring groups (the encoder's latent head, the decoder's first conv and its
 context is always appended last) keep their weights for the old inputs and start at zero for the
 context, so the new model starts out coding and decoding exactly like its source.
 
-A version-2 checkpoint can seed a version-3 model (the same preset with ``aligned_reference``): the two
-decoder convs that read the aligned reference features (appended last) keep their weights for the old
-inputs and start at zero for the new ones; the version-3 model starts out decoding exactly like its source.
+A version-2 checkpoint can seed a version-3 model (the same preset with ``aligned_reference`` and/or
+``motion_search``): the two decoder convs that read the aligned reference features, and the encoder's latent
+head that reads the searched motion (each appended after the version-2 inputs), keep their weights for the old
+inputs and start at zero for the new ones; the version-3 model starts out coding and decoding exactly like its
+source. The motion search's own weights keep their fresh init, or come from a search trained on its own
+(:func:`reftok_deploy.model.search_training.load_search_weights`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 
 from reftok_deploy.base.spec import MODEL_VERSIONS
 from reftok_deploy.base.errors import ReftokError
-from reftok_deploy.model.reftok import RefTok, RefTokConfig
+from reftok_deploy.model.reftok import RefTok, RefTokConfig, measured_scales
 
 # Decoder convs version 3 gives the aligned reference features (appended after every version-2 input).
 _ALIGNED_INPUTS = ("decoder.s2.0.weight", "decoder.s1.0.weight")
@@ -46,7 +49,7 @@ def _input_segments(name: str, cfg: RefTokConfig) -> list[tuple[str, int]] | Non
     context, in order (see :class:`reftok_deploy.model.reftok.BlockDecoder`); None for any other tensor."""
     d = len(cfg.fsq_levels)
     if name == "encoder.to_latent.weight":
-        head = cfg.channels[2] + (4 * cfg.temporal_factor if cfg.reference else 0)
+        head = cfg.channels[2] + 2 * measured_scales(cfg) * cfg.temporal_factor
         first = [("features", head)]
         side = head
     elif name == "decoder.s3.0.weight":
@@ -95,8 +98,11 @@ def warm_start_state(source: RefTok, target: RefTok) -> dict[str, torch.Tensor]:
     if source.cfg.aligned_reference and not target.cfg.aligned_reference:
         raise ReftokError("--init-from checkpoint is model version 3 (aligned reference features); the model being "
                           "trained is version 2")
+    if source.cfg.motion_search and not target.cfg.motion_search:
+        raise ReftokError("--init-from checkpoint is model version 3 with the motion search; the model being trained "
+                          "has none")
     src_cfg, dst_cfg = source.cfg.to_dict(), target.cfg.to_dict()
-    for key in ("fsq_levels", "group_context", "aligned_reference", "model_version"):
+    for key in ("fsq_levels", "group_context", "aligned_reference", "motion_search", "model_version"):
         src_cfg.pop(key), dst_cfg.pop(key)
     if src_cfg != dst_cfg:
         differ = sorted(k for k in dst_cfg if src_cfg.get(k) != dst_cfg[k])
