@@ -149,11 +149,13 @@ def test_train_search_then_train_version3_on_it(tmp_path, video_file):
     assert report["search_weights"] == str(weights) and report["training"]["step"] == 3
     run = tmp_path / "run"
     result = invoke(train, [video_file, "-o", run, "--motion-search", "--search-weights", weights, "--steps", 1,
-                            "--batch", 1, "--crop", 32, "--no-builtin-stills", "--threads", 1, "--lr", 1e-12])
+                            "--batch", 1, "--crop", 32, "--no-builtin-stills", "--threads", 1, "--lr", 1e-12,
+                            "--search-share", 0.5])
     assert result.exit_code == 0, result.output
     model, config = load_checkpoint(run / "checkpoint")
     assert model.cfg.model_version == 3 and model.cfg.motion_search and not model.cfg.aligned_reference
     assert config["training"]["recipe"]["search_weights"].startswith(f"{SEARCH_FILE} sha256:")
+    assert config["training"]["recipe"]["search_share"] == 0.5
     from safetensors.torch import load_file
 
     saved = load_file(str(weights))
@@ -164,6 +166,7 @@ def test_train_search_then_train_version3_on_it(tmp_path, video_file):
 @pytest.mark.parametrize("args, message", [
     (["--search-weights", "x.safetensors"], "--search-weights needs --motion-search"),
     (["--motion-search", "--no-reference"], "need the reference"),
+    (["--search-share", "0.5"], "--search-share needs --motion-search"),
 ])
 def test_train_refuses_search_options_that_cannot_apply(tmp_path, video_file, args, message):
     from reftok_deploy.cli.train import main as train
@@ -197,3 +200,29 @@ def test_the_search_exports_and_onnxruntime_agrees_with_pytorch(tmp_path, tiny_m
         with make_runner(spec, export, checkpoint) as runner:
             assert (FrameCodec(runner).encode(clip[0], clip[1:]) == expected).mean() >= 0.999, spec
     assert np.unique(expected).size > 1
+
+
+def test_handing_motion_to_the_search_moves_the_heads_weights_and_share_0_changes_nothing(tiny_model):
+    from reftok_deploy.model.warm_start import hand_motion_to_search
+
+    torch.manual_seed(5)
+    model = RefTok(tiny_model.cfg.version3(aligned_reference=False, motion_search=True))
+    model.load_state_dict(warm_start_state(tiny_model, model))
+    before = model.encoder.to_latent.weight.clone()
+    hand_motion_to_search(model, 0.0)
+    assert torch.equal(model.encoder.to_latent.weight, before)
+    hand_motion_to_search(model, 0.25)
+    after = model.encoder.to_latent.weight
+    ft, c3 = model.cfg.temporal_factor, model.cfg.channels[2]
+    head = c3 + 6 * ft
+    for start in (0, head, 2 * head + 1):  # the group's own inputs, the previous group's, the next group's
+        for frame in range(ft):
+            soft4, searched = start + c3 + 4 * frame, start + c3 + 4 * ft + 2 * frame
+            assert torch.allclose(after[:, searched:searched + 2], 0.25 * before[:, soft4:soft4 + 2])
+            assert torch.allclose(after[:, soft4:soft4 + 2], 0.75 * before[:, soft4:soft4 + 2])
+            assert torch.equal(after[:, soft4 + 2:soft4 + 4], before[:, soft4 + 2:soft4 + 4])  # the 1/8 one stays
+    assert before[:, c3 + 4 * ft:head].abs().max() == 0  # the warm start left the searched inputs at zero
+    with pytest.raises(ReftokError, match="needs a model with the motion search"):
+        hand_motion_to_search(tiny_model, 0.5)
+    with pytest.raises(ReftokError, match=r"in \[0, 1\]"):
+        hand_motion_to_search(model, 1.5)

@@ -47,6 +47,10 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @click.option("--search-weights", type=click.Path(dir_okay=False), default=None,
               help="The motion search's weights from reftok-train-search (search.safetensors); needs --motion-search. "
                    "Default: a fresh search, trained with the rest.")
+@click.option("--search-share", default=0.0, show_default=True, type=FiniteFloatRange(0, 1),
+              help="With --motion-search, a fresh run: move this share of the latent head's weights on the 1/4 "
+                   "soft-argmax motion onto the searched motion, so the head reads the search from the first step "
+                   "(0: a version-2 --init-from starts it coding exactly as its source).")
 @click.option("--fsq-levels", default=None, metavar="L1,L2,...",
               help="FSQ levels per token dimension (codebook = their product, at most 65536). Default: the preset's.")
 @click.option("--group-context/--no-group-context", default=True, show_default=True,
@@ -95,7 +99,7 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @json_option("Print the checkpoint folder and its training record as JSON.")
 @verbose_option
 @user_errors
-def main(data, output, preset, no_reference, model_version, motion_search, search_weights, fsq_levels, group_context, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, encoder_flow_weight, gate_penalty, checkpoint_every, no_builtin_stills,
+def main(data, output, preset, no_reference, model_version, motion_search, search_weights, search_share, fsq_levels, group_context, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, encoder_flow_weight, gate_penalty, checkpoint_every, no_builtin_stills,
          resume, threads, device, workers, max_minutes, autocast, as_json) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
     from reftok_deploy.model.reftok import PRESETS
@@ -108,6 +112,10 @@ def main(data, output, preset, no_reference, model_version, motion_search, searc
         raise ReftokError("--motion-search and --search-weights need the reference: the twin has no motion")
     if search_weights and not motion_search:
         raise ReftokError("--search-weights needs --motion-search")
+    if search_share and not motion_search:
+        raise ReftokError("--search-share needs --motion-search")
+    if search_share and resume:
+        raise ReftokError("--search-share starts a run; a resumed run keeps its own weights")
     if search_weights and resume:
         raise ReftokError("--search-weights starts a run; a resumed run keeps its own search")
     if no_reference:
@@ -121,7 +129,7 @@ def main(data, output, preset, no_reference, model_version, motion_search, searc
         lr = PRESET_LR[preset]
     recipe = Recipe(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
                     reference_dropout=reference_dropout, flow_weight=flow_weight, encoder_flow_weight=encoder_flow_weight,
-                    gate_penalty=gate_penalty, loss=loss,
+                    gate_penalty=gate_penalty, loss=loss, search_share=search_share,
                     builtin_stills=not no_builtin_stills, max_minutes=max_minutes,
                     autocast=autocast)
     plan = OutputPlan()  # every path before any work; a run that fails before its first checkpoint leaves nothing

@@ -3,9 +3,11 @@
 The search matches learned features of each frame against the reference's: at 1/8 resolution over +-4 cells
 (+-32 px, the reach), then at 1/4 over +-2 cells (+-8 px) around that match, with the reference's 1/4 features
 warped by the coarse motion first (as optical-flow networks such as PWC-Net refine a coarse estimate). Each
-level's displacement is the soft-argmax of its cost volume. A single volume of the same reach at 1/8 was worse
-than assuming no motion on real video, and a finer one could not reach large motion
-(``docs/motion_measurement_probe.py``).
+level's displacement is the soft-argmax of its cost volume. Lucas-Kanade steps per 8x8 block on the grey pixels
+then take the match from a cell to a fraction of a pixel (:func:`refine_blocks`). A single volume of the same
+reach at 1/8 was worse than assuming no motion on real video, and a finer one could not reach large motion
+(``docs/motion_measurement_probe.py``). Every step is a conv, a matrix product, a GridSample or elementwise: it
+exports to ONNX with the rest of the encoder.
 
 Layouts: images ``[N,3,H,W]`` float32 in [-1,1] (H, W multiples of 8); motion ``[N,2,H/8,W/8]`` (x, y) in pixels
 at which each 8x8 block of a frame finds its content in the reference (backward motion, as the decoder warps).

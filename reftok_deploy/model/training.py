@@ -28,7 +28,7 @@ from reftok_deploy.model.reftok import CORRELATION_RADII, RefTok, RefTokConfig
 from reftok_deploy.model.search_training import load_search_weights
 from reftok_deploy.model.teacher import block_error, block_targets, teacher_mask
 from reftok_deploy.base.video import list_media
-from reftok_deploy.model.warm_start import load_source_weights, upgrade_v1_state, warm_start_state
+from reftok_deploy.model.warm_start import hand_motion_to_search, load_source_weights, upgrade_v1_state, warm_start_state
 
 STATE = "train_state.safetensors"
 
@@ -62,6 +62,9 @@ class Recipe:
     init_from: str | None = None
     # The motion search's weights the run started from (file name + sha256; reftok-train-search), or None.
     search_weights: str | None = None
+    # Share of the latent head's weights on the 1/4 soft-argmax motion moved onto the searched motion at the start
+    # of a fresh run (see warm_start.hand_motion_to_search).
+    search_share: float = 0.0
     # Wall-time budget of one training call: it stops with a checkpoint when spent, and the
     # learning rate decays by time or by steps, whichever is further along.
     max_minutes: float | None = None
@@ -256,6 +259,8 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         if search_weights is not None:
             digest = load_search_weights(model, search_weights)
             recipe = replace(recipe, search_weights=f"{Path(search_weights).name} sha256:{digest}")
+        if recipe.search_share:
+            hand_motion_to_search(model, recipe.search_share)
     model.to(device).train()
     for state in optimizer.state.values():  # moments restored on the CPU follow the model
         for key, value in state.items():

@@ -174,3 +174,28 @@ def load_source_weights(folder: str | Path) -> tuple[dict, dict[str, torch.Tenso
     if config.get("weights_sha256") != sha256_file(folder / WEIGHTS):
         raise ReftokError(f"--init-from {folder}: weights do not match the sha256 in {CONFIG}")
     return model, load_file(str(folder / WEIGHTS))
+
+
+def hand_motion_to_search(model: RefTok, share: float) -> None:
+    """Move ``share`` (0 to 1) of the latent head's weights on each frame's 1/4 soft-argmax motion onto that frame's
+    searched motion, in the head's own inputs and in the neighbouring groups' (version 3 with the motion search).
+
+    Both are (x, y) in MOTION_UNIT_PX per frame, so the head reads the search, which finds motion more precisely,
+    the way it learned to read the soft-argmax: a warm start that uses the search from its first step, where new
+    inputs at zero wait for training to grow their weights (600 CPU steps moved them to 7 % of the soft-argmax's).
+    With share 0 nothing changes."""
+    if not 0.0 <= share <= 1.0:
+        raise ReftokError(f"the share of motion handed to the search must be in [0, 1], got {share}")
+    if not model.cfg.motion_search:
+        raise ReftokError("handing motion to the search needs a model with the motion search (--motion-search)")
+    ft, c3 = model.cfg.temporal_factor, model.cfg.channels[2]
+    head = c3 + 2 * measured_scales(model.cfg) * ft
+    blocks = [0] + ([head, 2 * head + 1] if model.cfg.group_context else [])  # own, previous group, next group
+    with torch.no_grad():
+        weight = model.encoder.to_latent.weight
+        for start in blocks:
+            for frame in range(ft):
+                soft_argmax4 = start + c3 + 4 * frame  # the frame's (x, y) at 1/4, then its (x, y) at 1/8
+                searched = start + c3 + 4 * ft + 2 * frame
+                weight[:, searched : searched + 2] += share * weight[:, soft_argmax4 : soft_argmax4 + 2]
+                weight[:, soft_argmax4 : soft_argmax4 + 2] *= 1.0 - share
