@@ -21,7 +21,7 @@ from reftok_deploy.model.checkpoint import default_checkpoint, load_checkpoint
 from reftok_deploy.model.matching import SOFT_ARGMAX_TEMPERATURE, correlation, soft_argmax
 from reftok_deploy.model.reftok import CORRELATION_RADII
 from reftok_deploy.model.motion_search import SEARCH_CHANNELS, MotionSearch
-from reftok_deploy.model.search_training import SEARCH_PREFIX
+from reftok_deploy.model.warm_start import read_search_weights
 from reftok_deploy.quality.block_motion import block_flow, warp_by_blocks
 
 GOPS, SIZE = 6, 256
@@ -100,10 +100,8 @@ def estimates(model, block: torch.Tensor, reference: torch.Tensor, search: Motio
 
 
 def load_search(path: str) -> MotionSearch:
-    from safetensors.torch import load_file
-
     search = MotionSearch(SEARCH_CHANNELS)
-    search.load_state_dict({k[len(SEARCH_PREFIX):]: v for k, v in load_file(path).items()})
+    read_search_weights(search, path)
     return search.eval()
 
 

@@ -13,8 +13,8 @@ from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.base.spec import frames_to_tensor_range
 from reftok_deploy.model.motion_search import SEARCH_CHANNELS, MotionSearch, refine_blocks
 from reftok_deploy.model.reftok import PRESETS, RefTok, RefTokConfig
-from reftok_deploy.model.search_training import SEARCH_FILE, load_search_weights, save_search, search_loss
-from reftok_deploy.model.warm_start import warm_start_state
+from reftok_deploy.model.search_training import SEARCH_FILE, save_search, search_loss
+from reftok_deploy.model.warm_start import load_search_weights, warm_start_state
 from reftok_deploy.model.warping import warp_reference
 from tests.conftest import invoke, moving_still, randomised
 

@@ -110,14 +110,11 @@ def main(data, output, preset, no_reference, model_version, motion_search, searc
     cfg = dataclasses.replace(PRESETS[preset], group_context=group_context)
     if (motion_search or search_weights) and no_reference:
         raise ReftokError("--motion-search and --search-weights need the reference: the twin has no motion")
-    if search_weights and not motion_search:
-        raise ReftokError("--search-weights needs --motion-search")
-    if search_share and not motion_search:
-        raise ReftokError("--search-share needs --motion-search")
-    if search_share and resume:
-        raise ReftokError("--search-share starts a run; a resumed run keeps its own weights")
-    if search_weights and resume:
-        raise ReftokError("--search-weights starts a run; a resumed run keeps its own search")
+    for flag, value in (("--search-weights", search_weights), ("--search-share", search_share)):
+        if value and not motion_search:
+            raise ReftokError(f"{flag} needs --motion-search")
+        if value and resume:
+            raise ReftokError(f"{flag} starts a run; a resumed run keeps its own weights")
     if no_reference:
         cfg = cfg.twin()
     elif model_version == "3" or motion_search:

@@ -2,7 +2,7 @@
 
 The search is a matcher, not a coder: its only target is where each 8x8 block finds its content in the
 reference, so it trains on the teacher flow alone, in minutes on a CPU, before the tokenizer that reads it
-(``reftok-train --motion-search --search-weights``). A run folder holds ``search.safetensors`` (the search's
+(``reftok-train --motion-search --search-weights``, :func:`reftok_deploy.model.warm_start.load_search_weights`). A run folder holds ``search.safetensors`` (the search's
 weights, saved whole every ``checkpoint_every`` steps and at the end) and ``search_log.jsonl``.
 """
 
@@ -25,13 +25,15 @@ from reftok_deploy.model.data import TrainingSampler, batch_stream
 from reftok_deploy.model.motion_search import (COARSE_CELL, COARSE_RADIUS, FINE_CELL, FINE_RADIUS, SEARCH_CHANNELS,
                                                SEARCH_REACH_PX, MotionSearch)
 from reftok_deploy.model.teacher import block_error, block_targets, teacher_mask
+from reftok_deploy.model.training import learning_rate
+from reftok_deploy.model.warm_start import SEARCH_PREFIX
 
 SEARCH_FILE = "search.safetensors"
 SEARCH_LOG = "search_log.jsonl"
-SEARCH_PREFIX = "motion_search."  # the search's tensors inside a RefTok state dict
 # Weights of the three outputs in the loss: the coarse match (its own target, so it learns to find large motion
 # early), the match refined at 1/4, and the final motion after the Lucas-Kanade steps.
 OUTPUT_WEIGHTS = (0.5, 0.5, 1.0)
+LR_FLOOR = 0.02  # the learning rate decays to this share of its peak
 
 
 @dataclass
@@ -60,14 +62,6 @@ def search_loss(search: MotionSearch, reference: torch.Tensor, frames: torch.Ten
     errors = [block_error(motion.reshape(b, t, 2, h // 8, w // 8).transpose(1, 2), target, weight, float(reach))
               for motion, reach in zip(outputs, reaches)]
     return sum(k * e for k, e in zip(OUTPUT_WEIGHTS, errors)), [e.item() for e in errors]
-
-
-def _learning_rate(recipe: SearchRecipe, step: int, time_fraction: float) -> float:
-    """Linear warm-up, then cosine decay to 2 % by steps or by the time budget, whichever is further along."""
-    if step < recipe.warmup:
-        return recipe.lr * (step + 1) / recipe.warmup
-    progress = min(1.0, max((step - recipe.warmup) / max(1, recipe.steps - recipe.warmup), time_fraction))
-    return recipe.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def save_search(search: MotionSearch, path: Path, record: dict) -> None:
@@ -101,7 +95,7 @@ def train_search(data: list[str], run: str | Path, recipe: SearchRecipe, threads
             if budget is not None and elapsed >= budget:
                 break
             for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(recipe, step, 0.0 if budget is None else elapsed / budget)
+                group["lr"] = learning_rate(recipe, step, 0.0 if budget is None else elapsed / budget, LR_FLOOR)
             loss, errors = search_loss(search, *next(stream))
             if not math.isfinite(loss.item()):
                 raise ReftokError(f"the motion search's loss is {loss.item()} at step {step + 1}: stopped before it "
@@ -121,26 +115,3 @@ def train_search(data: list[str], run: str | Path, recipe: SearchRecipe, threads
     save_search(search, run / SEARCH_FILE, {**record, "step": step,
                                             "wall_seconds": round(time.perf_counter() - started, 1)})
     return run / SEARCH_FILE
-
-
-def load_search_weights(model: torch.nn.Module, path: str | Path) -> str:
-    """Put a trained search's weights (``search.safetensors``) into ``model``'s motion search; returns the
-    file's sha256. Every tensor must be there with its shape: anything else is one clear error."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from reftok_deploy.base.files import sha256_file
-
-    path = Path(path)
-    if getattr(model, "motion_search", None) is None:
-        raise ReftokError("--search-weights needs a model with the motion search (--motion-search)")
-    try:
-        tensors = load_file(str(path))
-    except (OSError, SafetensorError) as exc:
-        raise ReftokError(f"--search-weights {path}: cannot read it as safetensors ({str(exc).splitlines()[0]})") from None
-    expected = {SEARCH_PREFIX + k: v for k, v in model.motion_search.state_dict().items()}
-    if set(tensors) != set(expected) or any(tensors[k].shape != v.shape for k, v in expected.items()):
-        raise ReftokError(f"--search-weights {path}: not the weights of this motion search (tensor names or shapes "
-                          "differ); train one with reftok-train-search")
-    model.motion_search.load_state_dict({k[len(SEARCH_PREFIX):]: v for k, v in tensors.items()})
-    return sha256_file(path)

@@ -25,10 +25,10 @@ from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.base.machine import physical_memory_bytes
 from reftok_deploy.model.motion_search import SEARCH_REACH_PX
 from reftok_deploy.model.reftok import CORRELATION_RADII, RefTok, RefTokConfig
-from reftok_deploy.model.search_training import load_search_weights
 from reftok_deploy.model.teacher import block_error, block_targets, teacher_mask
 from reftok_deploy.base.video import list_media
-from reftok_deploy.model.warm_start import hand_motion_to_search, load_source_weights, upgrade_v1_state, warm_start_state
+from reftok_deploy.model.warm_start import (hand_motion_to_search, load_search_weights, load_source_weights, upgrade_v1_state,
+                                            warm_start_state)
 
 STATE = "train_state.safetensors"
 
@@ -83,8 +83,9 @@ LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
 
 
-def learning_rate(recipe: Recipe, step: int, time_fraction: float = 0.0) -> float:
-    """Linear warm-up then cosine decay to 1 % of the peak.
+def learning_rate(recipe: Recipe, step: int, time_fraction: float = 0.0, floor: float = 0.01) -> float:
+    """Linear warm-up then cosine decay to ``floor`` (a share) of the peak; ``recipe``: anything with ``lr``,
+    ``warmup`` and ``steps`` (also reftok-train-search's recipe).
 
     ``time_fraction``: share of a wall-time budget spent; the decay follows whichever of steps and
     time is further along, so a run stopped by its budget still ends at the low learning rate.
@@ -92,7 +93,7 @@ def learning_rate(recipe: Recipe, step: int, time_fraction: float = 0.0) -> floa
     if step < recipe.warmup:
         return recipe.lr * (step + 1) / recipe.warmup
     progress = max((step - recipe.warmup) / max(1, recipe.steps - recipe.warmup), time_fraction)
-    return recipe.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return recipe.lr * (floor + (1.0 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def _save_state(run: Path, step: int, optimizer: torch.optim.Optimizer, sampler: TrainingSampler) -> None:
@@ -200,7 +201,7 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
     ``init_from``: a checkpoint whose weights a fresh run starts from (see :mod:`reftok_deploy.model.warm_start`);
     ignored when resuming, where the run's own state wins. ``device``: 'cpu' or a CUDA device;
     ``workers``: data processes (see :func:`reftok_deploy.model.data.batch_stream`); ``search_weights``: a trained
-    motion search (:func:`reftok_deploy.model.search_training.load_search_weights`) a fresh run starts from.
+    motion search (:func:`reftok_deploy.model.warm_start.load_search_weights`) a fresh run starts from.
     """
     if recipe.loss not in LOSSES:
         raise ReftokError(f"unknown loss {recipe.loss!r}; choose one of {sorted(LOSSES)}")

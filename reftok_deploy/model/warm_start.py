@@ -22,7 +22,7 @@ A version-2 checkpoint can seed a version-3 model (the same preset with ``aligne
 head that reads the searched motion (each appended after the version-2 inputs), keep their weights for the old
 inputs and start at zero for the new ones; the version-3 model starts out coding and decoding exactly like its
 source. The motion search's own weights keep their fresh init, or come from a search trained on its own
-(:func:`reftok_deploy.model.search_training.load_search_weights`).
+(:func:`load_search_weights`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch
 
 from reftok_deploy.base.spec import MODEL_VERSIONS
 from reftok_deploy.base.errors import ReftokError
+from reftok_deploy.model.motion_search import MotionSearch
 from reftok_deploy.model.reftok import RefTok, RefTokConfig, measured_scales
 
 # Decoder convs version 3 gives the aligned reference features (appended after every version-2 input).
@@ -189,8 +190,10 @@ def hand_motion_to_search(model: RefTok, share: float) -> None:
     if not model.cfg.motion_search:
         raise ReftokError("handing motion to the search needs a model with the motion search (--motion-search)")
     ft, c3 = model.cfg.temporal_factor, model.cfg.channels[2]
-    head = c3 + 2 * measured_scales(model.cfg) * ft
-    blocks = [0] + ([head, 2 * head + 1] if model.cfg.group_context else [])  # own, previous group, next group
+    starts, at = {}, 0
+    for key, size in _input_segments("encoder.to_latent.weight", model.cfg):
+        starts[key], at = at, at + size
+    blocks = [starts[key] for key in ("features", "previous", "next") if key in starts]  # own, neighbours' groups
     with torch.no_grad():
         weight = model.encoder.to_latent.weight
         for start in blocks:
@@ -199,3 +202,34 @@ def hand_motion_to_search(model: RefTok, share: float) -> None:
                 searched = start + c3 + 4 * ft + 2 * frame
                 weight[:, searched : searched + 2] += share * weight[:, soft_argmax4 : soft_argmax4 + 2]
                 weight[:, soft_argmax4 : soft_argmax4 + 2] *= 1.0 - share
+
+
+SEARCH_PREFIX = "motion_search."  # the motion search's tensors inside a RefTok state dict
+
+
+def read_search_weights(search: MotionSearch, path: str | Path) -> str:
+    """Put a trained search's weights (reftok-train-search's ``search.safetensors``) into ``search``; returns the
+    file's sha256. Every tensor must be there with its shape: anything else is one clear error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from reftok_deploy.base.files import sha256_file
+
+    path = Path(path)
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise ReftokError(f"--search-weights {path}: cannot read it as safetensors ({str(exc).splitlines()[0]})") from None
+    expected = {SEARCH_PREFIX + k: v for k, v in search.state_dict().items()}
+    if set(tensors) != set(expected) or any(tensors[k].shape != v.shape for k, v in expected.items()):
+        raise ReftokError(f"--search-weights {path}: not the weights of this motion search (tensor names or shapes "
+                          "differ); train one with reftok-train-search")
+    search.load_state_dict({k[len(SEARCH_PREFIX):]: v for k, v in tensors.items()})
+    return sha256_file(path)
+
+
+def load_search_weights(model: RefTok, path: str | Path) -> str:
+    """:func:`read_search_weights` into ``model``'s motion search (version 3 with ``motion_search``)."""
+    if model.motion_search is None:
+        raise ReftokError("--search-weights needs a model with the motion search (--motion-search)")
+    return read_search_weights(model.motion_search, path)
