@@ -2,8 +2,9 @@
 plain correlation of grey 5x5 patches at 1/2 and 1/4 resolution and (``--search``) a trained motion search
 (reftok-train-search), each scored two ways: its error (px) against DIS optical flow's 8x8 block means on the
 blocks that move more than 1 px, and the PSNR of the reference warped by its vectors, one per 8x8 block, with no
-residual (as the block-motion baseline of reftok-eval warps DIS's). "zero" (no motion) is the floor to beat,
-"DIS block means" the block-motion warp itself. 256x256, 6 GOPs of 8 frames spread over each clip.
+residual (as the block-motion baseline of reftok-eval warps DIS's). The block refinement is version 3's
+(``reftok-train --block-refinement``): the 1/4 soft-argmax moved by Lucas-Kanade steps per block. "zero" (no
+motion) is the floor to beat, "DIS block means" the block-motion warp itself. 256x256, 6 GOPs of 8 frames spread over each clip.
 
     .venv/bin/python docs/motion_measurement_probe.py DIR_WITH_box.mp4_tree.avi_carphone.mp4 [--search search.safetensors]
 """
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from reftok_deploy.model.checkpoint import default_checkpoint, load_checkpoint
 from reftok_deploy.model.matching import SOFT_ARGMAX_TEMPERATURE, correlation, soft_argmax
-from reftok_deploy.model.reftok import CORRELATION_RADII
+from reftok_deploy.model.reftok import CORRELATION_RADII, block_refined_motion
 from reftok_deploy.model.motion_search import SEARCH_CHANNELS, MotionSearch
 from reftok_deploy.model.warm_start import read_search_weights
 from reftok_deploy.quality.block_motion import block_flow, warp_by_blocks
@@ -79,9 +80,11 @@ def estimates(model, block: torch.Tensor, reference: torch.Tensor, search: Motio
     m4, m8 = model.motion_features(block)
     r4, r8 = model.motion_features(reference)
     v4, v8 = correlation(m4, r4, radius4), correlation(m8, r8, radius8)
+    soft_argmax4 = F.avg_pool2d(soft_argmax(v4, radius4) * 4, 2)
     found = {
         "encoder 1/8 soft-argmax (shipped)": soft_argmax(v8, radius8) * 8,
-        "encoder 1/4 soft-argmax (shipped)": F.avg_pool2d(soft_argmax(v4, radius4) * 4, 2),
+        "encoder 1/4 soft-argmax (shipped)": soft_argmax4,
+        "encoder 1/4 + block refinement (version 3)": block_refined_motion(reference, block, soft_argmax4, 1),
         "encoder 1/8 argmax": hard_argmax(v8, radius8) * 8,
         "encoder 1/8 local soft-argmax": local_soft_argmax(v8, radius8) * 8,
         "encoder 1/4 local soft-argmax": F.avg_pool2d(local_soft_argmax(v4, radius4) * 4, 2),

@@ -47,9 +47,10 @@ MODEL_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "group_context": ("true or false", lambda v: isinstance(v, bool)),
     "aligned_reference": ("true or false", lambda v: isinstance(v, bool)),
     "motion_search": ("true or false", lambda v: isinstance(v, bool)),
+    "block_refinement": ("true or false", lambda v: isinstance(v, bool)),
 }
 # absent from exports made before they existed
-OPTIONAL_MODEL_FIELDS = ("group_context", "aligned_reference", "motion_search")
+OPTIONAL_MODEL_FIELDS = ("group_context", "aligned_reference", "motion_search", "block_refinement")
 
 
 def tool_versions() -> dict[str, str | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +15,9 @@ from reftok_deploy.cli.options import (MAX_COUNT, MAX_THREADS, FiniteFloatRange,
 from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.base.paths import OutputPlan
 from reftok_deploy.model.checkpoint import read_config
+
+if TYPE_CHECKING:
+    from reftok_deploy.model.reftok import RefTokConfig
 
 # The names of reftok_deploy.model.reftok.PRESETS, spelled here so that --help does not import torch
 # (tests/test_cli_shape.py checks the two agree).
@@ -31,6 +35,26 @@ def parse_levels(text: str) -> tuple[int, ...]:
     return levels
 
 
+def model_config(preset: str, no_reference: bool, model_version: str, motion_search: bool, block_refinement: bool,
+                 fsq_levels: str | None, group_context: bool) -> "RefTokConfig":
+    """The RefTokConfig the options ask for; one-line errors for combinations that cannot be."""
+    from reftok_deploy.model.reftok import PRESETS  # torch: not for --help
+
+    if (motion_search or block_refinement) and no_reference:
+        raise ReftokError("--motion-search and --block-refinement need the reference: the twin has no motion")
+    if motion_search and block_refinement:
+        raise ReftokError("--motion-search and --block-refinement measure the same motion two ways: pick one")
+    cfg = dataclasses.replace(PRESETS[preset], group_context=group_context)
+    if no_reference:
+        cfg = cfg.twin()
+    elif model_version == "3" or motion_search or block_refinement:
+        cfg = cfg.version3(aligned_reference=model_version == "3", motion_search=motion_search,
+                           block_refinement=block_refinement)
+    if fsq_levels is not None:
+        cfg = dataclasses.replace(cfg, fsq_levels=parse_levels(fsq_levels))
+    return cfg
+
+
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("data", nargs=-1, type=click.Path())
 @output_option("Run folder (checkpoint/ + resume state).", hidden_aliases=("--out",), required=True,
@@ -44,12 +68,17 @@ def parse_levels(text: str) -> tuple[int, ...]:
               help="Version 3 with the encoder's motion search: each frame's motion found coarse to fine and refined "
                    "per 8x8 block, read by the latent head (same tokens; a version-2 --init-from starts it coding "
                    "exactly as its source). Without --model-version 3 the decoder is version 2's.")
+@click.option("--block-refinement", is_flag=True,
+              help="Version 3 with the encoder's block refinement: its 1/4 soft-argmax motion moved per 8x8 block by "
+                   "Lucas-Kanade steps on the grey pixels, read by the latent head (no new weights; same tokens). "
+                   "Cheaper than --motion-search, which it excludes.")
 @click.option("--search-weights", type=click.Path(dir_okay=False), default=None,
               help="The motion search's weights from reftok-train-search (search.safetensors); needs --motion-search. "
                    "Default: a fresh search, trained with the rest.")
 @click.option("--search-share", default=0.0, show_default=True, type=FiniteFloatRange(0, 1),
-              help="With --motion-search, a fresh run: move this share of the latent head's weights on the 1/4 "
-                   "soft-argmax motion onto the searched motion, so the head reads the search from the first step "
+              help="With --motion-search or --block-refinement, a fresh run: move this share of the latent head's "
+                   "weights on the 1/4 soft-argmax motion onto the searched (refined) motion, so the head reads it "
+                   "from the first step "
                    "(0: a version-2 --init-from starts it coding exactly as its source).")
 @click.option("--fsq-levels", default=None, metavar="L1,L2,...",
               help="FSQ levels per token dimension (codebook = their product, at most 65536). Default: the preset's.")
@@ -99,28 +128,22 @@ def parse_levels(text: str) -> tuple[int, ...]:
 @json_option("Print the checkpoint folder and its training record as JSON.")
 @verbose_option
 @user_errors
-def main(data, output, preset, no_reference, model_version, motion_search, search_weights, search_share, fsq_levels, group_context, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, encoder_flow_weight, gate_penalty, checkpoint_every, no_builtin_stills,
+def main(data, output, preset, no_reference, model_version, motion_search, block_refinement, search_weights, search_share, fsq_levels, group_context, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, encoder_flow_weight, gate_penalty, checkpoint_every, no_builtin_stills,
          resume, threads, device, workers, max_minutes, autocast, as_json) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
-    from reftok_deploy.model.reftok import PRESETS
     from reftok_deploy.model.training import PRESET_LR, STATE, Recipe, check_training_memory, train  # torch: not for --help
 
     if crop % 8:
         raise ReftokError(f"--crop must be a multiple of 8, got {crop}")
-    cfg = dataclasses.replace(PRESETS[preset], group_context=group_context)
-    if (motion_search or search_weights) and no_reference:
-        raise ReftokError("--motion-search and --search-weights need the reference: the twin has no motion")
-    for flag, value in (("--search-weights", search_weights), ("--search-share", search_share)):
-        if value and not motion_search:
-            raise ReftokError(f"{flag} needs --motion-search")
+    cfg = model_config(preset, no_reference, model_version, motion_search, block_refinement, fsq_levels, group_context)
+    for flag, value, applies, needs in (
+            ("--search-weights", search_weights, cfg.motion_search, "--motion-search"),
+            ("--search-share", search_share, cfg.motion_search or cfg.block_refinement,
+             "--motion-search or --block-refinement")):
+        if value and not applies:
+            raise ReftokError(f"{flag} needs {needs}")
         if value and resume:
             raise ReftokError(f"{flag} starts a run; a resumed run keeps its own weights")
-    if no_reference:
-        cfg = cfg.twin()
-    elif model_version == "3" or motion_search:
-        cfg = cfg.version3(aligned_reference=model_version == "3", motion_search=motion_search)
-    if fsq_levels is not None:
-        cfg = dataclasses.replace(cfg, fsq_levels=parse_levels(fsq_levels))
     check_training_memory(preset, batch, crop, device)
     if lr is None:
         lr = PRESET_LR[preset]

@@ -47,7 +47,7 @@ from reftok_deploy.model.fsq import FSQ
 from reftok_deploy.model.layers import (CLIP, GROUP, PIXELS, add_per_clip, conv3, conv_over_groups, stage,
                                         stage_on_unshuffled, unshuffled_conv)
 from reftok_deploy.model.matching import correlation, soft_argmax, unit_norm
-from reftok_deploy.model.motion_search import SEARCH_CHANNELS, MotionSearch
+from reftok_deploy.model.motion_search import SEARCH_CHANNELS, MotionSearch, refine_blocks
 from reftok_deploy.model.warping import warp_features, warp_reference
 from reftok_deploy.base.spec import MODEL_VERSION, SPATIAL_FACTOR, Geometry
 
@@ -60,7 +60,7 @@ CONFIG_LIMITS = {"channels": 1024, "res_blocks": 16}
 MOTION_UNIT_PX = 16.0
 CORRELATION_RADII = (3, 4)  # cells at 1/4 and 1/8 resolution: +-12 px and +-32 px
 # Config keys added after version 2 shipped; a stored config without them means False.
-OPTIONAL_CONFIG_KEYS = ("group_context", "aligned_reference", "motion_search")
+OPTIONAL_CONFIG_KEYS = ("group_context", "aligned_reference", "motion_search", "block_refinement")
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,9 @@ class RefTokConfig:
     # Version 3: the encoder also searches each frame's motion coarse to fine (see motion_search.py) and its
     # latent head reads that motion.
     motion_search: bool = False
+    # Version 3: the encoder also moves its 1/4 soft-argmax motion per 8x8 block to where the grey reference
+    # matches best (Lucas-Kanade steps, :func:`block_refined_motion`) and its latent head reads that motion.
+    block_refinement: bool = False
     model_version: int = MODEL_VERSION
     spatial_factor: int = field(default=SPATIAL_FACTOR, init=False)
 
@@ -95,13 +98,16 @@ class RefTokConfig:
             raise ValueError("res_blocks must be >= 0")
         if self.motion_channels < 1:
             raise ValueError("motion_channels must be >= 1")
-        version3 = self.aligned_reference or self.motion_search
+        version3 = self.aligned_reference or self.motion_search or self.block_refinement
         if self.model_version != (3 if version3 else 2) and self.model_version != 1:
-            raise ValueError("aligned_reference and motion_search are model version 3, and version 3 has one of them: "
-                             f"got version {self.model_version} with aligned_reference={self.aligned_reference}, "
-                             f"motion_search={self.motion_search}")
+            raise ValueError("aligned_reference, motion_search and block_refinement are model version 3, and version 3 "
+                             f"has one of them: got version {self.model_version} with aligned_reference="
+                             f"{self.aligned_reference}, motion_search={self.motion_search}, "
+                             f"block_refinement={self.block_refinement}")
         if version3 and not self.reference:
-            raise ValueError("aligned_reference and motion_search need the reference path")
+            raise ValueError("aligned_reference, motion_search and block_refinement need the reference path")
+        if self.motion_search and self.block_refinement:
+            raise ValueError("motion_search and block_refinement are two ways to measure the same motion: pick one")
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -153,11 +159,15 @@ class RefTokConfig:
 
     def twin(self) -> "RefTokConfig":
         """The reference-free twin of this config (version 2's: a twin has no reference to align or search)."""
-        return dataclasses.replace(self, reference=False, aligned_reference=False, motion_search=False, model_version=2)
+        return dataclasses.replace(self, reference=False, aligned_reference=False, motion_search=False,
+                                   block_refinement=False, model_version=2)
 
-    def version3(self, aligned_reference: bool = True, motion_search: bool = False) -> "RefTokConfig":
-        """This config as version 3, with the aligned reference features and/or the motion search."""
-        return dataclasses.replace(self, aligned_reference=aligned_reference, motion_search=motion_search, model_version=3)
+    def version3(self, aligned_reference: bool = True, motion_search: bool = False,
+                 block_refinement: bool = False) -> "RefTokConfig":
+        """This config as version 3, with the aligned reference features and/or a third motion measurement (the
+        motion search or the block refinement)."""
+        return dataclasses.replace(self, aligned_reference=aligned_reference, motion_search=motion_search,
+                                   block_refinement=block_refinement, model_version=3)
 
 
 PRESETS: dict[str, RefTokConfig] = {
@@ -169,8 +179,22 @@ PRESETS: dict[str, RefTokConfig] = {
 
 def measured_scales(cfg: RefTokConfig) -> int:
     """How many motion measurements per frame the encoder makes and its latent head reads: the soft-argmax at
-    1/4 and at 1/8, and version 3's motion search; none for the twin."""
-    return 0 if not cfg.reference else 3 if cfg.motion_search else 2
+    1/4 and at 1/8, and version 3's motion search or block refinement; none for the twin."""
+    return 0 if not cfg.reference else 3 if cfg.motion_search or cfg.block_refinement else 2
+
+
+# Lucas-Kanade steps of the block refinement. Measured by docs/motion_measurement_probe.py (reference warped per
+# 8x8 block, box / tree / carphone): 2 steps 31.53 / 22.63 / 30.31 dB, 3 31.92 / 22.79 / 30.46, 4 32.07 / 22.90 /
+# 30.50; each step costs ~25 ms of OpenVINO's bf16 encoder at 640x480 on 2 cores.
+REFINEMENT_ITERATIONS = 3
+
+
+def block_refined_motion(reference: torch.Tensor, frames: torch.Tensor, motion: torch.Tensor, batch: int) -> torch.Tensor:
+    """Version 3's block refinement: reference ``[B,3,H,W]``, frames ``[B*K,3,H,W]`` in [-1,1] and their motion
+    ``[B*K,2,H/8,W/8]`` in px (the encoder's 1/4 soft-argmax, pooled to 8x8 blocks) -> the same moved by
+    REFINEMENT_ITERATIONS Lucas-Kanade steps per block (:func:`refine_blocks`). No weights: the cost volume finds
+    the match to a 4-pixel cell, the pixels take it to a fraction of one."""
+    return refine_blocks(reference, frames, motion, batch, REFINEMENT_ITERATIONS)
 
 
 def context_channels(channels: int) -> int:
@@ -253,8 +277,8 @@ class BlockEncoder(nn.Module):
         self.down3 = nn.Sequential(conv3(c2, c3, stride=2), nn.ReLU6())
         self.s3 = stage(c3 + r[2] + cost8, c3, cfg.res_blocks)
         # RefTok: the cost volumes' soft-argmax displacements (x, y per frame, at 1/4 pooled to 1/8 and at
-        # 1/8, in MOTION_UNIT_PX; version 3's searched motion after them) reach the latent head directly: a short
-        # path from measured motion to tokens.
+        # 1/8, in MOTION_UNIT_PX; version 3's searched or refined motion after them) reach the latent head
+        # directly: a short path from measured motion to tokens.
         self.flow_channels = 2 * measured_scales(cfg) * ft
         head = c3 + self.flow_channels
         self.group_context = cfg.group_context
@@ -441,8 +465,8 @@ class RefTok(nn.Module):
     def _costs(self, reference: torch.Tensor, folded: torch.Tensor, batch: int) -> tuple[torch.Tensor, ...]:
         """Folded frames ``[B*G,ft*3,H,W]`` -> per-group cost volumes ``[B*G,16*ft,H/4,W/4]`` and
         ``[B*G,24*ft,H/8,W/8]``, and the measured motion ``[B*G,2*S*ft,H/8,W/8]`` (MOTION_UNIT_PX, x and y each):
-        per frame the soft-argmaxes at 1/4 and 1/8, then (version 3) per frame the searched motion, so a
-        version-2 head's inputs come first."""
+        per frame the soft-argmaxes at 1/4 and 1/8, then (version 3) per frame the searched or block-refined
+        motion, so a version-2 head's inputs come first."""
         n, c, h, w = folded.shape
         per_frame = folded.reshape(n * c // 3, 3, h, w)  # folded frames are frame-major: no copy
         m4, m8 = self.motion_features(per_frame)
@@ -454,6 +478,9 @@ class RefTok(nn.Module):
         flows = [torch.cat([flow4, flow8], 1)]
         if self.motion_search is not None:
             flows.append(self.motion_search(reference, per_frame, batch)[-1] * (1.0 / MOTION_UNIT_PX))
+        elif self.cfg.block_refinement:
+            refined = block_refined_motion(reference, per_frame, flow4 * MOTION_UNIT_PX, batch)
+            flows.append(refined * (1.0 / MOTION_UNIT_PX))
         # [B*T,C,h,w] -> [B*G,ft*C,h,w], frame-major like folded pixels.
         per_group = lambda x: x.reshape(n, c // 3 * x.shape[1], *x.shape[-2:])  # noqa: E731
         return per_group(self.squeeze4(v4)), per_group(self.squeeze8(v8)), torch.cat([per_group(f) for f in flows], 1)
@@ -467,8 +494,8 @@ class RefTok(nn.Module):
         """(latents ``[B*G,D,H/8,W/8]``, the encoder's measured motion ``[B,S,2,T,H/8,W/8]`` or None for the twin).
 
         The measured motion is, per frame, the cost volumes' soft-argmax at 1/4 (pooled to 1/8) and at 1/8 and
-        version 3's searched motion (dim 1, S = :func:`measured_scales`), x and y (dim 2), in pixels of the
-        reference seen from the frame: what the training's encoder-flow teacher supervises."""
+        version 3's searched or block-refined motion (dim 1, S = :func:`measured_scales`), x and y (dim 2), in
+        pixels of the reference seen from the frame: what the training's encoder-flow teacher supervises."""
         b, _, t, h, w = frames.shape
         feats = self.reference_features(reference)
         folded = self._fold(frames)

@@ -18,7 +18,7 @@ context is always appended last) keep their weights for the old inputs and start
 context, so the new model starts out coding and decoding exactly like its source.
 
 A version-2 checkpoint can seed a version-3 model (the same preset with ``aligned_reference`` and/or
-``motion_search``): the two decoder convs that read the aligned reference features, and the encoder's latent
+``motion_search`` or ``block_refinement``): the two decoder convs that read the aligned reference features, and the encoder's latent
 head that reads the searched motion (each appended after the version-2 inputs), keep their weights for the old
 inputs and start at zero for the new ones; the version-3 model starts out coding and decoding exactly like its
 source. The motion search's own weights keep their fresh init, or come from a search trained on its own
@@ -99,11 +99,13 @@ def warm_start_state(source: RefTok, target: RefTok) -> dict[str, torch.Tensor]:
     if source.cfg.aligned_reference and not target.cfg.aligned_reference:
         raise ReftokError("--init-from checkpoint is model version 3 (aligned reference features); the model being "
                           "trained is version 2")
-    if source.cfg.motion_search and not target.cfg.motion_search:
-        raise ReftokError("--init-from checkpoint is model version 3 with the motion search; the model being trained "
-                          "has none")
+    for key, what in (("motion_search", "the motion search"), ("block_refinement", "the block refinement")):
+        if getattr(source.cfg, key) and not getattr(target.cfg, key):
+            raise ReftokError(f"--init-from checkpoint is model version 3 with {what}; the model being trained "
+                              "has none")
     src_cfg, dst_cfg = source.cfg.to_dict(), target.cfg.to_dict()
-    for key in ("fsq_levels", "group_context", "aligned_reference", "motion_search", "model_version"):
+    for key in ("fsq_levels", "group_context", "aligned_reference", "motion_search", "block_refinement",
+                "model_version"):
         src_cfg.pop(key), dst_cfg.pop(key)
     if src_cfg != dst_cfg:
         differ = sorted(k for k in dst_cfg if src_cfg.get(k) != dst_cfg[k])
@@ -187,8 +189,9 @@ def hand_motion_to_search(model: RefTok, share: float) -> None:
     With share 0 nothing changes."""
     if not 0.0 <= share <= 1.0:
         raise ReftokError(f"the share of motion handed to the search must be in [0, 1], got {share}")
-    if not model.cfg.motion_search:
-        raise ReftokError("handing motion to the search needs a model with the motion search (--motion-search)")
+    if measured_scales(model.cfg) < 3:
+        raise ReftokError("handing motion to the search needs a model with the motion search or the block refinement "
+                          "(--motion-search or --block-refinement)")
     ft, c3 = model.cfg.temporal_factor, model.cfg.channels[2]
     starts, at = {}, 0
     for key, size in _input_segments("encoder.to_latent.weight", model.cfg):
