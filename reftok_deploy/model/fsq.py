@@ -59,10 +59,11 @@ class FSQ(nn.Module):
         """Squash latents so rounding lands on ``levels`` integer values per channel."""
         return torch.tanh(z + self._shift) * self._half_l - self._offset
 
-    def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent ``[N,D,h,w]`` -> normalised codes in ``[-1,1]`` with a straight-through gradient."""
+    def quantize(self, z: torch.Tensor, straight_through: bool | None = None) -> torch.Tensor:
+        """Latent ``[N,D,h,w]`` -> normalised codes in ``[-1,1]``; with a straight-through gradient for the
+        rounding when ``straight_through`` (default: in training mode)."""
         bounded = self.bound(z)
-        if self.training:
+        if self.training if straight_through is None else straight_through:
             bounded = bounded + (torch.round(bounded) - bounded).detach()
         else:  # inference graphs (and exports) hold a plain Round
             bounded = torch.round(bounded)

@@ -28,13 +28,16 @@ import torch
 from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.base.gop_plan import DEFAULT_CUT_THRESHOLD, Gop, plan_gops
 from reftok_deploy.quality.metrics import clip_quality, png_bits, psnr, token_bits
+from reftok_deploy.model.latent_refinement import refine_tokens
 from reftok_deploy.model.reftok import RefTok, crop_to, pad_to_multiple
 from reftok_deploy.base.spec import frames_to_tensor_range, tensor_range_to_frames
 
 
 @torch.no_grad()
-def reconstruct(model: RefTok, references: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(references ``[B,H,W,3]`` uint8, blocks ``[B,T,H,W,3]`` uint8) -> (recon ``[B,T,H,W,3]`` uint8, tokens int32).
+def reconstruct(model: RefTok, references: np.ndarray, blocks: np.ndarray, refine_steps: int = 0
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(references ``[B,H,W,3]`` uint8, blocks ``[B,T,H,W,3]`` uint8) -> (recon ``[B,T,H,W,3]`` uint8, tokens int32);
+    ``refine_steps`` > 0: tokens refined against the decoder (:func:`reftok_deploy.model.latent_refinement.refine_tokens`).
 
     Any H, W: inputs are replicate-padded to the model's multiple and cropped back.
     """
@@ -42,7 +45,7 @@ def reconstruct(model: RefTok, references: np.ndarray, blocks: np.ndarray) -> tu
     frames = torch.from_numpy(np.ascontiguousarray(np.moveaxis(frames_to_tensor_range(blocks), 1, 2)))
     ref, size = pad_to_multiple(ref, model.cfg.spatial_factor)
     frames, _ = pad_to_multiple(frames, model.cfg.spatial_factor)
-    tokens = model.encode(ref, frames)
+    tokens = refine_tokens(model, ref, frames, refine_steps) if refine_steps else model.encode(ref, frames)
     recon = crop_to(model.decode(ref, tokens), size)
     return tensor_range_to_frames(recon.permute(0, 2, 1, 3, 4).numpy()), tokens.numpy()
 
@@ -52,12 +55,14 @@ def batched(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
-def reconstruct_gops(model: RefTok, gops: list[Gop], batch: int = 4) -> tuple[list[np.ndarray], np.ndarray]:
+def reconstruct_gops(model: RefTok, gops: list[Gop], batch: int = 4, refine_steps: int = 0
+                     ) -> tuple[list[np.ndarray], np.ndarray]:
     """Each GOP's real block frames decoded (``[k,H,W,3]`` uint8 each) and all tokens ``[n_gops,G,h,w]``."""
     recons, tokens = [], []
     t = model.cfg.block_frames
     for chunk in batched(gops, batch):
-        recon, ids = reconstruct(model, np.stack([g.reference for g in chunk]), np.stack([g.padded(t) for g in chunk]))
+        recon, ids = reconstruct(model, np.stack([g.reference for g in chunk]), np.stack([g.padded(t) for g in chunk]),
+                                 refine_steps)
         recons += [r[: len(g.block)] for r, g in zip(recon, chunk)]
         tokens.append(ids)
     return recons, np.concatenate(tokens)
@@ -89,17 +94,19 @@ def evaluate_frames(name: str, frames: np.ndarray, reftok: RefTok, twin: RefTok 
                     max_gops: int | None = None, refresh_blocks: int = 1,
                     cut_threshold: float | None = DEFAULT_CUT_THRESHOLD, x264: bool = False,
                     grid: Path | None = None, block_motion: bool = True,
-                    block_motion_size: int = 8) -> dict[str, Any]:
+                    block_motion_size: int = 8, refine_steps: int = 0) -> dict[str, Any]:
     """Score a clip ``[N,H,W,3]`` uint8 RGB (see the module docstring); ``grid``: save a PNG there
     (rows: original | RefTok | twin | copy the reference; columns: frames 1, 4, 8 of the first full GOP);
-    ``block_motion_size``: pixels per side of the block-motion warp's blocks."""
+    ``block_motion_size``: pixels per side of the block-motion warp's blocks; ``refine_steps``: RefTok's and the
+    twin's tokens refined against their decoders (same tokens and bits, see
+    :mod:`reftok_deploy.model.latent_refinement`)."""
     if twin is not None and (twin.cfg.block_frames, twin.cfg.fsq_levels, twin.cfg.temporal_factor) != (
             reftok.cfg.block_frames, reftok.cfg.fsq_levels, reftok.cfg.temporal_factor):
         raise ReftokError("RefTok and twin checkpoints differ in block length or token budget")
     gops = plan_gops(frames, reftok.cfg.block_frames, refresh_blocks, cut_threshold)[:max_gops]
     if not gops:
         raise ReftokError(f"{name}: {len(frames)} frame(s), fewer than one reference + one frame")
-    recons, tokens = reconstruct_gops(reftok, gops, batch)
+    recons, tokens = reconstruct_gops(reftok, gops, batch, refine_steps)
     original = np.concatenate([g.block for g in gops])
     per_frame = [psnr(o, r) for o, r in zip(original, np.concatenate(recons))]
     pixels = frames.shape[1] * frames.shape[2]
@@ -112,6 +119,7 @@ def evaluate_frames(name: str, frames: np.ndarray, reftok: RefTok, twin: RefTok 
         "frames_scored": int(original.shape[0]),
         "size": list(frames.shape[1:3]),
         "tokens": int(tokens.size),
+        "refine_steps": refine_steps,
         "bpp_tokens": bits_tokens / (original.shape[0] * pixels),
         "bpp_with_reference_png": (bits_tokens + bits_refs) / ((original.shape[0] + len(gops)) * pixels),
         "reftok": dict(clip_quality(original, np.concatenate(recons)), worst_frame_psnr=float(min(per_frame))),
@@ -123,7 +131,7 @@ def evaluate_frames(name: str, frames: np.ndarray, reftok: RefTok, twin: RefTok 
     }
     twin_recons = None
     if twin is not None:
-        twin_recons, _ = reconstruct_gops(twin, gops, batch)
+        twin_recons, _ = reconstruct_gops(twin, gops, batch, refine_steps)
         result["twin"] = clip_quality(original, np.concatenate(twin_recons))
     if x264:
         from reftok_deploy.quality.x264 import x264_at_bits

@@ -48,6 +48,7 @@ class EvalJob:
     grid_dir: str | None = None
     block_motion: bool = True
     block_motion_size: int = 8
+    refine_steps: int = 0
 
 
 def check_eval_job(job: EvalJob, note: Callable[[str], None]) -> EvalJob:
@@ -105,5 +106,5 @@ def score(job: EvalJob) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             clips.append(evaluate_frames(str(name), frames, reftok, twin, batch=job.batch, max_gops=job.max_gops,
                                          refresh_blocks=job.refresh_blocks, cut_threshold=job.cut_threshold or None,
                                          x264=job.with_x264, grid=grid, block_motion=job.block_motion,
-                                         block_motion_size=job.block_motion_size))
+                                         block_motion_size=job.block_motion_size, refine_steps=job.refine_steps))
     return clips, summarize(clips)
