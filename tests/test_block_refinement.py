@@ -83,19 +83,6 @@ def test_train_with_the_block_refinement_via_the_cli(tmp_path, video_file):
     assert config["training"]["recipe"]["search_share"] == 0.5
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--block-refinement", "--motion-search"], "pick one"),
-    (["--block-refinement", "--search-weights", "x.safetensors"], "--search-weights needs --motion-search"),
-    (["--block-refinement", "--no-reference"], "need the reference"),
-])
-def test_train_refuses_refinement_options_that_cannot_apply(tmp_path, video_file, args, message):
-    from reftok_deploy.cli.train import main as train
-
-    result = invoke(train, [video_file, "-o", tmp_path / "run", "--steps", 1, *args])
-    assert result.exit_code == 2 and message in result.output, result.output
-    assert not (tmp_path / "run").exists()
-
-
 def test_the_refinement_exports_and_both_runtimes_agree_with_pytorch(tmp_path, tiny_model):
     from reftok_deploy.base.manifest import open_export
     from reftok_deploy.export.job import ExportOptions, run_export

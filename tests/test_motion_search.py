@@ -167,6 +167,9 @@ def test_train_search_then_train_version3_on_it(tmp_path, video_file):
     (["--search-weights", "x.safetensors"], "--search-weights needs --motion-search"),
     (["--motion-search", "--no-reference"], "need the reference"),
     (["--search-share", "0.5"], "--search-share needs --motion-search"),
+    (["--block-refinement", "--motion-search"], "pick one"),
+    (["--block-refinement", "--search-weights", "x.safetensors"], "--search-weights needs --motion-search"),
+    (["--block-refinement", "--no-reference"], "need the reference"),
 ])
 def test_train_refuses_search_options_that_cannot_apply(tmp_path, video_file, args, message):
     from reftok_deploy.cli.train import main as train
