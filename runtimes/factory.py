@@ -78,17 +78,30 @@ def check_streams(streams: int, spec: str, device: str, threads: int | None) -> 
         raise ReftokError(f"--streams {streams} needs at least one thread per copy: --threads {threads} is fewer")
 
 
+def refining_backend(spec: str) -> str:
+    """The backend that searches tokens against the decoder (``--refine-steps``): torch, also for ``auto``;
+    one error line for any other ``spec``."""
+    if spec not in ("auto", "torch"):
+        raise ReftokError(f"--refine-steps searches tokens through the PyTorch decoder: backend {spec} cannot; "
+                          "use --backend torch")
+    return "torch"
+
+
 def make_runner(spec: str, export: ExportFolder | None, checkpoint: str | Path | None,
-                device: str = "cpu", threads: int | None = None, pin_threads: bool = True) -> Runner:
+                device: str = "cpu", threads: int | None = None, pin_threads: bool = True,
+                refine_steps: int = 0) -> Runner:
     """Build (not load) the runner for ``spec`` from an export opened once (:func:`open_export`).
-    ``pin_threads=False``: the runtime must not pin its threads to cores (several runners side by side)."""
+    ``pin_threads=False``: the runtime must not pin its threads to cores (several runners side by side).
+    ``refine_steps``: the torch backend's token search against the decoder (see TorchRunner); others refuse it."""
+    if refine_steps:
+        refining_backend(spec)
     backend, precision = parse_spec(spec)
     if backend == "torch":
         from reftok_deploy.runtimes.torch_runner import TorchRunner
 
         if checkpoint is None:
             raise ReftokError("the torch backend needs a checkpoint")
-        return TorchRunner(checkpoint, device=device, threads=threads)
+        return TorchRunner(checkpoint, device=device, threads=threads, refine_steps=refine_steps)
     if export is None:
         raise ReftokError(f"backend {spec} needs an export folder (run reftok-export first)")
     from reftok_deploy.base.spec import MODEL_VERSIONS

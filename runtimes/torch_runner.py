@@ -12,9 +12,12 @@ from reftok_deploy.base.spec import FRAMES_IN, FRAMES_OUT, REFERENCE, TOKENS, Ge
 
 
 class TorchRunner(Runner):
-    """Runs the checkpoint's model; geometry from its ``config.json``."""
+    """Runs the checkpoint's model; geometry from its ``config.json``. ``refine_steps`` > 0: each block's tokens
+    are searched by that many steps against the decoder (:func:`reftok_deploy.model.latent_refinement.refine_tokens`;
+    offline work, the same token format)."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", threads: int | None = None,
+                 refine_steps: int = 0) -> None:
         from reftok_deploy.model.checkpoint import read_config
 
         super().__init__(Geometry.from_config(read_config(checkpoint)["model"]))
@@ -22,6 +25,7 @@ class TorchRunner(Runner):
         self.device = device
         self.threads = threads  # PyTorch's intra-op threads are per process: set when loaded
         self.model = None
+        self.refine_steps = refine_steps
         self.name = f"torch-{device}"
 
     def load(self) -> None:
@@ -41,8 +45,16 @@ class TorchRunner(Runner):
         self.model, _ = load_checkpoint(self.checkpoint)
         self.model.to(self.device)
 
-    @torch.inference_mode()
     def _run(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if graph == "encoder" and self.refine_steps:  # gradients through the decoder: not in inference mode
+            from reftok_deploy.model.latent_refinement import refine_tokens
+
+            ref, frames = (torch.from_numpy(feed[t.name]).to(self.device) for t in (REFERENCE, FRAMES_IN))
+            return {TOKENS.name: refine_tokens(self.model, ref, frames, self.refine_steps).cpu().numpy()}
+        return self._infer(graph, feed)
+
+    @torch.inference_mode()
+    def _infer(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ref = torch.from_numpy(feed[REFERENCE.name]).to(self.device)
         if graph == "encoder":
             frames = torch.from_numpy(feed[FRAMES_IN.name]).to(self.device)

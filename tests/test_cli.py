@@ -294,3 +294,32 @@ def test_train_with_bf16_autocast_keeps_float32_weights(trained, tmp_path):
     result = invoke(train_main, [data, "--out", tmp_path / "bf16", *FAST, "--seed", "3", "--resume", "--steps", "3",
                                  "--autocast", "bf16"])
     assert result.exit_code == 0, result.output
+
+
+def test_freeze_decoder_moves_only_the_encoder_side(trained, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    data = trained["reftok"].parent / "data"
+    source = trained["reftok"] / "checkpoint"
+    result = invoke(train_main, [data, "--out", tmp_path / "frozen", *FAST, "--init-from", source, "--freeze-decoder",
+                                 "--lr", "0.01"])
+    assert result.exit_code == 0, result.output
+    before = load_file(str(source / "model.safetensors"))
+    after = load_file(str(tmp_path / "frozen" / "checkpoint" / "model.safetensors"))
+    decoder_side = [k for k in before if k.startswith(("decoder.", "reference_encoder."))]
+    encoder_side = [k for k in before if k.startswith(("encoder.", "motion_features.", "squeeze4.", "squeeze8."))]
+    assert decoder_side and encoder_side and len(decoder_side) + len(encoder_side) == len(before)
+    assert all(torch.equal(before[k], after[k]) for k in decoder_side)
+    assert sum(not torch.equal(before[k], after[k]) for k in encoder_side) > len(encoder_side) // 2
+    recipe = json.loads((tmp_path / "frozen" / "checkpoint" / "config.json").read_text())["training"]["recipe"]
+    assert recipe["freeze_decoder"] is True
+    # a frozen fresh decoder would never learn; a resume keeps the run's setting
+    one_line_error(invoke(train_main, [data, "--out", tmp_path / "fresh", *FAST, "--freeze-decoder"]), "--init-from")
+    one_line_error(invoke(train_main, [data, "--out", tmp_path / "frozen", *FAST, "--resume", "--steps", "3"]),
+                   "--freeze-decoder")
+    result = invoke(train_main, [data, "--out", tmp_path / "frozen", *FAST, "--resume", "--steps", "3",
+                                 "--freeze-decoder"])
+    assert result.exit_code == 0, result.output
+    resumed = load_file(str(tmp_path / "frozen" / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(before[k], resumed[k]) for k in decoder_side)

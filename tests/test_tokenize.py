@@ -198,7 +198,8 @@ def test_a_two_node_cluster_shares_the_clips(corpus, tiny_checkpoint, tmp_path):
     assert summary["clips"] == len(STILLS) and len(summary["nodes"]) == 2, summary
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "unwritable", "address", "manifest", "same-as-input"])
+@pytest.mark.parametrize("case", ["missing", "empty", "unwritable", "address", "manifest", "same-as-input",
+                                  "refine-onnx"])
 def test_bad_input_is_one_line_and_leaves_nothing(corpus, tiny_checkpoint, tmp_path, case):
     from reftok_deploy.cli.tokenize import main
 
@@ -211,8 +212,10 @@ def test_bad_input_is_one_line_and_leaves_nothing(corpus, tiny_checkpoint, tmp_p
         "address": (corpus["clips"][:1], tmp_path / "out", "nothing answers there"),
         "manifest": ([tmp_path / "bad.csv"], tmp_path / "out", "no 'path' column"),
         "same-as-input": (corpus["clips"][:1], corpus["clips"][0], "is a file"),
+        "refine-onnx": (corpus["clips"][:1], tmp_path / "out", "use --backend torch"),
     }[case]
-    extra = ["--address", "127.0.0.1:9"] if case == "address" else []
+    extra = {"address": ["--address", "127.0.0.1:9"],
+             "refine-onnx": ["--backend", "onnxruntime", "--refine-steps", "3"]}.get(case, [])
     before = sorted(p.name for p in tmp_path.iterdir())
     result = CliRunner().invoke(main, [str(i) for i in inputs] + ["-o", str(out), "--checkpoint", str(tiny_checkpoint),
                                                                   "--backend", "torch", *extra])
@@ -237,3 +240,37 @@ def test_ctrl_c_keeps_the_finished_clips_and_the_same_command_resumes(corpus, ti
     rerun = tokenize(args + ["--json"])
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout)["skipped"] >= len(kept) and json.loads(rerun.stdout)["clips"] == len(STILLS)
+
+
+def test_refine_steps_store_tokens_that_decode_closer_to_the_clip(corpus, tiny_checkpoint, tmp_path):
+    """In one worker (no Ray): the rows of --refine-steps 10 decode each GOP no worse than the encoder's own, and
+    better somewhere; a rerun with other steps is a dataset of other settings."""
+    import numpy as np
+
+    from reftok_deploy.base.video import iter_video
+    from reftok_deploy.dataset.clip_tokenizer import ClipTokenizer, TokenizeSettings
+    from reftok_deploy.dataset.corpus import Clip
+
+    source = str(corpus["clips"][0])
+    frames = list(iter_video(source))
+    errors = {}
+    for steps in (0, 10):
+        settings = TokenizeSettings(out=str(tmp_path / f"ds{steps}"), checkpoint=str(tiny_checkpoint),
+                                    export_folder=None, backend="torch", device="cpu", threads=1, size=None,
+                                    refresh_blocks=1, cut_threshold=None, rows_per_shard=256,
+                                    max_pixels=10**6, block_frames=8, refine_steps=steps)
+        worker = ClipTokenizer(settings)
+        assert worker.tokenize(Clip("a", source))["status"] == "done"
+        errors[steps] = []
+        for row in rows(tmp_path / f"ds{steps}"):
+            reference = frames[row["reference_frame"]]  # stored losslessly as the row's PNG
+            tokens = np.asarray(row["tokens"], np.int32).reshape(row["token_groups"], row["token_height"],
+                                                                 row["token_width"])
+            block = worker.codec.decode(reference, tokens)[:row["frames"]]
+            truth = np.stack(frames[row["first_frame"]:row["first_frame"] + row["frames"]])
+            errors[steps].append(float(((block.astype(float) - truth) ** 2).mean()))
+        fingerprint = settings.fingerprint()
+    assert len(errors[0]) == len(errors[10]) >= 2
+    assert all(r <= e * 1.02 + 0.5 for r, e in zip(errors[10], errors[0])), errors
+    assert sum(errors[10]) < 0.98 * sum(errors[0]), errors
+    assert fingerprint["refine_steps"] == 10

@@ -88,6 +88,9 @@ def model_config(preset: str, no_reference: bool, model_version: str, motion_sea
 @click.option("--init-from", type=click.Path(), default=None,
               help="Start from this checkpoint's weights (same preset; --fsq-levels may append dimensions; "
                    "a version-1 checkpoint seeds every tensor version 2 kept).")
+@click.option("--freeze-decoder", is_flag=True,
+              help="Train only the encoder (with its motion features) against the --init-from checkpoint's decoder, "
+                   "which stays as it is: each token keeps its meaning, so tokens already written decode as before.")
 @click.option("--loss", type=click.Choice(["l1", "mse"]), default="l1", show_default=True,
               help="Reconstruction loss (mse optimises PSNR directly).")
 @click.option("--steps", default=4000, show_default=True, type=click.IntRange(1, MAX_COUNT),
@@ -128,7 +131,7 @@ def model_config(preset: str, no_reference: bool, model_version: str, motion_sea
 @json_option("Print the checkpoint folder and its training record as JSON.")
 @verbose_option
 @user_errors
-def main(data, output, preset, no_reference, model_version, motion_search, block_refinement, search_weights, search_share, fsq_levels, group_context, init_from, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, encoder_flow_weight, gate_penalty, checkpoint_every, no_builtin_stills,
+def main(data, output, preset, no_reference, model_version, motion_search, block_refinement, search_weights, search_share, fsq_levels, group_context, init_from, freeze_decoder, loss, steps, batch, crop, lr, seed, reference_dropout, flow_weight, encoder_flow_weight, gate_penalty, checkpoint_every, no_builtin_stills,
          resume, threads, device, workers, max_minutes, autocast, as_json) -> None:
     """Train on DATA (video files, stills, or folders of them) with synthetic camera motion on stills."""
     from reftok_deploy.model.training import PRESET_LR, STATE, Recipe, check_training_memory, train  # torch: not for --help
@@ -151,7 +154,7 @@ def main(data, output, preset, no_reference, model_version, motion_search, block
                     reference_dropout=reference_dropout, flow_weight=flow_weight, encoder_flow_weight=encoder_flow_weight,
                     gate_penalty=gate_penalty, loss=loss, search_share=search_share,
                     builtin_stills=not no_builtin_stills, max_minutes=max_minutes,
-                    autocast=autocast)
+                    autocast=autocast, freeze_decoder=freeze_decoder)
     plan = OutputPlan()  # every path before any work; a run that fails before its first checkpoint leaves nothing
     for path in data:
         plan.reads(path, "the training data")

@@ -45,10 +45,12 @@ class TokenizeSettings:
     rows_per_shard: int
     max_pixels: int
     block_frames: int
+    refine_steps: int = 0  # the torch backend's token search against the decoder (0: the encoder's tokens)
 
     def fingerprint(self) -> dict[str, Any]:
         """What makes two runs' rows comparable: a rerun into the same folder must match it."""
-        keep = ("backend", "device", "size", "refresh_blocks", "cut_threshold", "rows_per_shard", "max_pixels")
+        keep = ("backend", "device", "size", "refresh_blocks", "cut_threshold", "rows_per_shard", "max_pixels",
+                "refine_steps")
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
@@ -94,7 +96,7 @@ class ClipTokenizer:
         # Unpinned: OpenVINO pins a copy's threads to the first cores, so workers of one machine would share one
         # core (two one-thread copies ran at 0.7x of one pinned two-thread copy; see reftok-run --streams).
         self.runner = make_runner(settings.backend, export, settings.checkpoint, device=settings.device,
-                                  threads=settings.threads, pin_threads=False)
+                                  threads=settings.threads, pin_threads=False, refine_steps=settings.refine_steps)
         self.runner.load()
         self.codec = FrameCodec(self.runner)
         self.node = socket.gethostname()

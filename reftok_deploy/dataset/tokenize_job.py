@@ -30,6 +30,7 @@ class TokenizeJob:
     max_pixels: int = 0
     rows_per_shard: int = 256
     overwrite: bool = False
+    refine_steps: int = 0
 
 
 def require_ray() -> None:
@@ -61,15 +62,18 @@ def run_tokenize(deployment: Deployment, job: TokenizeJob, on_clip: Callable[[di
     plan.folder(job.output, "--output", keep_if=lambda folder: any((folder / "done").glob("*.json")))
     with plan:
         cfg = deployment.config()
+        if job.refine_steps:
+            deployment.use_refining_backend()
         deployment.choose_backend((job.size or 256, job.size or 256))
-        deployment.runner()  # built, not loaded: a bad spec or a missing precision fails here, not in Ray
+        deployment.runner(refine_steps=job.refine_steps)  # built, not loaded: a bad spec or a missing precision fails here, not in Ray
         export = deployment.export
         settings = TokenizeSettings(out=str(job.output), checkpoint=deployment.checkpoint,
                                     export_folder=None if export is None else str(export.path),
                                     backend=deployment.backend, device=deployment.device, threads=deployment.threads,
                                     size=job.size, refresh_blocks=job.refresh_blocks,
                                     cut_threshold=job.cut_threshold or None, rows_per_shard=job.rows_per_shard,
-                                    max_pixels=job.max_pixels, block_frames=cfg.block_frames)
+                                    max_pixels=job.max_pixels, block_frames=cfg.block_frames,
+                                    refine_steps=job.refine_steps)
         record = {"format": "reftok-tokens",
                   "checkpoint": {"path": deployment.checkpoint, "weights_sha256": deployment.weights_sha256()},
                   "model": {"model_version": cfg.model_version, "fsq_levels": list(cfg.fsq_levels),
@@ -78,7 +82,7 @@ def run_tokenize(deployment: Deployment, job: TokenizeJob, on_clip: Callable[[di
                   "geometry": {"size": None if job.size is None else [job.size, job.size],
                                "max_pixels": job.max_pixels, "refresh_blocks": job.refresh_blocks,
                                "cut_threshold": job.cut_threshold or None},
-                  "backend": deployment.label, "rows_per_shard": job.rows_per_shard}
+                  "backend": deployment.label, "rows_per_shard": job.rows_per_shard, "refine_steps": job.refine_steps}
         clip_count(len(clips))
         return tokenize_corpus(clips, settings, record, job.workers, address=job.address, overwrite=job.overwrite,
                                num_gpus=job.num_gpus, on_clip=on_clip)

@@ -180,6 +180,11 @@ class Deployment:
             self.export = backends.cached_export(self.checkpoint, self.say)
         return self.backend
 
+    def use_refining_backend(self) -> None:
+        """The backend of a token search against the decoder (``--refine-steps``): torch (also for auto), or one
+        error line, before any backend is measured or exported."""
+        self.backend = factory.refining_backend(self.backend)
+
     @property
     def label(self) -> str:
         """The backend's name in .rtok headers and job manifests (:func:`backend_label`; the server's own)."""
@@ -202,10 +207,11 @@ class Deployment:
         return [FrameCodec(r) for r in runners], runners[0].name
 
     # -- the runners ----------------------------------------------------------------------------------------
-    def runner(self, spec: str | None = None, pin_threads: bool = True) -> Runner:
-        """A runner of ``spec`` (default: the chosen backend), built, not loaded."""
+    def runner(self, spec: str | None = None, pin_threads: bool = True, refine_steps: int = 0) -> Runner:
+        """A runner of ``spec`` (default: the chosen backend), built, not loaded (``refine_steps``: see
+        :func:`~reftok_deploy.runtimes.factory.make_runner`)."""
         return factory.make_runner(spec or self.backend, self.export, self.checkpoint, device=self.device,
-                                   threads=self.threads, pin_threads=pin_threads)
+                                   threads=self.threads, pin_threads=pin_threads, refine_steps=refine_steps)
 
     def runners(self, spec: str | None = None) -> list[Runner]:
         """``streams`` runners of ``spec`` sharing the threads (:func:`make_runners`), built, not loaded."""

@@ -441,6 +441,13 @@ class RefTok(nn.Module):
         self.encoder = BlockEncoder(cfg, self.fsq.dim)
         self.decoder = BlockDecoder(cfg, self.fsq.dim)
 
+    def encoder_side_parameters(self) -> list[nn.Parameter]:
+        """The weights only the encoder reads (its trunk, motion features, cost squeezes, motion search): what moves
+        when the decoder (with the reference encoder both sides share) is held fixed, so a token keeps its meaning."""
+        parts = (self.encoder, self.motion_features, self.motion_search, getattr(self, "squeeze4", None),
+                 getattr(self, "squeeze8", None))
+        return [p for part in parts if part is not None for p in part.parameters()]
+
     # ---- shape helpers -------------------------------------------------
     def _fold(self, frames: torch.Tensor) -> torch.Tensor:
         """``[B,3,T,H,W]`` -> ``[B*G,ft*3,H,W]`` with G = T/ft groups."""

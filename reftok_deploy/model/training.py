@@ -71,6 +71,10 @@ class Recipe:
     # "bf16": the model's forward pass under torch.autocast in bfloat16 (AMX CPUs, recent GPUs); losses,
     # weights, optimizer and the exported model stay float32. None: float32 throughout.
     autocast: str | None = None
+    # Train only the encoder's side (RefTok.encoder_side_parameters) against the decoder of --init-from: each token
+    # keeps its meaning, so tokens already written decode as before. Latent refinement (reftok-eval --refine-steps)
+    # showed the shipped decoder reaching 1-4 dB more than the encoder's one pass asks of it.
+    freeze_decoder: bool = False
 
 
 # Peak learning rate per preset. Measured on the 2-core machine: `small` at tiny's 1.5e-3 had
@@ -216,6 +220,8 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
         torch.device(device)
     except RuntimeError:
         raise ReftokError(f"unknown --device {device!r}; use cpu, cuda or cuda:N") from None
+    if recipe.freeze_decoder and not resume and init_from is None:
+        raise ReftokError("--freeze-decoder keeps the decoder of --init-from: name the checkpoint to start from")
     run = Path(run)
     check_writable_folder(run)  # before loading data or training a single step
     if threads:
@@ -227,12 +233,24 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
     sampler = TrainingSampler(videos, images, cfg.block_frames, recipe.crop, recipe.seed,
                               use_builtin_stills=recipe.builtin_stills)
     model = RefTok(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    trained = model.encoder_side_parameters() if recipe.freeze_decoder else list(model.parameters())
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for parameter in trained:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trained, lr=recipe.lr, weight_decay=0.0)
     step = 0
     if resume and (run / STATE).is_file():
         loaded, config = load_checkpoint(run / "checkpoint")
         if loaded.cfg != cfg:
             raise ReftokError(f"{run} holds a different model config; resume with the same --preset, --no-reference, --model-version and --group-context/--no-group-context")
+        saved_recipe = config.get("training", {}).get("recipe", {})
+        if saved_recipe.get("autocast") != recipe.autocast:
+            raise ReftokError(f"{run} was trained with --autocast {saved_recipe.get('autocast') or 'off (float32)'}: "
+                              "resume with the same setting")
+        if bool(saved_recipe.get("freeze_decoder")) != recipe.freeze_decoder:
+            raise ReftokError(f"{run} was trained {'with' if saved_recipe.get('freeze_decoder') else 'without'} "
+                              "--freeze-decoder: resume with the same setting")
         model.load_state_dict(loaded.state_dict())
         step = _load_state(run, optimizer, sampler)
         saved = config.get("training", {}).get("step")
@@ -240,10 +258,6 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
             raise ReftokError(f"{run}: its checkpoint is at step {saved} but its resume state at step {step} "
                               "(interrupted between the two saves): resuming would mix them; restart the run, or "
                               "start a new one with --init-from on its checkpoint")
-        saved_autocast = config.get("training", {}).get("recipe", {}).get("autocast")
-        if saved_autocast != recipe.autocast:
-            raise ReftokError(f"{run} was trained with --autocast {saved_autocast or 'off (float32)'}: resume with the same "
-                              "setting")
         elapsed = float(config.get("training", {}).get("wall_seconds", 0.0))
         recipe = replace(recipe, init_from=config.get("training", {}).get("recipe", {}).get("init_from"))
     else:
@@ -327,7 +341,7 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
             diverged("loss", loss.item())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trained, 1.0)
         if not torch.isfinite(grad_norm):  # a finite loss can still have nan/inf gradients: never step on them
             diverged("gradient", grad_norm.item())
         optimizer.step()
