@@ -179,6 +179,19 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_before_any_work(world, tmp
     assert time.perf_counter() - started < 5 and not list(tmp_path.iterdir())
 
 
+def test_refining_tokens_counts_the_decoder_run_backwards_in_the_memory_check():
+    from reftok_deploy.base.errors import ReftokError
+    from reftok_deploy.base.machine import physical_memory_bytes
+    from reftok_deploy.quality.scoring import EvalJob, check_eval_job
+
+    size = 1024  # a batch at ~1.4x the machine's memory with --refine-steps, ~0.7x without
+    batch = max(1, physical_memory_bytes() // (size * size * 5_000))
+    job = dict(checkpoint="unused", twin=None, suite=True, size=size, batch=batch, with_x264=False)
+    check_eval_job(EvalJob(**job), note=print)
+    with pytest.raises(ReftokError, match=f"--batch {batch} at --size {size} with --refine-steps needs about"):
+        check_eval_job(EvalJob(**job, refine_steps=1), note=print)
+
+
 # Each case runs in one child process whose file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes every
 # write past the limit (argv[2], bytes) fail with EFBIG, as a full disk fails with ENOSPC: OpenCV's writer, safetensors,
 # the ONNX writer and the PNG writer all meet a real failing write().

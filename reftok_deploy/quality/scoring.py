@@ -18,6 +18,9 @@ from reftok_deploy.quality import x264
 # Peak bytes per pixel of one GOP through the model at inference (reftok-run measured about 3 GB at 1280x720
 # and 6 GB at 1920x1080, see reftok_deploy.base.video.DEFAULT_MAX_PIXELS); --batch GOPs run together.
 INFERENCE_BYTES_PER_PIXEL = 3_500
+# With --refine-steps the decoder runs backwards too: the shipped model's peak (ru_maxrss) at 256x256 was 4.1 KB
+# per pixel at --batch 4 and 8.4 KB at --batch 1 (the process's own share), so about training's 7 KB.
+REFINE_BYTES_PER_PIXEL = 7_000
 
 
 def grid_names(sources: list[str]) -> list[str]:
@@ -62,9 +65,11 @@ def check_eval_job(job: EvalJob, note: Callable[[str], None]) -> EvalJob:
         job.with_x264 = x264.available()
         if not job.with_x264:
             note("note: imageio-ffmpeg not installed: no x264 baseline (pip install imageio-ffmpeg)")
-    need = job.batch * job.size * job.size * INFERENCE_BYTES_PER_PIXEL
+    per_pixel = REFINE_BYTES_PER_PIXEL if job.refine_steps else INFERENCE_BYTES_PER_PIXEL
+    need = job.batch * job.size * job.size * per_pixel
     if need > physical_memory_bytes():
-        raise ReftokError(f"--batch {job.batch} at --size {job.size} needs about {need / 1e9:.0f} GB; this machine "
+        refining = " with --refine-steps" if job.refine_steps else ""
+        raise ReftokError(f"--batch {job.batch} at --size {job.size}{refining} needs about {need / 1e9:.0f} GB; this machine "
                           f"has {physical_memory_bytes() / 1e9:.0f} GB: lower --batch or --size")
     for video in job.videos:
         utf8_name(video, "--video")
