@@ -47,7 +47,7 @@ from reftok_deploy.model.fsq import FSQ
 from reftok_deploy.model.layers import (CLIP, GROUP, PIXELS, add_per_clip, conv3, conv_over_groups, stage,
                                         stage_on_unshuffled, unshuffled_conv)
 from reftok_deploy.model.matching import correlation, soft_argmax, unit_norm
-from reftok_deploy.model.motion_search import SEARCH_CHANNELS, MotionSearch, refine_blocks
+from reftok_deploy.model.motion_search import LK_STEP_PX, SEARCH_CHANNELS, SEARCH_REACH_PX, MotionSearch, refine_blocks
 from reftok_deploy.model.warping import warp_features, warp_reference
 from reftok_deploy.base.spec import MODEL_VERSION, SPATIAL_FACTOR, Geometry
 
@@ -187,6 +187,16 @@ def measured_scales(cfg: RefTokConfig) -> int:
 # 8x8 block, box / tree / carphone): 2 steps 31.53 / 22.63 / 30.31 dB, 3 31.92 / 22.79 / 30.46, 4 32.07 / 22.90 /
 # 30.50; each step costs ~25 ms of OpenVINO's bf16 encoder at 640x480 on 2 cores.
 REFINEMENT_ITERATIONS = 3
+
+
+def measured_reaches(cfg: RefTokConfig) -> tuple[float, ...]:
+    """Per measurement of :func:`measured_scales`, the largest displacement (pixels) it can express: a cost
+    volume's radius x cell, the motion search's SEARCH_REACH_PX, or the 1/4 cost volume's reach plus the block
+    refinement's Lucas-Kanade steps (what the encoder-flow teacher clamps its targets to)."""
+    quarter, eighth = (radius * cell for radius, cell in zip(CORRELATION_RADII, (4, 8)))
+    third = (float(SEARCH_REACH_PX),) if cfg.motion_search else \
+        (quarter + REFINEMENT_ITERATIONS * LK_STEP_PX,) if cfg.block_refinement else ()
+    return (float(quarter), float(eighth), *third)[:measured_scales(cfg)]
 
 
 def block_refined_motion(reference: torch.Tensor, frames: torch.Tensor, motion: torch.Tensor, batch: int) -> torch.Tensor:

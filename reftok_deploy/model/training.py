@@ -23,8 +23,7 @@ from reftok_deploy.base.files import check_writable_folder, sha256_file
 from reftok_deploy.model.data import TrainingSampler, batch_stream
 from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.base.machine import physical_memory_bytes
-from reftok_deploy.model.motion_search import SEARCH_REACH_PX
-from reftok_deploy.model.reftok import CORRELATION_RADII, RefTok, RefTokConfig
+from reftok_deploy.model.reftok import RefTok, RefTokConfig, measured_reaches
 from reftok_deploy.model.teacher import block_error, block_targets, teacher_mask
 from reftok_deploy.base.video import list_media
 from reftok_deploy.model.warm_start import (hand_motion_to_search, load_search_weights, load_source_weights, upgrade_v1_state,
@@ -153,15 +152,17 @@ def group_code_usage(counts: torch.Tensor) -> list[dict[str, float]]:
             for u in map(usage_of_counts, counts)]
 
 
-def encoder_flow_error(measured: torch.Tensor, flow: torch.Tensor, trusted: torch.Tensor) -> torch.Tensor:
+def encoder_flow_error(measured: torch.Tensor, flow: torch.Tensor, trusted: torch.Tensor,
+                       reaches: tuple[float, ...]) -> torch.Tensor:
     """Mean L1 (pixels, x + y) of the encoder's measured motion ``[B,S,2,T,H/8,W/8]`` (S scales) against the
     teacher ``flow [B,2,T,H,W]`` averaged over 8x8 blocks, on blocks ``trusted [B,1,T,H,W]`` (0/1) enough.
 
-    Each scale's target is clamped to the displacement it can express (a cost volume's radius x cell; the motion
-    search's SEARCH_REACH_PX)."""
+    Each scale's target is clamped to the displacement it can express, ``reaches`` (pixels, one per scale:
+    :func:`~reftok_deploy.model.reftok.measured_reaches`)."""
     target, weight = block_targets(flow, trusted, flow.shape[-2] // measured.shape[-2])
-    reaches = [radius * step for radius, step in zip(CORRELATION_RADII, (4, 8))] + [SEARCH_REACH_PX]
     scales = measured.shape[1]
+    if len(reaches) != scales:
+        raise ValueError(f"{scales} measured scales but {len(reaches)} reaches")
     return sum(block_error(measured[:, s], target, weight, float(reaches[s])) for s in range(scales)) / scales
 
 
@@ -334,7 +335,7 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
             loss = loss + recipe.flow_weight * flow_l1 + recipe.gate_penalty * parts["gate"].float().mean()
             motion_error = flow_l1.item()
             with torch.set_grad_enabled(recipe.encoder_flow_weight > 0):
-                measured = encoder_flow_error(parts["measured_motion"], flow, trusted)
+                measured = encoder_flow_error(parts["measured_motion"], flow, trusted, measured_reaches(cfg))
             loss = loss + recipe.encoder_flow_weight * measured if recipe.encoder_flow_weight > 0 else loss
             measured_error = measured.item()
         if not torch.isfinite(loss):
