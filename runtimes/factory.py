@@ -81,7 +81,7 @@ def check_streams(streams: int, spec: str, device: str, threads: int | None) -> 
 def refining_backend(spec: str) -> str:
     """The backend that searches tokens against the decoder (``--refine-steps``): torch, also for ``auto``;
     one error line for any other ``spec``."""
-    if spec not in ("auto", "torch"):
+    if spec != "auto" and parse_spec(spec)[0] != "torch":  # aliases and torch:fp32 are torch too
         raise ReftokError(f"--refine-steps searches tokens through the PyTorch decoder: backend {spec} cannot; "
                           "use --backend torch")
     return "torch"

@@ -274,3 +274,5 @@ def test_refine_steps_store_tokens_that_decode_closer_to_the_clip(corpus, tiny_c
     assert all(r <= e * 1.02 + 0.5 for r, e in zip(errors[10], errors[0])), errors
     assert sum(errors[10]) < 0.98 * sum(errors[0]), errors
     assert fingerprint["refine_steps"] == 10
+    from reftok_deploy.runtimes.factory import refining_backend
+    assert [refining_backend(spec) for spec in ("auto", "torch", "torch:fp32")] == ["torch"] * 3
