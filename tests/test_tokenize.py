@@ -274,5 +274,11 @@ def test_refine_steps_store_tokens_that_decode_closer_to_the_clip(corpus, tiny_c
     assert all(r <= e * 1.02 + 0.5 for r, e in zip(errors[10], errors[0])), errors
     assert sum(errors[10]) < 0.98 * sum(errors[0]), errors
     assert fingerprint["refine_steps"] == 10
+
+
+def test_refining_backend_is_torch_by_any_spelling_and_nothing_else():
     from reftok_deploy.runtimes.factory import refining_backend
-    assert [refining_backend(spec) for spec in ("auto", "torch", "torch:fp32")] == ["torch"] * 3
+
+    assert [refining_backend(spec) for spec in ("auto", "torch", "torch:fp32", "pytorch")] == ["torch"] * 4
+    with pytest.raises(ReftokError, match="use --backend torch"):
+        refining_backend("openvino:bf16")

@@ -65,7 +65,8 @@ def run_tokenize(deployment: Deployment, job: TokenizeJob, on_clip: Callable[[di
         if job.refine_steps:
             deployment.use_refining_backend()
         deployment.choose_backend((job.size or 256, job.size or 256))
-        deployment.runner(refine_steps=job.refine_steps)  # built, not loaded: a bad spec or a missing precision fails here, not in Ray
+        # built, not loaded: a bad spec or a missing precision fails here, not in Ray
+        deployment.runner(refine_steps=job.refine_steps)
         export = deployment.export
         settings = TokenizeSettings(out=str(job.output), checkpoint=deployment.checkpoint,
                                     export_folder=None if export is None else str(export.path),

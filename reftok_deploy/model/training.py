@@ -235,8 +235,7 @@ def train(cfg: RefTokConfig, data: list[str], run: str | Path, recipe: Recipe, r
                               use_builtin_stills=recipe.builtin_stills)
     model = RefTok(cfg)
     trained = model.encoder_side_parameters() if recipe.freeze_decoder else list(model.parameters())
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
+    model.requires_grad_(False)
     for parameter in trained:
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(trained, lr=recipe.lr, weight_decay=0.0)
