@@ -73,3 +73,16 @@ def test_eval_refine_steps_scores_the_refined_tokens(tiny_checkpoint, video_file
         scores[steps] = report["reftok"]["psnr"]
     assert scores[10] > scores[0] + 0.1, scores
     assert np.isfinite(list(scores.values())).all()
+
+
+def test_refinement_computes_the_reference_features_once_and_decodes_as_without_them(model, monkeypatch):
+    reference, frames = clip()
+    with torch.no_grad():
+        feats = model.reference_features(reference)
+        codes = model.fsq.quantize(model.encode_latent(reference, frames))
+        assert torch.equal(model.decode_codes(reference, codes, 2, feats), model.decode_codes(reference, codes, 2))
+    calls = []
+    original = model.reference_features
+    monkeypatch.setattr(model, "reference_features", lambda ref: calls.append(1) or original(ref))
+    refine_tokens(model, reference, frames, 12)
+    assert len(calls) == 2  # the encoder's own and one for the decoder, which all 12 steps and checks reuse

@@ -37,12 +37,13 @@ def _frozen(model: RefTok) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _decode(model: RefTok, reference: torch.Tensor, latent: torch.Tensor, batch: int,
-            straight_through: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode(model: RefTok, reference: torch.Tensor, feats: tuple[torch.Tensor, ...] | None, latent: torch.Tensor,
+            batch: int, straight_through: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents ``[B*G,D,h,w]`` -> (frames ``[B,3,T,H,W]``, normalised codes ``[B*G,D,h,w]``): rounded for
-    real, or with the rounding's gradient passed straight through."""
+    real, or with the rounding's gradient passed straight through. ``feats``: the reference's features,
+    computed once per call of :func:`refine_tokens` (the weights are frozen, so every step's are the same)."""
     codes = model.fsq.quantize(latent, straight_through)
-    return model.decode_codes(reference, codes, batch), codes
+    return model.decode_codes(reference, codes, batch, feats), codes
 
 
 def _per_gop_error(decoded: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
@@ -61,22 +62,23 @@ def refine_tokens(model: RefTok, reference: torch.Tensor, frames: torch.Tensor, 
     b = frames.shape[0]
     with _frozen(model):
         with torch.no_grad():
+            feats = model.reference_features(reference)
             start = model.encode_latent(reference, frames)
-            decoded, codes = _decode(model, reference, start, b, straight_through=False)
+            decoded, codes = _decode(model, reference, feats, start, b, straight_through=False)
             best_error = _per_gop_error(decoded, frames)
             best_codes = codes.clone()
         latent = start.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([latent], lr=lr)
         for step in range(1, steps + 1):
             with torch.enable_grad():
-                decoded, _ = _decode(model, reference, latent, b, straight_through=True)
+                decoded, _ = _decode(model, reference, feats, latent, b, straight_through=True)
                 loss = ((decoded - frames) ** 2).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             optimizer.step()
             if step % CHECK_EVERY == 0 or step == steps:
                 with torch.no_grad():
-                    decoded, codes = _decode(model, reference, latent, b, straight_through=False)
+                    decoded, codes = _decode(model, reference, feats, latent, b, straight_through=False)
                     error = _per_gop_error(decoded, frames)
                     better = error < best_error
                     best_error = torch.where(better, error, best_error)

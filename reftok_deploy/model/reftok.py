@@ -525,11 +525,14 @@ class RefTok(nn.Module):
                              2).permute(0, 2, 3, 1, 4, 5) * MOTION_UNIT_PX
         return self.encoder(folded, reference, feats, costs, b), measured
 
-    def decode_parts(self, reference: torch.Tensor, codes: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
+    def decode_parts(self, reference: torch.Tensor, codes: torch.Tensor, batch: int,
+                     feats: tuple[torch.Tensor, ...] | None = None) -> dict[str, torch.Tensor]:
         """Codes ``[B*G,D,h,w]`` -> ``frames [B,3,G*ft,8h,8w]`` (unclamped) and, for RefTok, the parts:
         ``motion [B,2,T,8h,8w]`` (pixels, after the dead zone), ``gate [B,1,T,8h,8w]`` in [0,1],
-        ``warped [B,3,T,8h,8w]``."""
-        feats = self.reference_features(reference)
+        ``warped [B,3,T,8h,8w]``. ``feats``: :meth:`reference_features` of ``reference`` when the caller has them
+        (they depend on the reference only), else computed here."""
+        if feats is None:
+            feats = self.reference_features(reference)
         x, motion = self.decoder.trunk(codes, feats, batch)
         if motion is None:
             pixels, _ = self.decoder.head(self.decoder.middle(x, None), None, None)
@@ -553,9 +556,11 @@ class RefTok(nn.Module):
         return {"frames": self._unfold(out, batch), "motion": self._unfold(motion, batch),
                 "gate": self._unfold(gate, batch), "warped": self._unfold(warped, batch)}
 
-    def decode_codes(self, reference: torch.Tensor, codes: torch.Tensor, batch: int) -> torch.Tensor:
-        """Codes ``[B*G,D,h,w]`` -> frames ``[B,3,G*ft,8h,8w]`` (unclamped, ~[-1,1])."""
-        return self.decode_parts(reference, codes, batch)["frames"]
+    def decode_codes(self, reference: torch.Tensor, codes: torch.Tensor, batch: int,
+                     feats: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """Codes ``[B*G,D,h,w]`` -> frames ``[B,3,G*ft,8h,8w]`` (unclamped, ~[-1,1]); ``feats`` as in
+        :meth:`decode_parts`."""
+        return self.decode_parts(reference, codes, batch, feats)["frames"]
 
     def encode(self, reference: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """(reference ``[B,3,H,W]``, frames ``[B,3,T,H,W]``, both in [-1,1]) -> int32 ``[B,T/ft,H/8,W/8]``."""
