@@ -4,8 +4,6 @@ no partial output file. The memory-hungry ones also run under an address-space l
 from __future__ import annotations
 
 import json
-import os
-import resource
 import shutil
 import struct
 import subprocess

@@ -19,7 +19,7 @@ from reftok_deploy.cli.eval import main as eval_main
 from reftok_deploy.cli.export import main as export_main
 from reftok_deploy.cli.run import main as run_main
 from reftok_deploy.cli.train import main as train_main
-from tests.conftest import moving_still, one_error_line, tree_listing, write_video
+from tests.conftest import one_error_line, tree_listing
 
 COMMANDS = {"run": run_main, "decode": decode_main, "train": train_main, "export": export_main, "eval": eval_main}
 FAST_TRAIN = ["--steps", "1", "--batch", "1", "--crop", "32", "--no-builtin-stills", "--threads", "1"]

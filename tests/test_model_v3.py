@@ -12,7 +12,7 @@ from reftok_deploy.base.errors import ReftokError
 from reftok_deploy.model.reftok import PRESETS, RefTok, RefTokConfig
 from reftok_deploy.model.warping import warp_features, warp_reference
 from reftok_deploy.model.warm_start import warm_start_state
-from tests.conftest import invoke, moving_still, randomised
+from tests.conftest import invoke, moving_still
 
 
 def version3_of(source: RefTok) -> RefTok:
