@@ -81,8 +81,9 @@ def test_refinement_computes_the_reference_features_once_and_decodes_as_without_
         feats = model.reference_features(reference)
         codes = model.fsq.quantize(model.encode_latent(reference, frames))
         assert torch.equal(model.decode_codes(reference, codes, 2, feats), model.decode_codes(reference, codes, 2))
+        assert torch.equal(model.encode_latent(reference, frames, feats), model.encode_latent(reference, frames))
     calls = []
     original = model.reference_features
     monkeypatch.setattr(model, "reference_features", lambda ref: calls.append(1) or original(ref))
     refine_tokens(model, reference, frames, 12)
-    assert len(calls) == 2  # the encoder's own and one for the decoder, which all 12 steps and checks reuse
+    assert len(calls) == 1  # the encoder's pass, all 12 steps and the checks share one computation

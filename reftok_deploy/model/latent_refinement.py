@@ -41,7 +41,7 @@ def _decode(model: RefTok, reference: torch.Tensor, feats: tuple[torch.Tensor, .
             batch: int, straight_through: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents ``[B*G,D,h,w]`` -> (frames ``[B,3,T,H,W]``, normalised codes ``[B*G,D,h,w]``): rounded for
     real, or with the rounding's gradient passed straight through. ``feats``: the reference's features,
-    computed once per call of :func:`refine_tokens` (the weights are frozen, so every step's are the same)."""
+    computed once per call of :func:`refine_tokens` for the encoder and every step (the weights are frozen)."""
     codes = model.fsq.quantize(latent, straight_through)
     return model.decode_codes(reference, codes, batch, feats), codes
 
@@ -63,7 +63,7 @@ def refine_tokens(model: RefTok, reference: torch.Tensor, frames: torch.Tensor, 
     with _frozen(model):
         with torch.no_grad():
             feats = model.reference_features(reference)
-            start = model.encode_latent(reference, frames)
+            start = model.encode_latent(reference, frames, feats)
             decoded, codes = _decode(model, reference, feats, start, b, straight_through=False)
             best_error = _per_gop_error(decoded, frames)
             best_codes = codes.clone()

@@ -503,18 +503,22 @@ class RefTok(nn.Module):
         return per_group(self.squeeze4(v4)), per_group(self.squeeze8(v8)), torch.cat([per_group(f) for f in flows], 1)
 
     # ---- public API ----------------------------------------------------
-    def encode_latent(self, reference: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """Unquantised latents ``[B*G,D,H/8,W/8]`` for frames ``[B,3,T,H,W]`` in [-1,1]."""
-        return self._encode(reference, frames)[0]
+    def encode_latent(self, reference: torch.Tensor, frames: torch.Tensor,
+                      feats: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """Unquantised latents ``[B*G,D,H/8,W/8]`` for frames ``[B,3,T,H,W]`` in [-1,1]; ``feats`` as in
+        :meth:`decode_parts`."""
+        return self._encode(reference, frames, feats)[0]
 
-    def _encode(self, reference: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode(self, reference: torch.Tensor, frames: torch.Tensor, feats: tuple[torch.Tensor, ...] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(latents ``[B*G,D,H/8,W/8]``, the encoder's measured motion ``[B,S,2,T,H/8,W/8]`` or None for the twin).
 
         The measured motion is, per frame, the cost volumes' soft-argmax at 1/4 (pooled to 1/8) and at 1/8 and
         version 3's searched or block-refined motion (dim 1, S = :func:`measured_scales`), x and y (dim 2), in
         pixels of the reference seen from the frame: what the training's encoder-flow teacher supervises."""
         b, _, t, h, w = frames.shape
-        feats = self.reference_features(reference)
+        if feats is None:
+            feats = self.reference_features(reference)
         folded = self._fold(frames)
         if feats is None:
             return self.encoder(folded, None, None, None, b), None
